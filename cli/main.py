@@ -1,0 +1,52 @@
+"""Entry point of the ``p2pnet`` command.
+
+Every command reports failure as one line on stderr and a non-zero exit code;
+a traceback is shown only with ``P2PNET_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from p2pnet.errors import P2PNetError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="p2pnet")
+def cli() -> None:
+    """p2pnet: a peer-to-peer network of expert LLMs."""
+
+
+def _register() -> None:
+    from p2pnet_cli import ask, ledger, models, node, swarm  # noqa: F401  (each adds its commands)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    try:
+        cli.main(args=argv, prog_name="p2pnet", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("p2pnet: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        click.echo(f"p2pnet: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code or 2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("p2pnet: interrupted", err=True)
+        sys.exit(130)
+    except (P2PNetError, OSError) as exc:
+        if os.environ.get("P2PNET_DEBUG"):
+            raise
+        click.echo(f"p2pnet: error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # never a traceback for a user; the class name helps a bug report
+        if os.environ.get("P2PNET_DEBUG"):
+            raise
+        click.echo(f"p2pnet: internal error: {type(exc).__name__}: {exc} (set P2PNET_DEBUG=1 for details)", err=True)
+        sys.exit(1)
+

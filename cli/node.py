@@ -1,0 +1,173 @@
+"""`p2pnet node start|id`, `p2pnet status`, `p2pnet peers`, `p2pnet broadcast`, `p2pnet messages`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from p2pnet.config import default_data_dir
+from p2pnet_cli.main import cli
+from p2pnet_cli.util import api_base, emit, get_json, post_json
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Node data directory (default: $P2PNET_HOME or ~/.p2pnet).",
+)
+api_option = click.option("--api", "api", default=None, metavar="URL",
+                          help="HTTP API of the node to ask (default: the node of --data-dir).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@cli.group()
+def node() -> None:
+    """Run this machine's node."""
+
+
+@node.command("start")
+@data_dir_option
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML config file; flags override it.")
+@click.option("--listen", multiple=True, metavar="MADDR", help="Listen multiaddr (default /ip4/127.0.0.1/tcp/4001).")
+@click.option("--bootstrap", multiple=True, metavar="MADDR", help="Bootstrap peer multiaddr with /p2p/ID; repeatable.")
+@click.option("--announce", "announce_addrs", multiple=True, metavar="MADDR", help="Address to advertise to peers.")
+@click.option("--api-host", default=None, help="API bind address (default 127.0.0.1; others need --api-key).")
+@click.option("--api-port", type=int, default=None, help="API port (default 8700; 0 picks a free one).")
+@click.option("--api-key", default=None, help="Bearer key required by the API (or $P2PNET_API_KEY).")
+@click.option("--expert", "experts", multiple=True, metavar="SPEC",
+              help="Host an expert, e.g. model=smollm2-135m,domains=general+geography,price=0.1")
+@click.option("--no-experts", is_flag=True, default=None, help="Host no model (a relay/coordinator only node).")
+@click.option("--model-store", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory whose models/ folder holds the models (default: the data dir).")
+@click.option("--threads", type=int, default=None, help="CPU threads per model (default: all cores).")
+@click.option("--gpu-layers", type=int, default=None, help="Layers to offload to a GPU (falls back to CPU).")
+@click.option("--validator", is_flag=True, default=None, help="Take part in consensus (needs --genesis).")
+@click.option("--genesis", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Genesis file.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+def node_start(data_dir, config_file, **flags) -> None:
+    """Start a node in the foreground (Ctrl-C stops it cleanly)."""
+    import trio
+
+    from p2pnet import config as config_mod
+    from p2pnet.node import Node, read_runtime
+
+    cfg = config_mod.build(config_file, data_dir=data_dir, **flags)
+    _setup_logging(cfg.log_level)
+    running = read_runtime(cfg.data_dir)
+    if running and _pid_alive(running.get("pid")):
+        raise click.ClickException(
+            f"a node (pid {running['pid']}) is already running with data dir {cfg.data_dir}"
+        )
+    node_obj = Node(cfg, handle_signals=True)
+    click.echo(f"p2pnet node {node_obj.peer_id} starting (data dir {cfg.data_dir})", err=True)
+    trio.run(node_obj.run)
+    click.echo("p2pnet node stopped", err=True)
+
+
+@node.command("id")
+@data_dir_option
+def node_id(data_dir) -> None:
+    """Print this node's peer ID (creating the key on first use)."""
+    from p2pnet.identity import load_or_create
+
+    click.echo(load_or_create(data_dir or default_data_dir()).peer_id_str)
+
+
+@cli.command()
+@data_dir_option
+@api_option
+@json_option
+def status(data_dir, api, as_json) -> None:
+    """Show a running node's status: peers, topics, message counters."""
+    info = get_json(api_base(api, data_dir) + "/status")
+    if as_json:
+        emit(info)
+        return
+    c = info.get("counters", {})
+    click.echo(f"peer id   {info['peer_id']}")
+    click.echo(f"api       {info.get('api')}")
+    click.echo(f"listen    {', '.join(info.get('listen', []))}")
+    click.echo(f"uptime    {info.get('uptime_s')} s")
+    click.echo(f"peers     {info.get('peer_count')}")
+    click.echo(f"received  {sum(c.get('received', {}).values())}   sent {sum(c.get('sent', {}).values())}"
+               f"   dropped {sum(c.get('dropped', {}).values())} {c.get('dropped') or ''}")
+    for topic, n in sorted(info.get("topics", {}).items()):
+        click.echo(f"topic     {topic}  mesh={n}")
+    for card in info.get("experts", []):
+        click.echo(f"expert    {card.get('expert_id')}  {card.get('model')}  domains={','.join(card.get('domains', []))}"
+                   f"  gen={card.get('gen_tps', 0):.0f} tok/s  load={card.get('load')}/{card.get('max_concurrency')}")
+    if "height" in info:
+        click.echo(f"ledger    height {info['height']}{'  (validator)' if info.get('validator') else ''}")
+
+
+@cli.command()
+@data_dir_option
+@api_option
+@json_option
+def peers(data_dir, api, as_json) -> None:
+    """List the peers a running node is connected to."""
+    info = get_json(api_base(api, data_dir) + "/peers")
+    if as_json:
+        emit(info)
+        return
+    if not info["peers"]:
+        click.echo("no peers connected")
+    for p in info["peers"]:
+        click.echo(f"{p['peer_id']}  {' '.join(p.get('addrs', []))}")
+
+
+@cli.command()
+@click.argument("text")
+@data_dir_option
+@api_option
+@json_option
+def broadcast(text, data_dir, api, as_json) -> None:
+    """Publish a text message to every node (signed, over GossipSub)."""
+    out = post_json(api_base(api, data_dir) + "/broadcast", {"text": text})
+    if as_json:
+        emit(out)
+    else:
+        click.echo("sent" if out.get("ok") else f"not sent: {out.get('error')}")
+
+
+@cli.command()
+@data_dir_option
+@api_option
+@json_option
+@click.option("--since", type=int, default=0, help="Only messages numbered above this.")
+def messages(data_dir, api, as_json, since) -> None:
+    """Show the broadcast messages a running node received."""
+    out = get_json(api_base(api, data_dir) + f"/messages?since={since}")
+    if as_json:
+        emit(out)
+        return
+    for m in out["messages"]:
+        click.echo(f"#{m['n']} {m['from'][:16]}…: {m['text']}")
+
+
+def _pid_alive(pid) -> bool:
+    import os
+
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # py-libp2p logs a lot at INFO; keep its warnings only.
+    for name in ("libp2p", "multiaddr", "async_service", "aioquic"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level.upper())))

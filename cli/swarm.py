@@ -1,0 +1,107 @@
+"""`p2pnet swarm up|status|down`: a local multi-process swarm on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from p2pnet.config import default_data_dir
+from p2pnet_cli.main import cli
+from p2pnet_cli.util import emit
+
+dir_option = click.option("--dir", "swarm_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                          help="Swarm directory (default: $P2PNET_HOME/swarm).")
+
+
+def _dir(swarm_dir):
+    return swarm_dir or default_data_dir() / "swarm"
+
+
+@cli.group()
+def swarm() -> None:
+    """Run a local multi-process swarm for trying things out and testing."""
+
+
+@swarm.command("up")
+@click.option("--nodes", "n", type=click.IntRange(1, 64), default=3, show_default=True)
+@click.option("--validators", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="The first V nodes become validators of a fresh genesis.")
+@click.option("--expert", "experts", multiple=True, metavar="SPEC",
+              help="Expert each node hosts (default: the default model).")
+@click.option("--no-experts", is_flag=True, help="Host no models (a messaging-only swarm).")
+@click.option("--threads", type=int, default=None, help="CPU threads per model in each node.")
+@click.option("--timeout", "timeout_s", type=float, default=180.0, show_default=True,
+              help="Seconds to wait for the nodes and the mesh.")
+@dir_option
+@click.option("--json", "as_json", is_flag=True)
+def swarm_up(n, validators, experts, no_experts, threads, timeout_s, swarm_dir, as_json) -> None:
+    """Start N nodes on 127.0.0.1 and wait until they form a mesh."""
+    from p2pnet_testnet import swarm as swarm_mod
+
+    swarm_dir = _dir(swarm_dir)
+    node_args: list[str] = []
+    model_store = None
+    if no_experts:
+        node_args.append("--no-experts")
+    else:
+        for spec in experts:
+            node_args += ["--expert", spec]
+        model_store = swarm_dir
+        _ensure_models(model_store, experts)
+    if threads:
+        node_args += ["--threads", str(threads)]
+    nodes = swarm_mod.up(n, swarm_dir, validators=validators, node_args=node_args, model_store=model_store,
+                         timeout_s=timeout_s, progress=lambda m: click.echo(m, err=True))
+    if as_json:
+        emit({"dir": str(swarm_dir), "nodes": nodes})
+        return
+    click.echo(f"swarm of {len(nodes)} nodes is up in {swarm_dir}")
+    for node in nodes:
+        click.echo(f"  node{node['index']}  {node['peer_id']}  api {node['api']}  peers {len(node['peers'])}")
+    click.echo(f"ask it: p2pnet ask --api {nodes[0]['api']} \"What is the capital of France?\"")
+
+
+def _ensure_models(store: Path, experts) -> None:
+    """Pull the models the experts name once, before the nodes start."""
+    from p2pnet.experts import modelstore
+    from p2pnet.experts.spec import parse_expert_spec
+    from p2pnet_cli.models import _Bars
+
+    names = {parse_expert_spec(s).model for s in experts} or {modelstore.DEFAULT_MODEL}
+    for name in sorted(n for n in names if n in modelstore.default_registry()):
+        if modelstore.stored(name, store) is None:
+            click.echo(f"pulling model {name} into {modelstore.models_dir(store)} (one time)", err=True)
+            bars = _Bars(True)
+            try:
+                modelstore.pull(name, store, progress=bars)
+            finally:
+                bars.close()
+
+
+@swarm.command("status")
+@dir_option
+@click.option("--json", "as_json", is_flag=True)
+def swarm_status(swarm_dir, as_json) -> None:
+    """Show the swarm's nodes and their peers."""
+    from p2pnet_testnet import swarm as swarm_mod
+
+    swarm_dir = _dir(swarm_dir)
+    nodes = swarm_mod.status(swarm_dir)
+    if as_json:
+        emit({"dir": str(swarm_dir), "nodes": nodes})
+        return
+    for node in nodes:
+        state = "up" if node["alive"] else "DOWN"
+        click.echo(f"node{node['index']}  {state:4}  pid {node['pid']}  {node['peer_id']}  "
+                   f"api {node['api']}  peers {len(node['peers'])}")
+
+
+@swarm.command("down")
+@dir_option
+def swarm_down(swarm_dir) -> None:
+    """Stop exactly the processes `swarm up` started."""
+    from p2pnet_testnet import swarm as swarm_mod
+
+    pids = swarm_mod.down(_dir(swarm_dir))
+    click.echo(f"stopped {len(pids)} node(s)")

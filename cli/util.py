@@ -1,0 +1,45 @@
+"""Helpers shared by the CLI commands: finding the node's API, HTTP calls
+that fail with one clear line, JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from p2pnet.config import default_data_dir
+
+
+def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
+    """The API URL to talk to: --api, else the running node of the data dir."""
+    if api:
+        return api.rstrip("/")
+    from p2pnet.node import read_runtime
+
+    d = Path(data_dir) if data_dir else default_data_dir()
+    info = read_runtime(d)
+    if not info or not info.get("api"):
+        raise click.ClickException(
+            f"no running node found for data dir {d} (start one with `p2pnet node start`, or pass --api URL)"
+        )
+    return info["api"].rstrip("/")
+
+
+def get_json(url: str, timeout: float = 10.0) -> dict:
+    from p2pnet.api import client
+
+    return client.get_json(url, timeout=timeout)
+
+
+def post_json(url: str, obj: dict, timeout: float = 30.0) -> dict:
+    import os
+
+    from p2pnet.api import client
+
+    return client.post_json(url, obj, timeout=timeout, api_key=os.environ.get("P2PNET_API_KEY"))
+
+
+def emit(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))

@@ -1,0 +1,163 @@
+"""Node configuration: defaults, then a TOML file, then command-line flags.
+
+The TOML file uses the same names as the flags (with ``_`` for ``-``)::
+
+    listen = "/ip4/0.0.0.0/tcp/4001"
+    bootstrap = ["/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW..."]
+    api_port = 8700
+    experts = ["model=smollm2-135m,domains=general+geography,price=0.1"]
+    validator = false
+    genesis = "testnet/genesis.json"
+
+Unknown keys and values of the wrong type are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from p2pnet.errors import P2PNetError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(P2PNetError):
+    """A configuration file or flag has a bad value."""
+
+
+def default_data_dir() -> Path:
+    """``$P2PNET_HOME`` if set, else ``~/.p2pnet``."""
+    env = os.environ.get("P2PNET_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".p2pnet"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    listen: tuple = ("/ip4/127.0.0.1/tcp/4001",)
+    bootstrap: tuple = ()
+    announce_addrs: tuple = ()
+    api_host: str = "127.0.0.1"
+    api_port: int = 8700
+    api_key: Optional[str] = None
+    experts: tuple = ()
+    model_store: Optional[Path] = None  # models live in <model_store>/models; default: data_dir
+    no_experts: bool = False
+    threads: int = 0
+    gpu_layers: int = 0
+    validator: bool = False
+    genesis: Optional[Path] = None
+    announce_interval_s: float = 5.0
+    log_level: str = "info"
+    max_message_bytes: int = 1 << 20
+
+    def validate(self) -> "NodeConfig":
+        import multiaddr
+
+        for key in ("listen", "bootstrap", "announce_addrs"):
+            for addr in getattr(self, key):
+                try:
+                    multiaddr.Multiaddr(addr)
+                except Exception as exc:
+                    raise ConfigError(f"{key}: {addr!r} is not a multiaddr ({exc})") from None
+        for addr in self.bootstrap:
+            if "/p2p/" not in addr:
+                raise ConfigError(f"bootstrap: {addr!r} must end in /p2p/<peer id>")
+        if not 0 <= self.api_port <= 65535:
+            raise ConfigError(f"api_port: {self.api_port} is not a TCP port")
+        if not _is_loopback(self.api_host) and not self.api_key:
+            raise ConfigError(
+                f"api_host: binding the API to {self.api_host} needs an api_key "
+                "(flag --api-key or $P2PNET_API_KEY)"
+            )
+        if self.validator and self.genesis is None:
+            raise ConfigError("validator: a validator needs --genesis FILE")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level: {self.log_level!r} is not debug/info/warning/error")
+        if self.threads < 0 or self.gpu_layers < 0:
+            raise ConfigError("threads/gpu_layers must not be negative")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_TYPES = {f.name: f for f in dataclasses.fields(NodeConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    default = _TYPES[key].default
+    if key in ("data_dir", "genesis", "model_store"):
+        if isinstance(value, Path):
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a path string")
+        return Path(value).expanduser()
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings")
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer")
+        return value
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string")
+    return value
+
+
+def load_file(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    out = {}
+    for key, value in raw.items():
+        if key not in _TYPES:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+        out[key] = _coerce(key, value)
+    return out
+
+
+def build(config_file: Optional[Path] = None, **flags: Any) -> NodeConfig:
+    """Defaults < config file < flags (flags that are None/empty are unset)."""
+    values: dict = {}
+    if config_file is not None:
+        values.update(load_file(Path(config_file)))
+    for key, value in flags.items():
+        if key not in _TYPES:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is None or value == () or value == []:
+            continue
+        values[key] = _coerce(key, list(value) if isinstance(value, tuple) else value)
+    if "api_key" not in values and os.environ.get("P2PNET_API_KEY"):
+        values["api_key"] = os.environ["P2PNET_API_KEY"]
+    return NodeConfig(**values).validate()

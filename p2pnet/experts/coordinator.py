@@ -1,0 +1,301 @@
+"""The coordinator: any node answers its own user's queries with experts
+hosted across the network.
+
+For one query it selects k respondents (a pluggable SelectionPolicy), seals
+the prompt to each of them (NaCl box: relays see only ciphertext), publishes
+the Query on GossipSub, collects signed answers until it has k or the deadline
+passes, cancels the stragglers, picks one answer (a pluggable Evaluator) and
+returns it with its provenance. Every query leaves signed Rating records in a
+durable local queue for the ledger.
+
+It implements p2pnet.api.types.QueryService.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import trio
+
+from p2pnet import sealing, wire
+from p2pnet.api.types import ChatRequest, ChatResult
+from p2pnet.experts.directory import Directory, ExpertRef
+from p2pnet.experts.errors import BadQuery, DeadlineExceeded, NoExpertAvailable, UnknownModel
+from p2pnet.experts.evaluation import AgreementEvaluator, Candidate, Evaluator
+from p2pnet.experts.selection import SelectionPolicy, Standing, UcbCostPolicy, no_standing
+from p2pnet.gossip import topics
+from p2pnet.gossip.errors import OutboxFull
+
+log = logging.getLogger("p2pnet.experts.coordinator")
+
+AUTO_MODEL = "p2pnet"
+"""Model id meaning "any expert for the domain"."""
+
+
+@dataclass
+class _Pending:
+    """A query in flight: who was asked and what came back."""
+
+    query_id: bytes
+    started: float
+    asked: dict  # (peer, expert_id) -> ExpertRef
+    answers: dict = field(default_factory=dict)  # (peer, expert_id) -> Candidate
+    hashes: dict = field(default_factory=dict)   # (peer, expert_id) -> (answer_hash, tokens...)
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def add(self, key, candidate: Candidate, extra: dict) -> None:
+        if key in self.asked and key not in self.answers:
+            self.answers[key] = candidate
+            self.hashes[key] = extra
+            if len(self.answers) == len(self.asked):
+                self.done.set()
+
+
+class Coordinator:
+    def __init__(self, node, *, local_experts=(), policy: Optional[SelectionPolicy] = None,
+                 evaluator: Optional[Evaluator] = None, standing: Standing = no_standing,
+                 ratings=None, submit_rating: Optional[Callable[[bytes], None]] = None,
+                 default_respondents: int = 2, default_deadline_s: float = 60.0,
+                 default_max_tokens: int = 256, max_pending: int = 256,
+                 rng: Optional[random.Random] = None, clock=time.time) -> None:
+        self.node = node
+        self.local = {e.expert_id: e for e in local_experts}
+        self.policy = policy or UcbCostPolicy()
+        self.evaluator = evaluator or AgreementEvaluator()
+        self.standing = standing
+        self.ratings = ratings
+        self.submit_rating = submit_rating
+        self.default_respondents = default_respondents
+        self.default_deadline_s = default_deadline_s
+        self.default_max_tokens = default_max_tokens
+        self.max_pending = max_pending
+        self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.clock = clock
+        self.directory = Directory()
+        self._pending: dict[bytes, _Pending] = {}
+        self.queries = 0
+        self.failed = 0
+        node.network.on(topics.ANNOUNCE, self._on_announce)
+        node.network.on(topics.ANSWERS, self._on_answer_gossip)
+        node.network.on_request(wire.Answer.KIND, self._on_answer_direct)
+
+    # ------------------------------------------------------------- inputs
+
+    async def _on_announce(self, env: wire.Envelope) -> None:
+        self.directory.update(env.sender, env.message.cards, self.clock())
+
+    async def _on_answer_gossip(self, env: wire.Envelope) -> None:
+        self._take_answer(env)
+
+    async def _on_answer_direct(self, env: wire.Envelope) -> wire.Message:
+        self._take_answer(env)
+        return wire.Ack()
+
+    def _take_answer(self, env: wire.Envelope) -> None:
+        ans: wire.Answer = env.message
+        pending = self._pending.get(ans.query_id)
+        key = (env.sender, ans.expert_id)
+        if pending is None or key not in pending.asked:
+            return  # late, or not ours: nothing to do
+        latency = int((self.clock() - pending.started) * 1000)
+        status, text, finish = ans.status, "", ans.status
+        try:
+            body = wire.AnswerBody.unpack(sealing.open_box(self.node.identity, env.sender, ans.box))
+            text, finish = body.text, body.finish_reason
+            if ans.status == "ok" and hashlib.sha256(text.encode()).digest() != ans.answer_hash:
+                raise wire.WireError(wire.SCHEMA, "answer_hash does not match the text")
+        except (sealing.SealError, wire.WireError) as exc:
+            log.warning("invalid answer from %s: %s", env.sender_str[:16], exc)
+            status, text = "invalid", ""
+        pending.add(key, Candidate(env.sender_str, ans.expert_id, status, text, latency,
+                                   ans.completion_tokens, finish),
+                    {"answer_hash": ans.answer_hash, "prompt_tokens": ans.prompt_tokens,
+                     "gen_ms": ans.gen_ms, "error": ans.error})
+
+    # --------------------------------------------------------- QueryService
+
+    def _refresh_local(self) -> None:
+        if self.local:
+            self.directory.update(self.node.network.peer_id, [e.card() for e in self.local.values()], self.clock())
+
+    def list_models(self) -> list[dict]:
+        self._refresh_local()
+        now = self.clock()
+        out = [{"id": AUTO_MODEL, "object": "model", "owned_by": "p2pnet", "created": 0,
+                "experts": len(self.directory.all(now)), "description": "any expert, chosen per query"}]
+        for model, refs in sorted(self.directory.models(now).items()):
+            out.append({
+                "id": model, "object": "model", "owned_by": "p2pnet", "created": 0,
+                "experts": len(refs),
+                "domains": sorted({d for r in refs for d in r.card.domains}),
+                "min_price_per_1k": min(r.card.price_per_1k for r in refs),
+            })
+        return out
+
+    async def chat(self, req: ChatRequest, on_delta=None) -> ChatResult:
+        if len(self._pending) >= self.max_pending:
+            from p2pnet.experts.errors import Busy
+
+            raise Busy(f"{self.max_pending} queries in flight on this node; try again shortly")
+        self._refresh_local()
+        now = self.clock()
+        model = None if req.model in (AUTO_MODEL, "auto", "") else req.model
+        if model is not None and model not in self.directory.models(now):
+            raise UnknownModel(f"no expert in the network serves model {req.model!r} "
+                               f"(GET /v1/models lists them)")
+        domain = (req.domain or "general").lower()
+        candidates = self.directory.candidates(now, domain, model)
+        if not candidates:
+            raise NoExpertAvailable(f"no expert is available for domain {domain!r}")
+        k = req.respondents or self.default_respondents
+        if not 1 <= k <= 16:
+            raise BadQuery("respondents must be between 1 and 16")
+        selection = self.policy.select(candidates, k, domain, self.standing, self.rng)
+        deadline_s = req.deadline_s or self.default_deadline_s
+        prompt = wire.PromptBody(
+            messages=tuple(wire.ChatMessage(r, c) for r, c in req.messages),
+            max_tokens=req.max_tokens or self.default_max_tokens,
+            temperature=float(req.temperature or 0.0),
+        )
+        try:
+            prompt.validate()
+        except wire.WireError as exc:
+            raise BadQuery(str(exc)) from None
+        query_id = os.urandom(16)
+        pending = _Pending(query_id, now, {ref.key: ref for ref in selection.chosen})
+        self._pending[query_id] = pending
+        self.queries += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                self._dispatch(nursery, pending, prompt, domain, now + deadline_s)
+                with trio.move_on_at(trio.current_time() + deadline_s):
+                    await pending.done.wait()
+                nursery.cancel_scope.cancel()
+            timed_out = not pending.done.is_set()
+            if timed_out:
+                self._cancel_remote(pending)
+        finally:
+            del self._pending[query_id]
+        return await self._finish(pending, selection, prompt, domain, timed_out, on_delta, req)
+
+    def _dispatch(self, nursery, pending: _Pending, prompt: wire.PromptBody, domain: str,
+                  deadline: float) -> None:
+        me = self.node.network.peer_id
+        remote = [ref for ref in pending.asked.values() if ref.peer != me]
+        for ref in pending.asked.values():
+            if ref.peer == me:
+                nursery.start_soon(self._ask_local, pending, ref, prompt, deadline)
+        if remote:
+            plain = prompt.pack()
+            query = wire.Query(
+                query_id=pending.query_id, domain=domain, deadline_ms=int(deadline * 1000),
+                prompts=tuple(wire.SealedPrompt(ref.peer, ref.card.expert_id,
+                                                sealing.seal(self.node.identity, ref.peer, plain))
+                              for ref in remote),
+            )
+            try:
+                self.node.network.publish_nowait(topics.QUERIES, query)
+            except OutboxFull:
+                for ref in remote:
+                    pending.add(ref.key, Candidate(ref.peer_str, ref.card.expert_id, "busy"), {})
+
+    async def _ask_local(self, pending: _Pending, ref: ExpertRef, prompt, deadline: float) -> None:
+        expert = self.local[ref.card.expert_id]
+        result = await expert.answer(pending.query_id, prompt, timeout=max(0.1, deadline - self.clock()))
+        latency = int((self.clock() - pending.started) * 1000)
+        pending.add(ref.key, Candidate(ref.peer_str, ref.card.expert_id, result.status, result.text,
+                                       latency, result.completion_tokens, result.finish_reason),
+                    {"answer_hash": hashlib.sha256(result.text.encode()).digest(),
+                     "prompt_tokens": result.prompt_tokens, "gen_ms": int(result.gen_ms + result.prompt_ms),
+                     "error": result.error})
+
+    def _cancel_remote(self, pending: _Pending) -> None:
+        if any(k[0] != self.node.network.peer_id and k not in pending.answers for k in pending.asked):
+            try:
+                self.node.network.publish_nowait(topics.QUERIES, wire.Cancel(pending.query_id))
+            except OutboxFull:
+                pass
+        for key, ref in pending.asked.items():
+            if key not in pending.answers:
+                pending.answers[key] = Candidate(ref.peer_str, ref.card.expert_id, "timeout",
+                                                 latency_ms=int((self.clock() - pending.started) * 1000))
+                pending.hashes[key] = {}
+
+    async def _finish(self, pending: _Pending, selection, prompt, domain, timed_out, on_delta,
+                      req: ChatRequest) -> ChatResult:
+        keys = list(pending.asked)
+        cands = [pending.answers[k] for k in keys]
+        evaluation = self.evaluator.evaluate(cands)
+        query_hash = hashlib.sha256(pending.query_id + prompt.pack()).digest()
+        self._record_ratings(query_hash, keys, cands, evaluation.scores, domain, pending)
+        provenance = {
+            "query_id": pending.query_id.hex(),
+            "domain": domain,
+            "selection": {"policy": self.policy.name, "reason": selection.reason,
+                          "scores": [list(s) for s in selection.scores[:16]]},
+            "respondents": [
+                {"peer_id": c.peer, "expert_id": c.expert_id, "status": c.status,
+                 "latency_ms": c.latency_ms, "completion_tokens": c.completion_tokens,
+                 "prompt_tokens": pending.hashes[k].get("prompt_tokens", 0),
+                 "gen_ms": pending.hashes[k].get("gen_ms", 0),
+                 "score": evaluation.scores[i], "error": pending.hashes[k].get("error", "")}
+                for i, (k, c) in enumerate(zip(keys, cands))
+            ],
+            "chosen": None if evaluation.chosen is None else {
+                "peer_id": cands[evaluation.chosen].peer, "expert_id": cands[evaluation.chosen].expert_id},
+            "reason": evaluation.reason,
+        }
+        if evaluation.chosen is None:
+            self.failed += 1
+            statuses = sorted({c.status for c in cands})
+            if timed_out and "busy" not in statuses:
+                raise DeadlineExceeded(f"no answer before the deadline (respondents: {', '.join(statuses)})")
+            raise NoExpertAvailable(f"no usable answer (respondents: {', '.join(statuses)})")
+        best = cands[evaluation.chosen]
+        if on_delta is not None:
+            for piece in _pieces(best.text):
+                await on_delta(piece)
+        finish = "length" if best.finish_reason == "length" else "stop"
+        return ChatResult(
+            text=best.text, finish_reason=finish,
+            prompt_tokens=pending.hashes[keys[evaluation.chosen]].get("prompt_tokens", 0),
+            completion_tokens=best.completion_tokens,
+            query_id=pending.query_id.hex(), provenance=provenance,
+        )
+
+    def _record_ratings(self, query_hash, keys, cands, scores, domain, pending) -> None:
+        for key, cand, score in zip(keys, cands, scores):
+            if score is None or key[0] == self.node.network.peer_id:
+                continue  # no evidence, or our own expert: no self-rating
+            rating = wire.Rating(
+                query_hash=query_hash, respondent=key[0], expert_id=cand.expert_id, domain=domain[:64],
+                answer_hash=pending.hashes[key].get("answer_hash", b"") if cand.status == "ok" else b"",
+                score=float(score), signal="agreement" if cand.status == "ok" else "failure",
+            )
+            envelope = self.node.signer.seal(rating)
+            if self.ratings is not None:
+                self.ratings.put(envelope)
+            if self.submit_rating is not None:
+                self.submit_rating(envelope)
+
+    def status(self) -> dict:
+        return {"queries": self.queries, "queries_failed": self.failed, "queries_in_flight": len(self._pending),
+                "ratings_pending": len(self.ratings) if self.ratings is not None else 0,
+                "known_experts": len(self.directory.all(self.clock()))}
+
+
+def _pieces(text: str, size: int = 16):
+    """Split text into stream chunks at word boundaries."""
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        while end < len(text) and not text[end].isspace() and end - start < 64:
+            end += 1
+        yield text[start:end]
+        start = end

@@ -1,0 +1,81 @@
+"""Build the py-libp2p 0.8.1 stack with the measured workarounds applied.
+
+See ../shared/notes/libp2p-0.8.1.md. Traps handled here:
+
+1. spam protection counts our own publishes: disabled (we rate-limit ourselves);
+2. adaptive gossip drifts the heartbeat to 30-60 s: disabled, heartbeat 1 s;
+3. pubsub must run before any dial: the caller starts the services first
+   (see :mod:`p2pnet.gossip.network`);
+6. the default host accepts plaintext: Noise is the only security transport;
+8. the timestamp message id breaks dedup: the id is sha256 of the data, which
+   is also what js-libp2p peers can agree on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import multiaddr
+
+
+@dataclass(frozen=True)
+class GossipParams:
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    heartbeat_interval_s: int = 1
+    max_message_bytes: int = 1 << 20
+
+
+def message_id(msg) -> bytes:
+    """Content-addressed GossipSub message id."""
+    return hashlib.sha256(msg.data).digest()
+
+
+def build_stack(identity, listen_addrs: list[str], params: GossipParams):
+    """Return ``(host, pubsub, gossipsub)``; nothing runs yet."""
+    from libp2p import new_host
+    from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+    from libp2p.pubsub.gossipsub import (
+        PROTOCOL_ID,
+        PROTOCOL_ID_V11,
+        PROTOCOL_ID_V12,
+        GossipSub,
+    )
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    key_pair = identity.libp2p_key_pair()
+    maddrs = [multiaddr.Multiaddr(a) for a in listen_addrs]
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt={
+            NOISE_PROTOCOL_ID: NoiseTransport(
+                key_pair, noise_privkey=new_x25519_key_pair().private_key
+            )
+        },
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+        listen_addrs=maddrs,
+    )
+    gossipsub = GossipSub(
+        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+        degree=params.degree,
+        degree_low=params.degree_low,
+        degree_high=params.degree_high,
+        heartbeat_interval=params.heartbeat_interval_s,
+        heartbeat_initial_delay=0.1,
+        adaptive_gossip_enabled=False,
+        spam_protection_enabled=False,
+    )
+    pubsub = Pubsub(
+        host,
+        gossipsub,
+        strict_signing=True,
+        msg_id_constructor=message_id,
+        max_inbound_rpc_size=params.max_message_bytes + 64 * 1024,
+    )
+    return host, pubsub, gossipsub

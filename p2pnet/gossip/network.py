@@ -1,0 +1,445 @@
+"""The node's network service: a libp2p host, GossipSub topics carrying signed
+envelopes, direct request/response streams, and peer exchange.
+
+Inbound gossip is checked by a GossipSub topic validator *before* it is
+relayed: envelope size, form, schema, signature, that the envelope's sender is
+the GossipSub publisher, that the message type belongs on the topic, replay and
+staleness. A bad message is dropped with one log line and counted against the
+peer that forwarded it; a peer with too many strikes is disconnected and
+banned for a while.
+
+Outbound messages go through one bounded outbox drained by a single publisher
+task that paces publishes (py-libp2p drops silently past 32 queued RPCs per
+peer). ``publish_nowait`` raises :class:`OutboxFull` when it is full.
+
+Peer exchange: every node announces its listen addresses on the announce
+topic; nodes dial announced peers they are not connected to, so a star of
+bootstrap connections becomes a mesh.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, defaultdict
+from typing import Awaitable, Callable, Iterable, Optional
+
+import multiaddr
+import trio
+
+from p2pnet import wire
+from p2pnet.gossip import rpc, topics
+from p2pnet.gossip.errors import OutboxFull, RpcFailed
+from p2pnet.gossip.host import GossipParams, build_stack, message_id
+from p2pnet.gossip.stats import PeerPenalties, Stats
+
+log = logging.getLogger("p2pnet.gossip")
+
+TOPIC_KINDS = {
+    topics.ANNOUNCE: {wire.Announce.KIND},
+    topics.QUERIES: {wire.Query.KIND, wire.Cancel.KIND},
+    topics.ANSWERS: {wire.Answer.KIND},
+    topics.CONSENSUS: {wire.Proposal.KIND, wire.Vote.KIND},
+    topics.TXS: {wire.Rating.KIND},
+    topics.BROADCAST: {wire.Broadcast.KIND},
+}
+
+Handler = Callable[[wire.Envelope], Awaitable[None]]
+RequestHandler = Callable[[wire.Envelope], Awaitable[wire.Message]]
+
+
+class GossipNetwork:
+    def __init__(
+        self,
+        identity,
+        signer: wire.Signer,
+        listen: Iterable[str],
+        bootstrap: Iterable[str] = (),
+        *,
+        announce_addrs: Iterable[str] = (),
+        params: GossipParams = GossipParams(),
+        outbox_size: int = 1024,
+        inbox_size: int = 512,
+        publish_gap_s: float = 0.003,
+        announce_interval_s: float = 5.0,
+        rpc_timeout_s: float = 30.0,
+        max_rpc_streams: int = 64,
+        linger_s: float = 3.0,
+        announce_extra: Callable[[], dict] = dict,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.identity = identity
+        self.signer = signer
+        self.listen = list(listen)
+        self.bootstrap = list(bootstrap)
+        self.announce_addrs = list(announce_addrs)
+        self.params = params
+        self.publish_gap_s = publish_gap_s
+        self.announce_interval_s = announce_interval_s
+        self.rpc_timeout_s = rpc_timeout_s
+        self.linger_s = linger_s
+        self.announce_extra = announce_extra
+        self.clock = clock
+        self.inbox_size = inbox_size
+
+        self.stats = Stats()
+        self.penalties = PeerPenalties()
+        self.guard = wire.ReplayGuard()
+        self.known_addrs: dict[bytes, tuple[str, ...]] = {}
+
+        self._handlers: dict[str, list[Handler]] = defaultdict(list)
+        self._rpc_handlers: dict[str, RequestHandler] = {}
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel(outbox_size)
+        self._dial_send, self._dial_recv = trio.open_memory_channel(64)
+        self._kick_send, self._kick_recv = trio.open_memory_channel(64)
+        self._decoded: "OrderedDict[bytes, wire.Envelope]" = OrderedDict()
+        self._rpc_slots = trio.Semaphore(max_rpc_streams)
+        self._stopping = trio.Event()
+        self._announce_now = trio.Event()
+        self.host = None
+        self.pubsub = None
+        self.gossipsub = None
+        self.listen_addrs: list[str] = []
+        self.ready = False
+        self._publishing = False
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def peer_id(self) -> bytes:
+        return self.signer.peer_id
+
+    def on(self, topic: str, handler: Handler) -> None:
+        """Call ``handler(envelope)`` for each valid message on ``topic``."""
+        self._handlers[topic].append(handler)
+
+    def on_request(self, kind: str, handler: RequestHandler) -> None:
+        """Serve direct requests whose message KIND is ``kind``."""
+        self._rpc_handlers[kind] = handler
+
+    def publish_nowait(self, topic: str, message: wire.Message) -> bytes:
+        """Sign and queue ``message``; returns the envelope bytes."""
+        if self._stopping.is_set():
+            raise OutboxFull("node is shutting down")
+        data = self.signer.seal(message)
+        self.publish_raw_nowait(topic, data)
+        return data
+
+    def publish_raw_nowait(self, topic: str, data: bytes) -> None:
+        try:
+            self._outbox_send.send_nowait((topic, data))
+        except trio.WouldBlock:
+            self.stats.drop("outbox_full")
+            raise OutboxFull(f"outbound queue full ({self._outbox_send.statistics().max_buffer_size})") from None
+
+    async def publish(self, topic: str, message: wire.Message) -> bytes:
+        """Like publish_nowait but waits for room in the outbox."""
+        data = self.signer.seal(message)
+        await self._outbox_send.send((topic, data))
+        return data
+
+    def peers(self) -> list[bytes]:
+        if self.host is None:
+            return []
+        return [p.to_bytes() for p in self.host.get_connected_peers()]
+
+    def mesh(self) -> dict[str, int]:
+        if self.gossipsub is None:
+            return {}
+        return {t: len(peers) for t, peers in self.gossipsub.mesh.items()}
+
+    def outbox_len(self) -> int:
+        return self._outbox_send.statistics().current_buffer_used
+
+    def announce_soon(self) -> None:
+        self._announce_now.set()
+
+    async def request(self, peer: bytes, message: wire.Message, timeout_s: Optional[float] = None) -> wire.Message:
+        """Send ``message`` to ``peer`` over a direct stream; return its reply."""
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        if peer == self.peer_id:
+            raise RpcFailed("cannot request from self", "self")
+        with trio.fail_after(timeout_s or self.rpc_timeout_s):
+            try:
+                stream = await self.host.new_stream(ID(peer), [TProtocol(topics.RPC_PROTOCOL)])
+            except trio.TooSlowError:
+                raise
+            except Exception as exc:
+                raise RpcFailed(f"cannot open a stream to {wire.peer_id_str(peer)[:16]}: {exc}", "unreachable") from None
+            try:
+                await rpc.write_frame(stream, self.signer.seal(message))
+                data = await rpc.read_frame(stream, self.params.max_message_bytes)
+            except RpcFailed:
+                raise
+            except Exception as exc:
+                raise RpcFailed(f"stream to {wire.peer_id_str(peer)[:16]} failed: {exc}", "stream") from None
+            finally:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await stream.close()
+                    except Exception:
+                        pass
+        try:
+            env = wire.open_envelope(data, self.params.max_message_bytes)
+        except wire.WireError as exc:
+            raise RpcFailed(f"invalid reply: {exc}", exc.reason) from None
+        if env.sender != peer:
+            raise RpcFailed("reply signed by another peer", wire.BAD_SIGNATURE)
+        if isinstance(env.message, wire.RpcError):
+            raise RpcFailed(f"peer refused: {env.message.code}: {env.message.message}", env.message.code)
+        return env.message
+
+    def close(self) -> None:
+        """Begin a clean shutdown: flush the outbox, linger, then stop."""
+        self._stopping.set()
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from libp2p.custom_types import TProtocol
+        from libp2p.tools.anyio_service import background_trio_service
+
+        self.host, self.pubsub, self.gossipsub = build_stack(self.identity, self.listen, self.params)
+        maddrs = [multiaddr.Multiaddr(a) for a in self.listen]
+        # Trap 3: the pubsub services must run before any connection arrives.
+        async with background_trio_service(self.pubsub), background_trio_service(self.gossipsub):
+            await self.pubsub.wait_until_ready()
+            async with self.host.run(listen_addrs=maddrs):
+                self.listen_addrs = [str(a) for a in self.host.get_addrs()]
+                self.host.set_stream_handler(TProtocol(topics.RPC_PROTOCOL), self._serve_stream)
+                async with trio.open_nursery() as nursery:
+                    for topic in topics.ALL:
+                        self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
+                        sub = await self.pubsub.subscribe(topic)
+                        send, recv = trio.open_memory_channel(self.inbox_size)
+                        nursery.start_soon(self._read_topic, topic, sub, send)
+                        nursery.start_soon(self._dispatch_topic, topic, recv)
+                    nursery.start_soon(self._publisher)
+                    nursery.start_soon(self._dialer)
+                    nursery.start_soon(self._kicker)
+                    nursery.start_soon(self._announcer)
+                    for addr in self.bootstrap:
+                        nursery.start_soon(self._connect_bootstrap, addr)
+                    self.ready = True
+                    log.info("listening on %s as %s", ", ".join(self.listen_addrs), wire.peer_id_str(self.peer_id))
+                    task_status.started(self)
+                    await self._stopping.wait()
+                    await self._linger()
+                    nursery.cancel_scope.cancel()
+
+    async def _linger(self) -> None:
+        """Trap 5: let queued messages reach the wire before the host stops."""
+        with trio.move_on_after(self.linger_s):
+            self._outbox_send.close()
+            while self._outbox_recv.statistics().current_buffer_used or self._publishing:
+                await trio.sleep(0.005)
+            while any(len(q) for q in getattr(self.pubsub, "peer_queues", {}).values()):
+                await trio.sleep(0.005)
+            # one more round for the writer tasks that already popped an RPC
+            await trio.sleep(0.05)
+
+    async def _publisher(self) -> None:
+        async for topic, data in self._outbox_recv:
+            self._publishing = True
+            try:
+                await self.pubsub.publish(topic, data)
+                self.stats.sent[topic] += 1
+            except Exception as exc:  # never let one publish kill the node
+                self.stats.drop("publish_failed")
+                log.warning("publish on %s failed: %s", topic, exc)
+            finally:
+                self._publishing = False
+            if self.publish_gap_s:
+                await trio.sleep(self.publish_gap_s)
+
+    def _make_validator(self, topic: str):
+        allowed = TOPIC_KINDS[topic]
+        my_id = self.peer_id
+
+        def validate(forwarder, msg) -> bool:
+            if msg.from_id == my_id:
+                return True
+            fwd = forwarder.to_bytes() if forwarder is not None else msg.from_id
+            now = self.clock()
+            if self.penalties.is_banned(fwd, now):
+                self.stats.drop("banned", wire.peer_id_str(fwd))
+                return False
+            try:
+                env = wire.open_envelope(msg.data, self.params.max_message_bytes)
+                if env.sender != msg.from_id:
+                    raise wire.WireError(wire.BAD_SIGNATURE, "envelope sender is not the gossip publisher")
+                if env.kind not in allowed:
+                    raise wire.WireError(wire.SCHEMA, f"{env.kind} does not belong on {topic}")
+                self.guard.check(env, int(now * 1000))
+            except wire.WireError as exc:
+                self._strike(fwd, exc.reason, f"{topic}: {exc}", now)
+                return False
+            self._decoded[message_id(msg)] = env
+            while len(self._decoded) > 4096:
+                self._decoded.popitem(last=False)
+            return True
+
+        return validate
+
+    def _strike(self, peer: bytes, reason: str, detail: str, now: float) -> None:
+        name = wire.peer_id_str(peer)
+        self.stats.drop(reason, name)
+        log.warning("dropped message from %s: %s", name[:20], detail)
+        if self.penalties.strike(peer, now):
+            self.stats.disconnected_for_abuse += 1
+            log.warning("disconnecting %s: too many bad messages", name[:20])
+            try:
+                self._kick_send.send_nowait(peer)
+            except trio.WouldBlock:
+                pass
+
+    async def _kicker(self) -> None:
+        from libp2p.peer.id import ID
+
+        async for peer in self._kick_recv:
+            try:
+                await self.host.disconnect(ID(peer))
+            except Exception as exc:
+                log.info("disconnect of %s failed: %s", wire.peer_id_str(peer)[:20], exc)
+
+    async def _read_topic(self, topic: str, sub, send) -> None:
+        # Trap 4: the subscription holds 32 messages; read it promptly and
+        # hand off to a bounded channel, counting overflow.
+        while True:
+            msg = await sub.get()
+            if msg.from_id == self.peer_id:
+                self._decoded.pop(message_id(msg), None)
+                continue
+            env = self._decoded.pop(message_id(msg), None)
+            if env is None:
+                # libp2p's validation cache let a re-sent copy through
+                self.stats.drop(wire.REPLAYED, wire.peer_id_str(msg.from_id))
+                continue
+            self.stats.received[topic] += 1
+            try:
+                send.send_nowait(env)
+            except trio.WouldBlock:
+                self.stats.drop("inbox_full")
+
+    async def _dispatch_topic(self, topic: str, recv) -> None:
+        async for env in recv:
+            if topic == topics.ANNOUNCE:
+                self._note_announce(env)
+            for handler in self._handlers.get(topic, ()):
+                try:
+                    await handler(env)
+                except Exception:
+                    self.stats.drop("handler_error")
+                    log.exception("handler for %s failed on %s from %s", topic, env.kind, env.sender_str[:20])
+
+    # -------------------------------------------------------- peer exchange
+
+    def _note_announce(self, env: wire.Envelope) -> None:
+        addrs = tuple(a for a in env.message.addrs if "/p2p/" not in a)
+        self.known_addrs[env.sender] = addrs
+        if env.sender not in set(self.peers()) and addrs:
+            try:
+                self._dial_send.send_nowait((env.sender, addrs))
+            except trio.WouldBlock:
+                pass
+
+    async def _dialer(self) -> None:
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        async for peer, addrs in self._dial_recv:
+            now = self.clock()
+            if peer == self.peer_id or peer in set(self.peers()) or self.penalties.is_banned(peer, now):
+                continue
+            try:
+                maddrs = [multiaddr.Multiaddr(a) for a in addrs]
+                with trio.move_on_after(10):
+                    await self.host.connect(PeerInfo(ID(peer), maddrs))
+                    log.info("peer exchange: connected to %s", wire.peer_id_str(peer)[:20])
+            except Exception as exc:
+                log.info("peer exchange: cannot dial %s: %s", wire.peer_id_str(peer)[:20], exc)
+
+    async def _connect_bootstrap(self, addr: str) -> None:
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as exc:
+            log.error("bad bootstrap address %s: %s", addr, exc)
+            return
+        delay = 0.2
+        for _attempt in range(12):
+            if self._stopping.is_set():
+                return
+            try:
+                with trio.fail_after(10):
+                    await self.host.connect(info)
+                log.info("connected to bootstrap peer %s", addr)
+                self.announce_soon()
+                return
+            except Exception as exc:
+                log.info("bootstrap %s not reachable yet (%s); retrying in %.1fs", addr, exc or type(exc).__name__, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        log.error("gave up on bootstrap peer %s", addr)
+
+    def _announce_message(self) -> wire.Announce:
+        addrs = tuple(self.announce_addrs or [a.split("/p2p/")[0] for a in self.listen_addrs])
+        return wire.Announce(addrs=addrs, **self.announce_extra())
+
+    async def _announcer(self) -> None:
+        while True:
+            with trio.move_on_after(self.announce_interval_s):
+                await self._announce_now.wait()
+            self._announce_now = trio.Event()
+            if self.peers():
+                try:
+                    self.publish_nowait(topics.ANNOUNCE, self._announce_message())
+                except OutboxFull:
+                    pass
+
+    # --------------------------------------------------------------- rpc
+
+    async def _serve_stream(self, stream) -> None:
+        peer = stream.muxed_conn.peer_id.to_bytes()
+        try:
+            if self._rpc_slots.value == 0:
+                await self._reply(stream, wire.RpcError("busy", "too many requests in flight"))
+                return
+            async with self._rpc_slots:
+                with trio.fail_after(self.rpc_timeout_s):
+                    data = await rpc.read_frame(stream, self.params.max_message_bytes)
+                    try:
+                        env = wire.open_envelope(data, self.params.max_message_bytes)
+                        if env.sender != peer:
+                            raise wire.WireError(wire.BAD_SIGNATURE, "request signed by another peer")
+                        self.guard.check(env, int(self.clock() * 1000))
+                    except wire.WireError as exc:
+                        self._strike(peer, exc.reason, f"rpc: {exc}", self.clock())
+                        await self._reply(stream, wire.RpcError("bad_request", str(exc)))
+                        return
+                    handler = self._rpc_handlers.get(env.kind)
+                    if handler is None:
+                        await self._reply(stream, wire.RpcError("unsupported", f"no handler for {env.kind}"))
+                        return
+                    try:
+                        reply = await handler(env)
+                    except Exception as exc:
+                        log.exception("rpc handler for %s failed", env.kind)
+                        reply = wire.RpcError("internal", type(exc).__name__)
+                    await self._reply(stream, reply)
+        except (trio.TooSlowError, RpcFailed) as exc:
+            log.info("rpc stream from %s dropped: %s", wire.peer_id_str(peer)[:20], exc or "timeout")
+        except Exception as exc:
+            log.info("rpc stream from %s failed: %s", wire.peer_id_str(peer)[:20], exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.close()
+                except Exception:
+                    pass
+
+    async def _reply(self, stream, message: wire.Message) -> None:
+        await rpc.write_frame(stream, self.signer.seal(message))

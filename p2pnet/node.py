@@ -1,0 +1,211 @@
+"""The node runtime: one Trio nursery tree holding the network, the HTTP API,
+the hosted experts, the query coordinator and the ledger.
+
+Readiness flows up through ``nursery.start``. ``Node.stop()`` (SIGINT or
+SIGTERM from the CLI) shuts down in order: the API and the services stop
+first, then the network flushes its outbox and lingers so queued messages
+reach the wire, then the host closes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections import deque
+from pathlib import Path
+from typing import Optional
+
+import trio
+
+from p2pnet import __version__, wire
+from p2pnet.config import NodeConfig
+from p2pnet.gossip import topics
+from p2pnet.gossip.errors import OutboxFull
+from p2pnet.gossip.network import GossipNetwork
+from p2pnet.identity import load_or_create
+
+log = logging.getLogger("p2pnet.node")
+
+RUNTIME_FILE = "node.json"
+
+
+def read_runtime(data_dir: Path) -> Optional[dict]:
+    """What a running node wrote about itself (API URL, pid, ...), or None."""
+    try:
+        return json.loads((Path(data_dir) / RUNTIME_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+class Node:
+    def __init__(self, config: NodeConfig, *, experts=None, handle_signals: bool = False,
+                 clock=time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.handle_signals = handle_signals
+        self.identity = load_or_create(config.data_dir)
+        self.signer = self.identity.signer()
+        self.started_at = clock()
+        self.api_url: Optional[str] = None
+        self.inbox: deque = deque(maxlen=1000)  # recent broadcasts, for `p2pnet messages`
+        self.inbox_count = 0
+        self._stop = trio.Event()
+        self.services: list = []  # objects with optional: announce_extra(), status(), routes(router)
+        self._preset_experts = experts
+        self.network = GossipNetwork(
+            self.identity,
+            self.signer,
+            config.listen,
+            config.bootstrap,
+            announce_addrs=config.announce_addrs,
+            announce_interval_s=config.announce_interval_s,
+            announce_extra=self._announce_extra,
+            clock=clock,
+        )
+        self.network.on(topics.BROADCAST, self._on_broadcast)
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id_str
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from p2pnet.api.control import mount_control
+        from p2pnet.api.http import Router
+        from p2pnet.api.server import HttpServer
+
+        async with trio.open_nursery() as outer:
+            await outer.start(self.network.run)
+            try:
+                async with trio.open_nursery() as inner:
+                    if self.handle_signals:
+                        inner.start_soon(self._watch_signals)
+                    for service in await self._build_services(inner):
+                        self.services.append(service)
+                    router = Router()
+                    mount_control(router, self)
+                    for service in self.services:
+                        if hasattr(service, "mount"):
+                            service.mount(router)
+                    server = HttpServer(router, host=self.config.api_host, port=self.config.api_port,
+                                        api_key=self.config.api_key)
+                    self.api_url = await inner.start(server.run)
+                    self.http = server
+                    self._write_runtime()
+                    self.network.announce_soon()
+                    log.info("node %s ready; API at %s", self.peer_id, self.api_url)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    log.info("shutting down")
+                    inner.cancel_scope.cancel()
+            finally:
+                self._remove_runtime()
+                self.network.close()
+                for service in self.services:
+                    close = getattr(service, "close", None)
+                    if close is not None:
+                        close()
+
+    async def _build_services(self, nursery) -> list:
+        """Start experts, coordinator and ledger; each returns a service."""
+        from p2pnet.services import build_services
+
+        return await build_services(self, nursery, self._preset_experts)
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                self.stop()
+                return
+
+    def _runtime_path(self) -> Path:
+        return Path(self.config.data_dir) / RUNTIME_FILE
+
+    def _write_runtime(self) -> None:
+        _write_json_atomic(self._runtime_path(), {
+            "peer_id": self.peer_id,
+            "pid": os.getpid(),
+            "api": self.api_url,
+            "listen": self.network.listen_addrs,
+            "data_dir": str(self.config.data_dir),
+            "started": self.started_at,
+        })
+
+    def _remove_runtime(self) -> None:
+        info = read_runtime(self.config.data_dir)
+        if info and info.get("pid") == os.getpid():
+            try:
+                self._runtime_path().unlink()
+            except FileNotFoundError:
+                pass
+
+    # ------------------------------------------------------------ behaviour
+
+    def _announce_extra(self) -> dict:
+        extra: dict = {}
+        for service in self.services:
+            fn = getattr(service, "announce_extra", None)
+            if fn is not None:
+                extra.update(fn())
+        return extra
+
+    async def _on_broadcast(self, env: wire.Envelope) -> None:
+        self.inbox_count += 1
+        self.inbox.append({
+            "n": self.inbox_count,
+            "from": env.sender_str,
+            "seq": env.seq,
+            "text": env.message.text,
+            "sent_ns": env.message.sent_ns,
+            "received_ns": time.time_ns(),
+        })
+
+    def broadcast(self, text: str) -> dict:
+        try:
+            self.network.publish_nowait(topics.BROADCAST, wire.Broadcast(text=text, sent_ns=time.time_ns()))
+        except OutboxFull as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True}
+
+    def status(self) -> dict:
+        peers = self.network.peers()
+        out = {
+            "peer_id": self.peer_id,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(self.clock() - self.started_at, 1),
+            "listen": self.network.listen_addrs,
+            "api": self.api_url,
+            "data_dir": str(self.config.data_dir),
+            "peers": [wire.peer_id_str(p) for p in peers],
+            "peer_count": len(peers),
+            "topics": self.network.mesh(),
+            "counters": self.network.stats.as_json(),
+            "outbox": self.network.outbox_len(),
+            "banned": [wire.peer_id_str(p) for p in self.network.penalties.banned(self.clock())],
+        }
+        for service in self.services:
+            fn = getattr(service, "status", None)
+            if fn is not None:
+                out.update(fn())
+        return out
+
+    def peers(self) -> list[dict]:
+        return [
+            {"peer_id": wire.peer_id_str(p), "addrs": list(self.network.known_addrs.get(p, ()))}
+            for p in self.network.peers()
+        ]

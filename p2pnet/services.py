@@ -1,0 +1,114 @@
+"""Builds the node's services beyond the network: hosted experts, the query
+coordinator (with the OpenAI-compatible API) and the ledger.
+
+A service may offer ``mount(router)``, ``status() -> dict``,
+``announce_extra() -> dict`` and ``close()``; the node calls them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger("p2pnet.services")
+
+
+class _ExpertsService:
+    """Keeps the node's started experts and closes them on shutdown."""
+
+    def __init__(self, experts) -> None:
+        self.experts = experts
+
+
+async def start_experts(node, nursery) -> list:
+    """Build and start the experts the config names (the default model if none)."""
+    cfg = node.config
+    if cfg.no_experts:
+        return []
+    from p2pnet.experts import modelstore
+    from p2pnet.experts.spec import build_expert, parse_expert_spec
+
+    store = Path(cfg.model_store) if cfg.model_store else Path(cfg.data_dir)
+    specs = [parse_expert_spec(s) for s in cfg.experts] or [parse_expert_spec(f"model={modelstore.DEFAULT_MODEL}")]
+    if cfg.gpu_layers:
+        specs = [s if s.gpu_layers else _with_gpu(s, cfg.gpu_layers) for s in specs]
+    for spec in specs:
+        if spec.model in modelstore.default_registry() and modelstore.stored(spec.model, store) is None:
+            log.info("model %s is not stored in %s yet: pulling it now (one time)", spec.model,
+                     modelstore.models_dir(store))
+            await trio.to_thread.run_sync(lambda: modelstore.pull(spec.model, store))
+    experts = []
+    seen = set()
+    for spec in specs:
+        if spec.id in seen:
+            from p2pnet.experts.errors import ExpertSpecError
+
+            raise ExpertSpecError(f"two experts share the id {spec.id!r}; give one an id=...")
+        seen.add(spec.id)
+        expert = build_expert(spec, store, n_threads=cfg.threads)
+        await expert.start()
+        experts.append(expert)
+    return experts
+
+
+def _with_gpu(spec, layers):
+    import dataclasses
+
+    return dataclasses.replace(spec, gpu_layers=layers)
+
+
+class _OpenAIService:
+    def __init__(self, coordinator) -> None:
+        self.coordinator = coordinator
+
+    def mount(self, router) -> None:
+        from p2pnet.api.openai import mount_openai
+
+        mount_openai(router, self.coordinator)
+
+    def status(self) -> dict:
+        return self.coordinator.status()
+
+
+async def build_services(node, nursery, preset_experts=None) -> list:
+    from p2pnet.experts.coordinator import Coordinator
+    from p2pnet.experts.ratings import RatingQueue
+    from p2pnet.experts.responder import Responder
+
+    experts = list(preset_experts) if preset_experts is not None else await start_experts(node, nursery)
+    services: list = []
+    if experts:
+        services.append(Responder(node, experts, nursery))
+    ratings = RatingQueue(Path(node.config.data_dir) / "ratings")
+    ledger = None
+    if node.config.genesis is not None:
+        from p2pnet.ledger_service import start_ledger
+
+        ledger = await start_ledger(node, nursery, ratings)
+        services.append(ledger)
+    coordinator = Coordinator(
+        node, local_experts=experts, ratings=ratings,
+        standing=ledger.standing if ledger is not None else _neutral,
+        submit_rating=ledger.submit_rating if ledger is not None else None,
+    )
+    services.append(_OpenAIService(coordinator))
+    services.append(_Closer(experts, ratings))
+    return services
+
+
+def _neutral(peer: bytes, domain: str) -> tuple[float, float]:
+    return (0.5, 0.0)
+
+
+class _Closer:
+    def __init__(self, experts, ratings) -> None:
+        self.experts, self.ratings = experts, ratings
+
+    def close(self) -> None:
+        for expert in self.experts:
+            try:
+                expert.backend.close()
+            except Exception:
+                log.exception("closing expert %s", expert.expert_id)
+        self.ratings.close()

@@ -1,0 +1,1 @@
+"""Local swarms and testnet files (installed as the package ``p2pnet_testnet``)."""

@@ -1,0 +1,278 @@
+"""A local multi-process swarm on 127.0.0.1.
+
+``up`` starts N ``p2pnet node start`` processes, each with its own data dir and
+log file. Node 0 starts first; the others bootstrap from it. Peer exchange
+turns that star into a full mesh, and ``up`` returns once every node reports
+N-1 peers. ``swarm.json`` in the swarm dir records exactly the processes that
+were started, so ``down`` stops those and no others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from p2pnet.errors import P2PNetError
+
+STATE_FILE = "swarm.json"
+
+
+class SwarmError(P2PNetError):
+    """The swarm could not be started, read or stopped."""
+
+
+@dataclass
+class SwarmNode:
+    index: int
+    data_dir: Path
+    pid: int
+    log: Path
+
+    def as_json(self) -> dict:
+        return {"index": self.index, "data_dir": str(self.data_dir), "pid": self.pid, "log": str(self.log)}
+
+
+def _runtime(data_dir: Path) -> Optional[dict]:
+    from p2pnet.node import read_runtime
+
+    return read_runtime(data_dir)
+
+
+def _alive(pid: int, data_dir: Optional[Path] = None) -> bool:
+    """True if ``pid`` runs and (when known) is the node of ``data_dir``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            if fh.read().split(") ")[-1].startswith("Z"):
+                return False  # a zombie of ours that nobody reaped yet
+        if data_dir is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                return str(data_dir).encode() in fh.read()
+    except OSError:
+        pass
+    return True
+
+
+def _log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def load_state(swarm_dir: Path) -> list[SwarmNode]:
+    path = Path(swarm_dir) / STATE_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SwarmError(f"no swarm in {swarm_dir} (start one with `p2pnet swarm up`)") from None
+    except ValueError as exc:
+        raise SwarmError(f"{path} is corrupt: {exc}") from None
+    return [SwarmNode(n["index"], Path(n["data_dir"]), n["pid"], Path(n["log"])) for n in raw["nodes"]]
+
+
+def _save_state(swarm_dir: Path, nodes: list[SwarmNode], extra: dict) -> None:
+    path = Path(swarm_dir) / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"nodes": [n.as_json() for n in nodes], **extra}, indent=2))
+    os.replace(tmp, path)
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float, what: str, check: Callable[[], None] = lambda: None) -> None:
+    """Poll ``cond`` until true, with a deadline; ``check`` raises on a fatal state."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while not cond():
+        check()
+        if time.monotonic() > deadline:
+            raise SwarmError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def _node_status(data_dir: Path) -> Optional[dict]:
+    from p2pnet.api import client
+
+    rt = _runtime(data_dir)
+    if not rt or not rt.get("api"):
+        return None
+    try:
+        return client.get_json(rt["api"] + "/status", timeout=5)
+    except P2PNetError:
+        return None
+
+
+def up(
+    n: int,
+    swarm_dir: Path,
+    *,
+    validators: int = 0,
+    node_args: Sequence[str] = (),
+    model_store: Optional[Path] = None,
+    timeout_s: float = 120.0,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> list[dict]:
+    """Start the swarm and wait for the mesh; returns ``status()``."""
+    if n < 1:
+        raise SwarmError("a swarm needs at least one node")
+    if not 0 <= validators <= n:
+        raise SwarmError(f"--validators must be between 0 and {n}")
+    swarm_dir = Path(swarm_dir).resolve()
+    if (swarm_dir / STATE_FILE).exists():
+        if any(_alive(node.pid, node.data_dir) for node in load_state(swarm_dir)):
+            raise SwarmError(f"a swarm is already running in {swarm_dir} (stop it with `p2pnet swarm down`)")
+    swarm_dir.mkdir(parents=True, exist_ok=True)
+
+    from p2pnet.identity import load_or_create
+
+    dirs = [swarm_dir / f"node{i}" for i in range(n)]
+    identities = [load_or_create(d) for d in dirs]
+    for d in dirs:
+        (d / "node.json").unlink(missing_ok=True)
+    genesis_path = None
+    if validators:
+        from p2pnet.consensus.genesis import generate_genesis
+
+        genesis_path = swarm_dir / "genesis.json"
+        generate_genesis([ident.public_key for ident in identities[:validators]], path=genesis_path,
+                         chain_id=f"p2pnet-local-{int(time.time())}")
+        progress(f"wrote {genesis_path} with {validators} validators")
+
+    nodes: list[SwarmNode] = []
+    extra = {"validators": validators, "genesis": str(genesis_path) if genesis_path else None}
+    try:
+        bootstrap: list[str] = []
+        for i, d in enumerate(dirs):
+            args = [sys.executable, "-m", "p2pnet_cli", "node", "start", "--data-dir", str(d),
+                    "--listen", "/ip4/127.0.0.1/tcp/0", "--api-port", "0", *node_args]
+            if model_store is not None:
+                args += ["--model-store", str(model_store)]
+            for b in bootstrap:
+                args += ["--bootstrap", b]
+            if genesis_path is not None:
+                args += ["--genesis", str(genesis_path)]
+                if i < validators:
+                    args.append("--validator")
+            log_path = d / "node.log"
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            node = SwarmNode(i, d, proc.pid, log_path)
+            nodes.append(node)
+            _save_state(swarm_dir, nodes, extra)
+
+            def died(node=node, proc=proc) -> None:
+                if proc.poll() is not None:
+                    raise SwarmError(f"node {node.index} exited (code {proc.returncode}); "
+                                     f"last lines of {node.log}:\n{_log_tail(node.log)}")
+
+            if i == 0:
+                _wait(lambda: _node_status(d) is not None, timeout_s, "node 0 to start", died)
+                rt = _runtime(d)
+                bootstrap = [a if "/p2p/" in a else f"{a}/p2p/{rt['peer_id']}" for a in rt["listen"][:1]]
+            progress(f"started node {i} (pid {proc.pid}) {identities[i].peer_id_str}")
+        for node in nodes:
+            _wait(lambda node=node: _node_status(node.data_dir) is not None, timeout_s,
+                  f"node {node.index} to start", _check_alive(node))
+        progress(f"waiting for the mesh of {n} nodes")
+        _wait(lambda: all(((_node_status(node.data_dir) or {}).get("peer_count", -1) >= n - 1) for node in nodes),
+              timeout_s, f"every node to see {n - 1} peers", _check_all_alive(nodes))
+    except BaseException:
+        down(swarm_dir, quiet=True)
+        raise
+    return status(swarm_dir)
+
+
+def _check_alive(node: SwarmNode) -> Callable[[], None]:
+    def check() -> None:
+        if not _alive(node.pid):
+            raise SwarmError(f"node {node.index} (pid {node.pid}) died; last lines of {node.log}:\n{_log_tail(node.log)}")
+    return check
+
+
+def _check_all_alive(nodes: list[SwarmNode]) -> Callable[[], None]:
+    def check() -> None:
+        for node in nodes:
+            _check_alive(node)()
+    return check
+
+
+def status(swarm_dir: Path) -> list[dict]:
+    out = []
+    for node in load_state(Path(swarm_dir)):
+        rt = _runtime(node.data_dir) or {}
+        st = _node_status(node.data_dir) if _alive(node.pid, node.data_dir) else None
+        out.append({
+            "index": node.index,
+            "peer_id": rt.get("peer_id") or (st or {}).get("peer_id"),
+            "api": rt.get("api"),
+            "pid": node.pid,
+            "alive": st is not None,
+            "data_dir": str(node.data_dir),
+            "log": str(node.log),
+            "peers": (st or {}).get("peers", []),
+            "height": (st or {}).get("height"),
+        })
+    return out
+
+
+def down(swarm_dir: Path, *, timeout_s: float = 15.0, quiet: bool = False) -> list[int]:
+    """SIGTERM the swarm's processes (SIGKILL after ``timeout_s``); returns the pids stopped."""
+    swarm_dir = Path(swarm_dir).resolve()
+    try:
+        nodes = load_state(swarm_dir)
+    except SwarmError:
+        if quiet:
+            return []
+        raise
+    running = [node for node in nodes if _alive(node.pid, node.data_dir)]
+    for node in running:
+        try:
+            os.kill(node.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(node.pid, node.data_dir) for node in running):
+        _reap()
+        time.sleep(0.05)
+    for node in running:
+        if _alive(node.pid, node.data_dir):
+            try:
+                os.kill(node.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    _reap()
+    (swarm_dir / STATE_FILE).unlink(missing_ok=True)
+    return [node.pid for node in running]
+
+
+def kill_node(swarm_dir: Path, index: int, sig: int = signal.SIGKILL) -> int:
+    """Send ``sig`` to one node of the swarm (tests use SIGKILL)."""
+    for node in load_state(Path(swarm_dir)):
+        if node.index == index and _alive(node.pid, node.data_dir):
+            os.kill(node.pid, sig)
+            return node.pid
+    raise SwarmError(f"no running node {index} in {swarm_dir}")
+
+
+def _reap() -> None:
+    """Collect exited children started by this process (no zombies)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
