@@ -28,9 +28,11 @@ def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
 
 
 def get_json(url: str, timeout: float = 10.0) -> dict:
+    import os
+
     from p2pnet.api import client
 
-    return client.get_json(url, timeout=timeout)
+    return client.get_json(url, timeout=timeout, api_key=os.environ.get("P2PNET_API_KEY"))
 
 
 def post_json(url: str, obj: dict, timeout: float = 30.0) -> dict:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import heapq
 import time
 import types
 import typing
@@ -674,9 +675,12 @@ def open_envelope(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
 class ReplayGuard:
     """Per-receiver replay and staleness check.
 
-    Keeps, for each of at most ``max_senders`` senders (least recently seen
-    evicted), the sequence numbers seen in a window below the highest one. A
-    seq at or below ``highest - window`` is a replay; so is one already seen.
+    For each of at most ``max_senders`` senders (least recently seen evicted)
+    it remembers the last ``window`` sequence numbers seen, and a floor: the
+    highest seq it has forgotten. A seq at or below the floor, or already
+    seen, is a replay. Messages may arrive out of order, as gossip does, as
+    long as fewer than ``window`` later ones came first. Timestamps further
+    than ``max_staleness_ms`` from the receiver's clock are stale.
     """
 
     def __init__(self, window: int = 4096, max_senders: int = 10_000,
@@ -684,24 +688,23 @@ class ReplayGuard:
         self.window = window
         self.max_senders = max_senders
         self.max_staleness_ms = max_staleness_ms
-        self._senders: "OrderedDict[bytes, tuple[int, set]]" = OrderedDict()
+        self._senders: "OrderedDict[bytes, list]" = OrderedDict()  # sender -> [floor, set, heap]
 
     def check(self, env: Envelope, now_ms: int) -> None:
         if abs(now_ms - env.ts_ms) > self.max_staleness_ms:
             raise WireError(STALE, f"timestamp {env.ts_ms} is {now_ms - env.ts_ms} ms off")
         entry = self._senders.get(env.sender)
         if entry is None:
-            highest, seen = env.seq, {env.seq}
-        else:
-            highest, seen = entry
-            if env.seq <= highest - self.window or env.seq in seen:
-                raise WireError(REPLAYED, f"seq {env.seq} from {env.sender_str[:16]} already seen")
-            seen.add(env.seq)
-            if env.seq > highest:
-                highest = env.seq
-                if len(seen) > 2 * self.window:
-                    seen = {s for s in seen if s > highest - self.window}
-        self._senders[env.sender] = (highest, seen)
+            entry = self._senders[env.sender] = [-1, set(), []]
+        floor, seen, heap = entry
+        if env.seq <= floor or env.seq in seen:
+            raise WireError(REPLAYED, f"seq {env.seq} from {env.sender_str[:16]} already seen")
+        seen.add(env.seq)
+        heapq.heappush(heap, env.seq)
+        if len(heap) > self.window:
+            oldest = heapq.heappop(heap)
+            seen.discard(oldest)
+            entry[0] = max(floor, oldest)
         self._senders.move_to_end(env.sender)
         while len(self._senders) > self.max_senders:
             self._senders.popitem(last=False)

@@ -187,12 +187,21 @@ def up(
             _wait(lambda node=node: _node_status(node.data_dir) is not None, timeout_s,
                   f"node {node.index} to start", _check_alive(node))
         progress(f"waiting for the mesh of {n} nodes")
-        _wait(lambda: all(((_node_status(node.data_dir) or {}).get("peer_count", -1) >= n - 1) for node in nodes),
-              timeout_s, f"every node to see {n - 1} peers", _check_all_alive(nodes))
+        _wait(lambda: all(_meshed(_node_status(node.data_dir), n) for node in nodes),
+              timeout_s, f"every node to see {n - 1} peers and join every topic's mesh", _check_all_alive(nodes))
     except BaseException:
         down(swarm_dir, quiet=True)
         raise
     return status(swarm_dir)
+
+
+def _meshed(st: Optional[dict], n: int) -> bool:
+    """Connected to all n-1 others, and in a GossipSub mesh on every topic."""
+    if not st or st.get("peer_count", -1) < n - 1:
+        return False
+    want = min(n - 1, 4)  # GossipSub's D_low
+    topics = st.get("topics", {})
+    return len(topics) > 0 and all(size >= want for size in topics.values())
 
 
 def _check_alive(node: SwarmNode) -> Callable[[], None]:

@@ -254,7 +254,7 @@ class Coordinator:
         if evaluation.chosen is None:
             self.failed += 1
             statuses = sorted({c.status for c in cands})
-            if timed_out and "busy" not in statuses:
+            if timed_out or "timeout" in statuses:
                 raise DeadlineExceeded(f"no answer before the deadline (respondents: {', '.join(statuses)})")
             raise NoExpertAvailable(f"no usable answer (respondents: {', '.join(statuses)})")
         best = cands[evaluation.chosen]

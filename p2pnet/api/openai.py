@@ -1,0 +1,143 @@
+"""OpenAI-compatible routes over a QueryService:
+
+    POST /v1/chat/completions   (streaming with "stream": true)
+    GET  /v1/models
+    GET  /v1/models/{model}
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from functools import partial
+from typing import Callable, Union
+
+import trio
+
+from p2pnet.api import sse
+from p2pnet.api.errors import HttpError
+from p2pnet.api.http import Request, Response, Router, SendChunk, StreamingResponse
+from p2pnet.api.openai_schema import (
+    ChatLimits,
+    chunk_object,
+    completion_object,
+    model_list,
+    model_object,
+    parse_chat_request,
+    provenance,
+    query_error,
+    usage,
+)
+from p2pnet.api.types import ChatRequest, ChatResult, QueryService
+from p2pnet.experts.errors import QueryError
+
+# What the chat task hands the stream writer: a text delta, the result, or the failure.
+_StreamItem = Union[str, ChatResult, HttpError]
+
+
+def mount_openai(
+    router: Router,
+    service: QueryService,
+    *,
+    limits: ChatLimits = ChatLimits(),
+    clock: Callable[[], float] = time.time,
+    stream_buffer: int = 64,
+    logger: logging.Logger | None = None,
+) -> None:
+    """Register the OpenAI-compatible routes for `service` on `router`."""
+    routes = _OpenAIRoutes(service, limits, clock, stream_buffer, logger or logging.getLogger(__name__))
+    router.add("GET", "/v1/models", routes.list_models)
+    router.add("GET", "/v1/models/{model}", routes.get_model)
+    router.add("POST", "/v1/chat/completions", routes.chat_completions)
+
+
+class _OpenAIRoutes:
+    def __init__(
+        self,
+        service: QueryService,
+        limits: ChatLimits,
+        clock: Callable[[], float],
+        stream_buffer: int,
+        logger: logging.Logger,
+    ) -> None:
+        self._service = service
+        self._limits = limits
+        self._clock = clock
+        self._stream_buffer = stream_buffer
+        self._log = logger
+
+    async def list_models(self, request: Request) -> Response:
+        return Response.json(200, model_list(self._service.list_models()))
+
+    async def get_model(self, request: Request) -> Response:
+        model_id = request.path_params["model"]
+        for entry in self._service.list_models():
+            if entry.get("id") == model_id:
+                return Response.json(200, model_object(entry))
+        raise HttpError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found")
+
+    async def chat_completions(self, request: Request) -> Response | StreamingResponse:
+        chat, include_usage = parse_chat_request(request.json(), self._limits)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(self._clock())
+        if chat.stream:
+            write = partial(self._write_stream, chat, include_usage, completion_id, created)
+            return StreamingResponse.event_stream(write)
+        try:
+            result = await self._service.chat(chat)
+        except QueryError as exc:
+            raise query_error(exc) from None
+        return Response.json(200, completion_object(completion_id, created, chat.model, result))
+
+    async def _run_chat(self, chat: ChatRequest, channel: trio.MemorySendChannel[_StreamItem]) -> None:
+        async with channel:
+
+            async def on_delta(text: str) -> None:
+                if text:
+                    await channel.send(text)
+
+            try:
+                result: _StreamItem = await self._service.chat(chat, on_delta)
+            except QueryError as exc:
+                result = query_error(exc)
+            except Exception:
+                self._log.exception("chat for model %r failed", chat.model)
+                result = HttpError(500, "internal server error", code="internal_error")
+            await channel.send(result)
+
+    async def _write_stream(
+        self, chat: ChatRequest, include_usage: bool, completion_id: str, created: int, send: SendChunk
+    ) -> None:
+        """Headers go out with the first chunk, so a failure before the first
+        delta is still an ordinary error response."""
+        chunk = partial(chunk_object, completion_id, created, chat.model)
+        started = False
+        streamed_text = False
+        failure: HttpError | None = None
+        deltas_in, deltas_out = trio.open_memory_channel[_StreamItem](self._stream_buffer)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_chat, chat, deltas_in)
+            async with deltas_out:
+                async for item in deltas_out:
+                    if isinstance(item, HttpError):
+                        failure = item
+                        break
+                    if not started:
+                        started = True
+                        await send(sse.encode_json_event(chunk({"role": "assistant", "content": ""})))
+                    if isinstance(item, str):
+                        streamed_text = True
+                        await send(sse.encode_json_event(chunk({"content": item})))
+                        continue
+                    if item.text and not streamed_text:  # the service sent no deltas
+                        await send(sse.encode_json_event(chunk({"content": item.text})))
+                    final = chunk({}, item.finish_reason, p2pnet=provenance(item))
+                    await send(sse.encode_json_event(final))
+                    if include_usage:
+                        await send(sse.encode_json_event(chunk(None, usage=usage(item))))
+                    await send(sse.DONE)
+        if failure is not None:
+            if not started:
+                raise failure
+            await send(sse.encode_json_event(failure.body()))

@@ -1,0 +1,187 @@
+"""Coordinated queries between real nodes (in one process, real libp2p over
+loopback, real HTTP API) whose experts are scripted: selection, sealed
+prompts, signed answers, evaluation, provenance, ratings and the failure paths."""
+
+import hashlib
+
+import openai
+import pytest
+import trio
+
+from p2pnet import config, wire
+from p2pnet.experts import scripted
+from p2pnet.experts.expert import Expert
+from p2pnet.node import Node
+
+from .conftest_net import wait_for
+
+QUESTION = "What is the capital of France?"
+
+
+async def start_node(nursery, tmp_path, name, boot=None, backend=None, expert_id="scripted"):
+    cfg = config.build(None, data_dir=tmp_path / name, listen=("/ip4/127.0.0.1/tcp/0",), api_port=0,
+                       bootstrap=(boot,) if boot else (), announce_interval_s=0.5)
+    experts = []
+    if backend is not None:
+        expert = Expert(expert_id, backend, domains=("general", "geography"), max_concurrency=2)
+        await expert.start()
+        experts.append(expert)
+    node = Node(cfg, experts=experts)
+    await nursery.start(node.run)
+    return node
+
+
+def boot_addr(node):
+    return node.network.listen_addrs[0]
+
+
+async def start_cluster(nursery, tmp_path, backends):
+    """node0 coordinates (no expert); node1.. host the given backends."""
+    coord = await start_node(nursery, tmp_path, "coord")
+    nodes = [coord]
+    for i, backend in enumerate(backends):
+        nodes.append(await start_node(nursery, tmp_path, f"n{i}", boot_addr(coord), backend))
+    n = len(nodes)
+    await wait_for(lambda: all(len(x.network.peers()) == n - 1 for x in nodes), 30, "mesh")
+    coordinator = coordinator_of(coord)
+    await wait_for(lambda: len(coordinator.directory.all(coordinator.clock())) == len(backends), 30,
+                   "expert announcements")
+    return nodes
+
+
+def coordinator_of(node):
+    return next(s.coordinator for s in node.services if hasattr(s, "coordinator"))
+
+
+def ask(api, question=QUESTION, **extra):
+    client = openai.OpenAI(base_url=api + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return client.chat.completions.create(model="p2pnet", messages=[{"role": "user", "content": question}],
+                                          extra_body=extra)
+
+
+def paris(**kw):
+    return scripted.ScriptedBackend({QUESTION: "The capital of France is Paris."}, **kw)
+
+
+async def test_query_answered_by_remote_experts_with_provenance_and_ratings(nursery, tmp_path):
+    nodes = await start_cluster(nursery, tmp_path, [paris(), paris(), scripted.ScriptedBackend(
+        {QUESTION: "Lyon is the capital of France."})])
+    coord = nodes[0]
+    resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=3, domain="geography"))
+    assert resp.choices[0].message.content == "The capital of France is Paris."
+    prov = resp.model_extra["p2pnet"]
+    assert len(prov["respondents"]) == 3 and prov["domain"] == "geography"
+    assert {r["status"] for r in prov["respondents"]} == {"ok"}
+    expert_peers = {n.peer_id for n in nodes[1:]}
+    assert prov["chosen"]["peer_id"] in expert_peers and prov["chosen"]["peer_id"] != coord.peer_id
+    scores = {r["peer_id"]: r["score"] for r in prov["respondents"]}
+    assert scores[nodes[3].peer_id] < scores[nodes[1].peer_id] == scores[nodes[2].peer_id]
+    # one signed rating per respondent, in the durable queue
+    coordinator = coordinator_of(coord)
+    ratings = [wire.open_envelope(raw) for _, raw in coordinator.ratings.pending()]
+    assert len(ratings) == 3
+    assert all(r.sender == coord.network.peer_id and isinstance(r.message, wire.Rating) for r in ratings)
+    by_peer = {wire.peer_id_str(r.message.respondent): r.message for r in ratings}
+    assert by_peer[nodes[1].peer_id].answer_hash == hashlib.sha256(b"The capital of France is Paris.").digest()
+    assert by_peer[nodes[3].peer_id].score < by_peer[nodes[1].peer_id].score
+
+
+async def test_prompts_are_sealed_to_the_chosen_respondents(nursery, tmp_path):
+    nodes = await start_cluster(nursery, tmp_path, [paris()])
+    seen = []
+
+    async def spy(env):
+        seen.append(env.message)
+
+    nodes[1].network.on("p2pnet/queries/1", spy)
+    await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, respondents=1))
+    query = next(m for m in seen if isinstance(m, wire.Query))
+    assert QUESTION.encode() not in query.pack()  # only ciphertext on the wire
+    assert [p.recipient for p in query.prompts] == [nodes[1].network.peer_id]
+
+
+async def test_all_respondents_busy_is_503(nursery, tmp_path):
+    nodes = await start_cluster(nursery, tmp_path, [paris(failure=scripted.BUSY), paris(failure=scripted.BUSY)])
+    with pytest.raises(openai.APIStatusError) as exc:
+        await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, respondents=2))
+    assert exc.value.status_code == 503
+    assert exc.value.body["code"] == "no_expert_available"
+
+
+async def test_respondent_dies_mid_answer(nursery, tmp_path):
+    """One respondent's node goes away while it generates: the coordinator
+    still answers from the other, after cancelling the straggler at the deadline."""
+    nodes = await start_cluster(nursery, tmp_path, [paris(), paris(failure=scripted.HANG)])
+    dying = nodes[2]
+
+    async def kill_when_busy():
+        await wait_for(lambda: dying.services[0].inflight > 0, 30, "the hanging generation")
+        dying.stop()
+
+    nursery.start_soon(kill_when_busy)
+    resp = await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, respondents=2, deadline_s=5))
+    assert resp.choices[0].message.content == "The capital of France is Paris."
+    statuses = {r["peer_id"]: r["status"] for r in resp.model_extra["p2pnet"]["respondents"]}
+    assert statuses[nodes[1].peer_id] == "ok" and statuses[dying.peer_id] == "timeout"
+
+
+async def test_deadline_with_no_answer_is_504(nursery, tmp_path):
+    nodes = await start_cluster(nursery, tmp_path, [paris(failure=scripted.HANG)])
+    with pytest.raises(openai.APIStatusError) as exc:
+        await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, respondents=1, deadline_s=1))
+    assert exc.value.status_code == 504
+
+
+async def test_tampered_answer_is_rejected(nursery, tmp_path, monkeypatch):
+    """An answer whose text does not match its signed hash is thrown out and rated 0."""
+    nodes = await start_cluster(nursery, tmp_path, [paris(), paris()])
+    liar = nodes[2]
+    from p2pnet import sealing
+
+    real_seal = sealing.seal
+
+    def tampering_seal(identity, peer, plaintext):
+        if identity is liar.identity and plaintext.startswith(wire.AnswerBody("", "").pack()[:1]):
+            body = wire.AnswerBody.unpack(plaintext)
+            if body.text:
+                plaintext = wire.AnswerBody("The capital of France is Berlin.", body.finish_reason).pack()
+        return real_seal(identity, peer, plaintext)
+
+    monkeypatch.setattr("p2pnet.experts.responder.sealing.seal", tampering_seal)
+    resp = await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, respondents=2))
+    assert resp.choices[0].message.content == "The capital of France is Paris."
+    rows = {r["peer_id"]: r for r in resp.model_extra["p2pnet"]["respondents"]}
+    assert rows[liar.peer_id]["status"] == "invalid" and rows[liar.peer_id]["score"] == 0.0
+
+
+async def test_forged_answer_signature_is_refused(nursery, tmp_path):
+    nodes = await start_cluster(nursery, tmp_path, [paris()])
+    coord, expert_node = nodes[0], nodes[1]
+    bad = bytearray(expert_node.signer.seal(wire.Answer(b"q" * 16, "scripted", "ok", b"", b"\0" * 32)))
+    bad[-2] ^= 1
+    from p2pnet.gossip import rpc
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+
+    stream = await expert_node.network.host.new_stream(ID(coord.network.peer_id), [TProtocol("/p2pnet/rpc/1.0.0")])
+    await rpc.write_frame(stream, bytes(bad))
+    reply = wire.open_envelope(await rpc.read_frame(stream, 1 << 20))
+    assert isinstance(reply.message, wire.RpcError) and reply.message.code == "bad_request"
+    assert coord.network.stats.dropped[wire.BAD_SIGNATURE] == 1
+
+
+async def test_malformed_api_requests_are_400(nursery, tmp_path):
+    from p2pnet.api import client
+    from p2pnet.api.errors import HttpError
+
+    nodes = await start_cluster(nursery, tmp_path, [paris()])
+    url = nodes[0].api_url + "/v1/chat/completions"
+    for body in ({}, {"model": "p2pnet", "messages": []}, {"model": "p2pnet", "messages": [{"role": "x"}]},
+                 {"model": "p2pnet", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}):
+        with pytest.raises(HttpError) as exc:
+            await trio.to_thread.run_sync(lambda: client.post_json(url, body))
+        assert exc.value.status == 400
+    with pytest.raises(HttpError) as exc:
+        await trio.to_thread.run_sync(lambda: client.post_json(
+            url, {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}))
+    assert exc.value.status == 404

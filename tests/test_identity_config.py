@@ -1,0 +1,80 @@
+"""Node identity files and configuration."""
+
+import os
+import stat
+
+import pytest
+from click.testing import CliRunner
+
+from p2pnet import config, identity
+
+
+def test_key_created_0600_and_stable(tmp_path):
+    a = identity.load_or_create(tmp_path / "d")
+    path = tmp_path / "d" / identity.KEY_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    b = identity.load_or_create(tmp_path / "d")
+    assert a.peer_id == b.peer_id and a.peer_id_str.startswith("12D3KooW")
+
+
+def test_key_readable_by_others_is_refused(tmp_path):
+    identity.load_or_create(tmp_path)
+    path = tmp_path / identity.KEY_FILE
+    os.chmod(path, 0o644)
+    with pytest.raises(identity.IdentityError, match="chmod 600"):
+        identity.load_or_create(tmp_path)
+
+
+def test_malformed_key_file(tmp_path):
+    path = tmp_path / identity.KEY_FILE
+    path.write_text("not hex")
+    os.chmod(path, 0o600)
+    with pytest.raises(identity.IdentityError, match="not a hex"):
+        identity.load(path)
+
+
+def test_libp2p_and_signing_keys_agree(tmp_path):
+    from libp2p.peer.id import ID
+
+    ident = identity.load_or_create(tmp_path)
+    kp = ident.libp2p_key_pair()
+    assert ID.from_pubkey(kp.public_key).to_base58() == ident.peer_id_str
+
+
+def test_node_id_cli(tmp_path):
+    from p2pnet_cli.main import _register, cli
+
+    _register()
+    out = CliRunner().invoke(cli, ["node", "id", "--data-dir", str(tmp_path)])
+    assert out.exit_code == 0
+    assert out.output.strip() == identity.load_or_create(tmp_path).peer_id_str
+
+
+def test_config_file_then_flags(tmp_path):
+    f = tmp_path / "node.toml"
+    f.write_text('api_port = 9999\nbootstrap = ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGMsMXhTYHohBpJxvittdDRZYGh9F2tBaESAADLARfHcR"]\n')
+    cfg = config.build(f, data_dir=tmp_path, api_port=None)
+    assert cfg.api_port == 9999 and len(cfg.bootstrap) == 1
+    assert config.build(f, data_dir=tmp_path, api_port=1234).api_port == 1234
+
+
+@pytest.mark.parametrize("text, key", [
+    ("nonsense_key = 1\n", "nonsense_key"),
+    ("api_port = 'x'\n", "api_port"),
+    ("listen = ['not-a-multiaddr']\n", "listen"),
+    ("bootstrap = ['/ip4/127.0.0.1/tcp/1']\n", "bootstrap"),
+    ("validator = true\n", "validator"),
+    ("api_port = [\n", "node.toml"),
+])
+def test_config_errors_name_the_key(tmp_path, text, key):
+    f = tmp_path / "node.toml"
+    f.write_text(text)
+    with pytest.raises(config.ConfigError, match=key):
+        config.build(f, data_dir=tmp_path)
+
+
+def test_api_beyond_loopback_needs_a_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("P2PNET_API_KEY", raising=False)
+    with pytest.raises(config.ConfigError, match="api_key"):
+        config.build(None, data_dir=tmp_path, api_host="0.0.0.0")
+    assert config.build(None, data_dir=tmp_path, api_host="0.0.0.0", api_key="k").api_key == "k"

@@ -1,0 +1,102 @@
+"""Multi-process: real node processes on 127.0.0.1, started through the same
+code as `p2pnet swarm up`, and the CLI run as a user would run it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from p2pnet.api import client
+from p2pnet_testnet import swarm
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args, check=True):
+    out = subprocess.run([sys.executable, "-m", "p2pnet_cli", *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def wait_until(cond, timeout_s, what):
+    swarm._wait(cond, timeout_s, what)
+
+
+@pytest.fixture
+def four_nodes(tmp_path):
+    nodes = swarm.up(4, tmp_path / "sw", node_args=["--no-experts"], timeout_s=120)
+    try:
+        yield tmp_path / "sw", nodes
+    finally:
+        pids = [n["pid"] for n in nodes]
+        swarm.down(tmp_path / "sw")
+        for pid in pids:
+            assert not swarm._alive(pid), f"node process {pid} survived swarm down"
+
+
+def messages(api):
+    return client.get_json(api + "/messages")["messages"]
+
+
+def test_publish_exactly_once_then_survive_a_sigkill(four_nodes):
+    sw, nodes = four_nodes
+    out = json.loads(cli("swarm", "status", "--dir", str(sw), "--json").stdout)
+    assert len(out["nodes"]) == 4
+    for entry in out["nodes"]:
+        assert {"peer_id", "api", "pid", "data_dir", "peers"} <= set(entry)
+        assert len(entry["peers"]) == 3 and entry["peer_id"] not in entry["peers"]
+    st = json.loads(cli("status", "--api", nodes[2]["api"], "--json").stdout)
+    assert sorted(st["peers"]) == sorted(n["peer_id"] for n in nodes if n["index"] != 2)
+
+    sender, others = nodes[0], nodes[1:]
+    for i in range(20):
+        assert client.post_json(sender["api"] + "/broadcast", {"text": f"first-{i}"})["ok"]
+    wait_until(lambda: all(len(messages(n["api"])) >= 20 for n in others), 60, "first round")
+    for n in others:
+        texts = [m["text"] for m in messages(n["api"])]
+        assert sorted(texts) == sorted(f"first-{i}" for i in range(20)), n  # every one, exactly once
+
+    killed = swarm.kill_node(sw, 3, signal.SIGKILL)
+    wait_until(lambda: not swarm._alive(killed), 30, "node 3 to die")
+    for i in range(20):
+        assert client.post_json(sender["api"] + "/broadcast", {"text": f"second-{i}"})["ok"]
+    survivors = nodes[1:3]
+    wait_until(lambda: all(len(messages(n["api"])) >= 40 for n in survivors), 60, "second round")
+    for n in survivors:
+        texts = [m["text"] for m in messages(n["api"])]
+        assert sorted(t for t in texts if t.startswith("second")) == sorted(f"second-{i}" for i in range(20))
+        assert len(texts) == 40
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    out = cli("status", "--data-dir", str(tmp_path / "nothing"), check=False)
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    assert "no running node" in out.stderr
+    out = cli("node", "start", "--data-dir", str(tmp_path / "n"), "--listen", "garbage", check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stderr and "listen" in out.stderr
+    out = cli("swarm", "down", "--dir", str(tmp_path / "none"), check=False)
+    assert out.returncode != 0 and "no swarm" in out.stderr and "Traceback" not in out.stderr
+    key = tmp_path / "k"
+    cli("node", "id", "--data-dir", str(key))
+    os.chmod(key / "node.key", 0o644)
+    out = cli("node", "id", "--data-dir", str(key), check=False)
+    assert out.returncode != 0 and "chmod 600" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sigterm_flushes_acknowledged_messages(four_nodes):
+    """Messages the API acknowledged are delivered even when SIGTERM comes right after."""
+    sw, nodes = four_nodes
+    for i in range(50):
+        assert client.post_json(nodes[0]["api"] + "/broadcast", {"text": f"m{i}"})["ok"]
+    pid = swarm.kill_node(sw, 0, signal.SIGTERM)
+    wait_until(lambda: not swarm._alive(pid), 30, "node 0 to exit")
+    for n in nodes[1:]:
+        wait_until(lambda n=n: len(messages(n["api"])) >= 50, 60, "delivery")
+        assert sorted(m["text"] for m in messages(n["api"])) == sorted(f"m{i}" for i in range(50))
+    log = open(os.path.join(nodes[0]["data_dir"], "node.log")).read()
+    assert "received SIGTERM" in log and "Traceback" not in log
