@@ -20,6 +20,9 @@ def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
 
     d = Path(data_dir) if data_dir else default_data_dir()
     info = read_runtime(d)
+    if (not info or not info.get("api")) and data_dir is None:
+        # no node of its own: use the local swarm's first node, if one runs
+        info = read_runtime(default_data_dir() / "swarm" / "node0")
     if not info or not info.get("api"):
         raise click.ClickException(
             f"no running node found for data dir {d} (start one with `p2pnet node start`, or pass --api URL)"

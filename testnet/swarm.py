@@ -120,11 +120,14 @@ def up(
     *,
     validators: int = 0,
     node_args: Sequence[str] = (),
+    extra_args: Optional[dict] = None,
     model_store: Optional[Path] = None,
     timeout_s: float = 120.0,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> list[dict]:
-    """Start the swarm and wait for the mesh; returns ``status()``."""
+    """Start the swarm and wait for the mesh; returns ``status()``.
+
+    ``node_args`` go to every node, ``extra_args[i]`` to node i only."""
     if n < 1:
         raise SwarmError("a swarm needs at least one node")
     if not 0 <= validators <= n:
@@ -156,7 +159,8 @@ def up(
         bootstrap: list[str] = []
         for i, d in enumerate(dirs):
             args = [sys.executable, "-m", "p2pnet_cli", "node", "start", "--data-dir", str(d),
-                    "--listen", "/ip4/127.0.0.1/tcp/0", "--api-port", "0", *node_args]
+                    "--listen", "/ip4/127.0.0.1/tcp/0", "--api-port", "0", *node_args,
+                    *(extra_args or {}).get(i, ())]
             if model_store is not None:
                 args += ["--model-store", str(model_store)]
             for b in bootstrap:
@@ -199,7 +203,9 @@ def _meshed(st: Optional[dict], n: int) -> bool:
     """Connected to all n-1 others, and in a GossipSub mesh on every topic."""
     if not st or st.get("peer_count", -1) < n - 1:
         return False
-    want = min(n - 1, 4)  # GossipSub's D_low
+    from p2pnet.gossip.host import GossipParams
+
+    want = min(n - 1, GossipParams().degree_low)
     topics = st.get("topics", {})
     return len(topics) > 0 and all(size >= want for size in topics.values())
 

@@ -21,9 +21,11 @@ import multiaddr
 
 @dataclass(frozen=True)
 class GossipParams:
-    degree: int = 6
-    degree_low: int = 4
-    degree_high: int = 12
+    # A smaller mesh than GossipSub's usual D=6: py-libp2p spends 4-10 ms of CPU
+    # per received copy, and every mesh peer sends one (docs/benchmarks.md).
+    degree: int = 3
+    degree_low: int = 2
+    degree_high: int = 5
     heartbeat_interval_s: int = 1
     max_message_bytes: int = 1 << 20
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install p2pnet into ./.venv on a fresh machine.
+#   bash scripts/bootstrap.sh        # the node and CLI
+#   bash scripts/bootstrap.sh dev    # plus the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# py-libp2p 0.8.1 builds fastecdsa from source: it needs gcc and GMP headers.
+if ! { [ -f /usr/include/gmp.h ] || [ -f /usr/include/x86_64-linux-gnu/gmp.h ] || [ -f /usr/include/aarch64-linux-gnu/gmp.h ]; }; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "installing libgmp-dev (needed to build fastecdsa)" >&2
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgmp-dev gcc >/dev/null
+  else
+    echo "error: GMP headers missing; install libgmp-dev (or gmp-devel) and gcc first" >&2
+    exit 1
+  fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+extra=""
+[ "${1:-}" = "dev" ] && extra="[dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+.venv/bin/p2pnet --version >/dev/null
+echo "p2pnet installed in .venv (run: .venv/bin/p2pnet --help)" >&2
