@@ -1,0 +1,147 @@
+"""Query-path benchmarks. Run: ``python bench/query.py [--parts a,c]``.
+
+(a) hosted-expert generation speed vs calling xllamacpp directly, same model,
+    prompt and settings, as a ratio (target >= 0.95);
+(b) coordinator overhead through real nodes (to be added by the node layer);
+(c) backend total tokens/s with 8 concurrent generations vs 1.
+
+Each part is a function returning rows ``(metric, value, note)``; ``main``
+prints them as a table headed by the machine's core count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import trio
+
+from p2pnet.config import default_data_dir
+from p2pnet.experts import modelstore
+from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT
+from p2pnet.experts.llama import LlamaBackend, LlamaSettings
+from p2pnet.experts.spec import open_expert, parse_expert_spec
+from p2pnet.wire import ChatMessage, PromptBody
+
+Row = tuple[str, str, str]
+QUESTION = "Write a detailed story about a dragon who learns to paint."
+
+
+def _model(data_dir: Path) -> modelstore.StoredModel:
+    return modelstore.ensure_default(data_dir, progress=None)
+
+
+def part_a(data_dir: Path, threads: int, tokens: int, reps: int) -> list[Row]:
+    """Hosted Expert.answer vs xllamacpp.Server.handle_chat_completions, end to end."""
+    import xllamacpp
+
+    model = _model(data_dir)
+    messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": QUESTION}]
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model.path)
+    params.n_ctx, params.n_parallel, params.kv_unified = 2048, 1, True
+    params.n_gpu_layers, params.verbosity = 0, -1
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
+    direct = xllamacpp.Server(params)
+    request = {"messages": messages, "max_tokens": tokens, "temperature": 0.0, "cache_prompt": False}
+
+    def run_direct() -> tuple[int, float]:
+        t0 = time.perf_counter()
+        r = direct.handle_chat_completions(request)
+        return r["usage"]["completion_tokens"], time.perf_counter() - t0
+
+    spec = parse_expert_spec(f"model={modelstore.DEFAULT_MODEL},domains=general")
+    prompt = PromptBody((ChatMessage("user", QUESTION),), tokens)
+    hosted: list[float] = []
+    plain: list[float] = []
+
+    async def run() -> None:
+        async with open_expert(spec, data_dir, n_threads=threads) as expert:
+            for i in range(reps):  # interleaved, so machine noise hits both alike
+                n, dt = await trio.to_thread.run_sync(run_direct)
+                plain.append(n / dt)
+                t0 = time.perf_counter()
+                answer = await expert.answer(i.to_bytes(16, "big"), prompt, timeout=600)
+                hosted.append(answer.completion_tokens / (time.perf_counter() - t0))
+
+    trio.run(run)
+    del direct
+    h, p = statistics.median(hosted), statistics.median(plain)
+    return [
+        ("(a) direct xllamacpp gen tok/s", f"{p:.1f}", f"median of {reps}, {tokens} tokens, end to end"),
+        ("(a) hosted expert gen tok/s", f"{h:.1f}", "Expert.answer, same prompt and settings"),
+        ("(a) hosted / direct", f"{h / p:.3f}", "target >= 0.95"),
+    ]
+
+
+def part_c(data_dir: Path, threads: int, tokens: int, reps: int, parallel: int = 8) -> list[Row]:
+    """Total generation tokens/s of one LlamaBackend: ``parallel`` concurrent vs 1."""
+    model = _model(data_dir)
+    backend = LlamaBackend(model.path, LlamaSettings(n_threads=threads, n_parallel=parallel, n_ctx=4096))
+    backend.load()
+    messages = [ChatMessage("system", DEFAULT_SYSTEM_PROMPT), ChatMessage("user", QUESTION)]
+
+    def batch(n: int) -> float:
+        counts = [0] * n
+
+        def one(i: int) -> None:
+            counts[i] = backend.generate(messages, max_tokens=tokens).completion_tokens
+
+        workers = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return sum(counts) / (time.perf_counter() - t0)
+
+    try:
+        backend.generate(messages, max_tokens=4)  # warm up
+        runs = [(batch(1), batch(parallel)) for _ in range(reps)]  # interleaved against noise
+        single = statistics.median(r[0] for r in runs)
+        many = statistics.median(r[1] for r in runs)
+    finally:
+        backend.close()
+    return [
+        ("(c) 1 generation tok/s", f"{single:.1f}", f"median of {reps}, {tokens} tokens, n_parallel={parallel}"),
+        (f"(c) {parallel} concurrent total tok/s", f"{many:.1f}", "continuous batching over slots"),
+        (f"(c) {parallel} vs 1", f"{many / single:.2f}x", ""),
+    ]
+
+
+PARTS: dict[str, Callable[..., list[Row]]] = {"a": part_a, "c": part_c}
+"""Benchmark parts by letter; part (b) (coordinator overhead) goes here too."""
+
+
+def print_table(rows: list[Row], out=sys.stdout) -> None:
+    print(f"nproc={os.cpu_count()}  python={sys.version.split()[0]}", file=out)
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'metric':<{width}} | {'value':>9} | note", file=out)
+    print(f"|{'-' * (width + 2)}|{'-' * 11}|------", file=out)
+    for metric, value, note in rows:
+        print(f"| {metric:<{width}} | {value:>9} | {note}", file=out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="a,c", help="comma-separated parts to run (default a,c)")
+    ap.add_argument("--data-dir", type=Path, default=None, help="where models live (default: node data dir)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args(argv)
+    data_dir = args.data_dir or default_data_dir()
+    rows: list[Row] = []
+    for part in args.parts.split(","):
+        rows += PARTS[part.strip()](data_dir, args.threads, args.tokens, args.reps)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

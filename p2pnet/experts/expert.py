@@ -1,0 +1,181 @@
+"""A hosted expert: one backend, its domains and price, bounded concurrency.
+
+``answer`` never queues: with ``max_concurrency`` generations running it
+returns status "busy" at once. Every generation has a timeout and can be
+cancelled by query id. Generations of a thread-based backend run in worker
+threads, so the Trio loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import trio
+
+from p2pnet.experts.backend import (
+    CANCELLED, DEADLINE, Backend, CancelToken, OnToken, Speed,
+)
+from p2pnet.experts.errors import Busy, DeadlineExceeded, ExpertsError, QueryError
+from p2pnet.wire import ChatMessage, ModelCard, PromptBody
+
+log = logging.getLogger("p2pnet.experts.expert")
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
+HARD_STOP_GRACE = 2.0
+"""Seconds past the timeout after which a generation is cancelled outright
+(the backend is first asked to stop at the timeout, keeping its partial text)."""
+
+# ExpertAnswer statuses: the same strings as wire.Answer.status
+OK, BUSY, ERROR, CANCELLED_STATUS, TIMEOUT = "ok", "busy", "error", "cancelled", "timeout"
+
+
+@dataclass(frozen=True)
+class ExpertAnswer:
+    """The outcome of one query. ``status`` is one of wire.Answer.STATUSES;
+    for "timeout" ``text`` holds what was generated before the deadline."""
+
+    status: str
+    text: str = ""
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_ms: float = 0.0
+    gen_ms: float = 0.0
+    error: str = ""
+
+    def raise_for_status(self) -> "ExpertAnswer":
+        """Self if ok; else the matching QueryError (Busy 503, DeadlineExceeded 504...)."""
+        if self.status == OK:
+            return self
+        if self.status == BUSY:
+            raise Busy(self.error or "expert is busy")
+        if self.status == TIMEOUT:
+            raise DeadlineExceeded(self.error or "the expert did not answer in time")
+        raise QueryError(self.error or self.status)
+
+
+class _Running:
+    def __init__(self, scope: trio.CancelScope, token: CancelToken) -> None:
+        self.scope, self.token = scope, token
+        self.cancelled = False
+
+
+class Expert:
+    """Serves queries with one backend. Call ``await start()`` (loads the model
+    and measures its speed) before ``answer``, and ``await aclose()`` after; or
+    use :func:`p2pnet.experts.spec.open_expert`."""
+
+    def __init__(self, expert_id: str, backend: Backend, *, domains: Sequence[str],
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, price_per_1k: float = 0.0,
+                 max_concurrency: int = 1) -> None:
+        if not 0 < len(expert_id) <= 64:
+            raise ValueError("expert_id must have 1 to 64 characters")
+        if not domains or max_concurrency < 1 or price_per_1k < 0:
+            raise ValueError("an expert needs domains, max_concurrency >= 1 and price >= 0")
+        self.expert_id = expert_id
+        self.backend = backend
+        self.domains = tuple(domains)
+        self.system_prompt = system_prompt
+        self.price_per_1k = price_per_1k
+        self.max_concurrency = max_concurrency
+        self.speed = Speed(0.0, 0.0)
+        self._running: dict[bytes, _Running] = {}
+        self._started = False
+
+    async def start(self, speed: Optional[Speed] = None) -> None:
+        """Load the model (in a worker thread) and run the short self-benchmark,
+        unless ``speed`` gives a measurement to reuse."""
+        await trio.to_thread.run_sync(self.backend.load)
+        self.speed = speed or await trio.to_thread.run_sync(self.backend.measure_speed)
+        self._started = True
+        info = self.backend.info()
+        log.info("expert %s: %s (%s, %s) prompt %.0f tok/s, generation %.0f tok/s",
+                 self.expert_id, info.model, info.quantization, info.backend,
+                 self.speed.prompt_tps, self.speed.gen_tps)
+
+    async def aclose(self) -> None:
+        for running in self._running.values():
+            running.scope.cancel()
+        await trio.to_thread.run_sync(self.backend.close)
+
+    @property
+    def load(self) -> int:
+        """Generations running now."""
+        return len(self._running)
+
+    def card(self, load: Optional[int] = None) -> ModelCard:
+        info = self.backend.info()
+        return ModelCard(
+            expert_id=self.expert_id, model=info.model, sha256=info.sha256,
+            quantization=info.quantization, n_ctx=info.n_ctx, domains=self.domains,
+            prompt_tps=float(self.speed.prompt_tps), gen_tps=float(self.speed.gen_tps),
+            price_per_1k=float(self.price_per_1k), load=self.load if load is None else load,
+            max_concurrency=self.max_concurrency, backend=info.backend, gpu_layers=info.gpu_layers,
+        )
+
+    def cancel(self, query_id: bytes) -> bool:
+        """Stop the generation of ``query_id``; its ``answer`` returns status
+        "cancelled". False if no such query is running."""
+        running = self._running.get(query_id)
+        if running is None:
+            return False
+        running.cancelled = True
+        running.token.cancel()
+        running.scope.cancel()
+        return True
+
+    def messages_for(self, prompt: PromptBody) -> tuple[ChatMessage, ...]:
+        """The prompt's messages, with the expert's system prompt first unless
+        the prompt brings its own."""
+        if any(m.role == "system" for m in prompt.messages) or not self.system_prompt:
+            return tuple(prompt.messages)
+        return (ChatMessage("system", self.system_prompt),) + tuple(prompt.messages)
+
+    async def answer(self, query_id: bytes, prompt: PromptBody, *, timeout: float,
+                     on_token: Optional[OnToken] = None) -> ExpertAnswer:
+        """Answer one prompt within ``timeout`` seconds.
+
+        Returns at once with status "busy" when ``max_concurrency`` generations
+        are running, "error" for a duplicate running ``query_id`` or a failed
+        generation. ``on_token`` may be called from a worker thread. Cancelling
+        the calling task stops the generation and propagates as usual."""
+        if not self._started:
+            raise ExpertsError(f"expert {self.expert_id} is not started")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        if query_id in self._running:
+            return ExpertAnswer(ERROR, error="a query with this id is already running")
+        if len(self._running) >= self.max_concurrency:
+            return ExpertAnswer(BUSY, error=f"expert {self.expert_id} is busy "
+                                            f"({self.max_concurrency} queries running)")
+        token = CancelToken()
+        scope = trio.CancelScope(deadline=trio.current_time() + timeout + HARD_STOP_GRACE)
+        running = self._running[query_id] = _Running(scope, token)
+        result = None
+        try:
+            with scope:
+                result = await self.backend.agenerate(
+                    self.messages_for(prompt), max_tokens=prompt.max_tokens,
+                    temperature=prompt.temperature, timeout=timeout, on_token=on_token,
+                    cancel=token)
+        except Busy as exc:
+            return ExpertAnswer(BUSY, error=str(exc))
+        except ExpertsError as exc:
+            return ExpertAnswer(ERROR, error=str(exc))
+        except Exception as exc:  # a backend bug must not take the node down
+            log.exception("expert %s: generation failed", self.expert_id)
+            return ExpertAnswer(ERROR, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            del self._running[query_id]
+        if running.cancelled:
+            return ExpertAnswer(CANCELLED_STATUS, finish_reason=CANCELLED, error="cancelled")
+        if result is None:  # the hard stop fired
+            return ExpertAnswer(TIMEOUT, finish_reason=DEADLINE, error="deadline exceeded")
+        status = {DEADLINE: TIMEOUT, CANCELLED: CANCELLED_STATUS}.get(result.finish_reason, OK)
+        return ExpertAnswer(
+            status, text=result.text, finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            prompt_ms=result.prompt_ms, gen_ms=result.gen_ms,
+            error="deadline exceeded" if status == TIMEOUT else "")

@@ -1,0 +1,129 @@
+"""The ``--expert`` flag: parsing it, and building a running Expert from it.
+
+Syntax: comma-separated ``key=value`` pairs, for example
+``model=smollm2-135m,domains=general+geography,price=0.1,concurrency=2``.
+Keys: ``model`` (required: a known name or a .gguf path), ``domains``
+(``+``-separated, default "general"), ``price`` (per 1k tokens, default 0),
+``concurrency`` (default 1), ``gpu_layers`` (default 0; -1 all), ``ctx``
+(context tokens, default 2048), ``id`` (expert id, default the model name) and
+``system`` (system prompt). ``system`` must come last: its value runs to the
+end of the spec, commas included.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Optional
+
+import trio
+
+from p2pnet.experts.errors import ExpertSpecError
+from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT, Expert
+from p2pnet.experts.llama import LlamaBackend, LlamaSettings
+from p2pnet.experts.modelstore import ModelRegistry, resolve
+
+_DOMAIN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_KEYS = ("model", "domains", "price", "concurrency", "gpu_layers", "ctx", "id", "system")
+
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    model: str
+    domains: tuple[str, ...] = ("general",)
+    price_per_1k: float = 0.0
+    concurrency: int = 1
+    gpu_layers: int = 0
+    n_ctx: int = 2048
+    expert_id: str = ""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+    @property
+    def id(self) -> str:
+        """The expert id: ``expert_id`` or else derived from the model name."""
+        if self.expert_id:
+            return self.expert_id
+        return (Path(self.model).stem if self.model.endswith(".gguf") else self.model)[:64]
+
+
+def parse_expert_spec(text: str) -> ExpertSpec:
+    """Parse one ``--expert`` value; ExpertSpecError naming the bad key."""
+    values: dict[str, str] = {}
+    rest = text.strip()
+    while rest:
+        if rest.startswith("system="):
+            key, value, rest = "system", rest[len("system="):], ""
+        else:
+            item, _, rest = rest.partition(",")
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq:
+                raise ExpertSpecError(f"expert spec: {item.strip()!r} is not key=value")
+            if key not in _KEYS:
+                raise ExpertSpecError(f"expert spec: unknown key {key!r} (known: {', '.join(_KEYS)})")
+            value = value.strip()
+        if key in values:
+            raise ExpertSpecError(f"expert spec: key {key!r} given twice")
+        values[key] = value
+    if not values.get("model"):
+        raise ExpertSpecError("expert spec: key 'model' is required (model=NAME or a .gguf path)")
+    domains = tuple(d.strip().lower() for d in values.get("domains", "general").split("+"))
+    if not domains or len(domains) > 32 or not all(_DOMAIN.fullmatch(d) for d in domains):
+        raise ExpertSpecError(f"expert spec: key 'domains': {values.get('domains')!r} must be "
+                              "+-separated names of letters, digits, '_', '.', '-'")
+    expert_id = values.get("id", "")
+    if len(expert_id) > 64:
+        raise ExpertSpecError("expert spec: key 'id' is longer than 64 characters")
+    return ExpertSpec(
+        model=values["model"],
+        domains=domains,
+        price_per_1k=_number(values, "price", float, 0.0, minimum=0.0),
+        concurrency=_number(values, "concurrency", int, 1, minimum=1),
+        gpu_layers=_number(values, "gpu_layers", int, 0, minimum=-1),
+        n_ctx=_number(values, "ctx", int, 2048, minimum=64),
+        expert_id=expert_id,
+        system_prompt=values.get("system", DEFAULT_SYSTEM_PROMPT),
+    )
+
+
+def _number(values: dict, key: str, kind: type, default, *, minimum):
+    if key not in values:
+        return default
+    try:
+        number = kind(values[key])
+    except ValueError:
+        raise ExpertSpecError(f"expert spec: key {key!r}: {values[key]!r} is not "
+                              f"{'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(number) or number < minimum:
+        raise ExpertSpecError(f"expert spec: key {key!r}: {values[key]!r} must be >= {minimum}")
+    return number
+
+
+def build_expert(spec: ExpertSpec, data_dir: str | os.PathLike, *, n_threads: int = 0,
+                 registry: Optional[ModelRegistry] = None) -> Expert:
+    """An (unstarted) Expert on an xllamacpp backend for ``spec``. The model
+    must be stored already (see modelstore.pull) or be a .gguf path."""
+    model = resolve(spec.model, data_dir, registry)
+    settings = LlamaSettings(n_threads=n_threads, gpu_layers=spec.gpu_layers, n_ctx=spec.n_ctx,
+                             n_parallel=spec.concurrency)
+    backend = LlamaBackend(model.path, settings, sha256=model.sha256 or None, model_name=model.name)
+    return Expert(spec.id, backend, domains=spec.domains, system_prompt=spec.system_prompt,
+                  price_per_1k=spec.price_per_1k, max_concurrency=spec.concurrency)
+
+
+@asynccontextmanager
+async def open_expert(spec: ExpertSpec, data_dir: str | os.PathLike, *, n_threads: int = 0,
+                      registry: Optional[ModelRegistry] = None) -> AsyncIterator[Expert]:
+    """A started Expert for ``spec`` (model loaded, speed measured), closed on exit."""
+    expert = build_expert(spec, data_dir, n_threads=n_threads, registry=registry)
+    try:
+        await expert.start()
+        yield expert
+    finally:
+        with trio.CancelScope(shield=True):
+            await expert.aclose()
