@@ -255,6 +255,7 @@ class PromptBody(Message):
     messages: Tuple[ChatMessage, ...]
     max_tokens: int
     temperature: float = 0.0
+    stream: bool = False  # send AnswerChunks as the text is generated
 
     def validate(self) -> None:
         _check(0 < len(self.messages) <= 256, "message count")
@@ -317,6 +318,18 @@ class Answer(Message):
         _check(len(self.query_id) == 16, "query_id must have 16 bytes")
         _check(self.status in self.STATUSES, f"status {self.status!r}")
         _check(self.status != "ok" or len(self.answer_hash) == 32, "answer_hash")
+
+
+@dataclass(frozen=True)
+class AnswerChunk(Message):
+    """Part of an answer while it is generated, sealed to the coordinator and
+    sent over a direct stream; the signed Answer still follows."""
+
+    KIND: ClassVar[str] = "answer_chunk"
+    query_id: bytes
+    expert_id: str
+    index: int
+    box: bytes
 
 
 @dataclass(frozen=True)
@@ -489,7 +502,7 @@ class Tx(Message):
 
 
 MESSAGE_TYPES: Tuple[type, ...] = (
-    Announce, Broadcast, RpcError, Ack, Query, Answer, Cancel, Rating, Proposal, Vote,
+    Announce, Broadcast, RpcError, Ack, Query, Answer, AnswerChunk, Cancel, Rating, Proposal, Vote,
     BlockRequest, BlockBatch, Tx, Block, Commit,
 )
 KINDS = types.MappingProxyType({cls.KIND: cls for cls in MESSAGE_TYPES})

@@ -185,3 +185,19 @@ async def test_malformed_api_requests_are_400(nursery, tmp_path):
         await trio.to_thread.run_sync(lambda: client.post_json(
             url, {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}))
     assert exc.value.status == 404
+
+
+async def test_single_respondent_streams_as_it_generates(nursery, tmp_path):
+    answer = "The capital of France is Paris, a city on the Seine."
+    nodes = await start_cluster(nursery, tmp_path, [scripted.ScriptedBackend({QUESTION: answer}, token_latency=0.02)])
+    client = openai.OpenAI(base_url=nodes[0].api_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def stream():
+        chunks = client.chat.completions.create(model="p2pnet", messages=[{"role": "user", "content": QUESTION}],
+                                                stream=True, extra_body={"respondents": 1})
+        return [c.choices[0].delta.content or "" for c in chunks if c.choices]
+
+    pieces = await trio.to_thread.run_sync(stream)
+    assert "".join(pieces) == answer
+    # the text came over AnswerChunks while it was generated, not only after the Answer
+    assert coordinator_of(nodes[0]).chunks_received >= 2

@@ -13,6 +13,7 @@ It implements p2pnet.api.types.QueryService.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -28,6 +29,7 @@ from p2pnet.api.types import ChatRequest, ChatResult
 from p2pnet.experts.directory import Directory, ExpertRef
 from p2pnet.experts.errors import BadQuery, DeadlineExceeded, NoExpertAvailable, UnknownModel
 from p2pnet.experts.evaluation import AgreementEvaluator, Candidate, Evaluator
+from p2pnet.experts.streaming import TokenPipe
 from p2pnet.experts.selection import SelectionPolicy, Standing, UcbCostPolicy, no_standing
 from p2pnet.gossip import topics
 from p2pnet.gossip.errors import OutboxFull
@@ -48,6 +50,20 @@ class _Pending:
     answers: dict = field(default_factory=dict)  # (peer, expert_id) -> Candidate
     hashes: dict = field(default_factory=dict)   # (peer, expert_id) -> (answer_hash, tokens...)
     done: trio.Event = field(default_factory=trio.Event)
+    stream_key: Optional[tuple] = None  # the one respondent whose text streams as it is generated
+    on_delta: Optional[Callable] = None
+    streamed: str = ""
+    next_chunk: int = 0
+
+    async def deliver(self, text: str) -> None:
+        """Pass streamed text on to the client; a client gone away stops the stream."""
+        if self.on_delta is None or not text:
+            return
+        self.streamed += text
+        try:
+            await self.on_delta(text)
+        except Exception:
+            self.on_delta = None
 
     def add(self, key, candidate: Candidate, extra: dict) -> None:
         if key in self.asked and key not in self.answers:
@@ -81,9 +97,11 @@ class Coordinator:
         self._pending: dict[bytes, _Pending] = {}
         self.queries = 0
         self.failed = 0
+        self.chunks_received = 0
         node.network.on(topics.ANNOUNCE, self._on_announce)
         node.network.on(topics.ANSWERS, self._on_answer_gossip)
         node.network.on_request(wire.Answer.KIND, self._on_answer_direct)
+        node.network.on_request(wire.AnswerChunk.KIND, self._on_chunk)
 
     # ------------------------------------------------------------- inputs
 
@@ -95,6 +113,20 @@ class Coordinator:
 
     async def _on_answer_direct(self, env: wire.Envelope) -> wire.Message:
         self._take_answer(env)
+        return wire.Ack()
+
+    async def _on_chunk(self, env: wire.Envelope) -> wire.Message:
+        chunk: wire.AnswerChunk = env.message
+        pending = self._pending.get(chunk.query_id)
+        if (pending is not None and pending.stream_key == (env.sender, chunk.expert_id)
+                and chunk.index == pending.next_chunk and pending.stream_key not in pending.answers):
+            try:
+                text = sealing.open_box(self.node.identity, env.sender, chunk.box).decode()
+            except (sealing.SealError, UnicodeDecodeError):
+                return wire.RpcError("bad_request", "unreadable chunk")
+            pending.next_chunk += 1
+            self.chunks_received += 1
+            await pending.deliver(text)
         return wire.Ack()
 
     def _take_answer(self, env: wire.Envelope) -> None:
@@ -169,6 +201,10 @@ class Coordinator:
             raise BadQuery(str(exc)) from None
         query_id = os.urandom(16)
         pending = _Pending(query_id, now, {ref.key: ref for ref in selection.chosen})
+        if on_delta is not None and len(selection.chosen) == 1:
+            # one respondent: its text can stream as it is generated
+            pending.stream_key, pending.on_delta = selection.chosen[0].key, on_delta
+            prompt = dataclasses.replace(prompt, stream=True)
         self._pending[query_id] = pending
         self.queries += 1
         try:
@@ -207,7 +243,22 @@ class Coordinator:
 
     async def _ask_local(self, pending: _Pending, ref: ExpertRef, prompt, deadline: float) -> None:
         expert = self.local[ref.card.expert_id]
-        result = await expert.answer(pending.query_id, prompt, timeout=max(0.1, deadline - self.clock()))
+        timeout = max(0.1, deadline - self.clock())
+        if pending.stream_key == ref.key:
+            pipe = TokenPipe()
+
+            async def forward() -> None:
+                async for text in pipe.batches():
+                    await pending.deliver(text)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward)
+                try:
+                    result = await expert.answer(pending.query_id, prompt, timeout=timeout, on_token=pipe.on_token)
+                finally:
+                    pipe.close()
+        else:
+            result = await expert.answer(pending.query_id, prompt, timeout=timeout)
         latency = int((self.clock() - pending.started) * 1000)
         pending.add(ref.key, Candidate(ref.peer_str, ref.card.expert_id, result.status, result.text,
                                        latency, result.completion_tokens, result.finish_reason),
@@ -259,7 +310,11 @@ class Coordinator:
             raise NoExpertAvailable(f"no usable answer (respondents: {', '.join(statuses)})")
         best = cands[evaluation.chosen]
         if on_delta is not None:
-            for piece in _pieces(best.text):
+            streamed_here = pending.stream_key == keys[evaluation.chosen] and best.text.startswith(pending.streamed)
+            rest = best.text[len(pending.streamed):] if streamed_here else best.text
+            if pending.streamed and not streamed_here:
+                log.warning("streamed text of query %s differs from the chosen answer", pending.query_id.hex())
+            for piece in _pieces(rest):
                 await on_delta(piece)
         finish = "length" if best.finish_reason == "length" else "stop"
         return ChatResult(

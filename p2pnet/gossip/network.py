@@ -38,7 +38,7 @@ log = logging.getLogger("p2pnet.gossip")
 TOPIC_KINDS = {
     topics.ANNOUNCE: {wire.Announce.KIND},
     topics.QUERIES: {wire.Query.KIND, wire.Cancel.KIND},
-    topics.ANSWERS: {wire.Answer.KIND},
+    topics.ANSWERS: {wire.Answer.KIND},  # AnswerChunks travel only over direct streams
     topics.CONSENSUS: {wire.Proposal.KIND, wire.Vote.KIND},
     topics.TXS: {wire.Rating.KIND},
     topics.BROADCAST: {wire.Broadcast.KIND},
