@@ -2,7 +2,11 @@
 
 (a) hosted-expert generation speed vs calling xllamacpp directly, same model,
     prompt and settings, as a ratio (target >= 0.95);
-(b) coordinator overhead through real nodes (to be added by the node layer);
+(b) coordinator overhead: end-to-end latency through a node's HTTP API minus the
+    respondents' generation time, for k = 1 and k = 3, real nodes (libp2p over
+    127.0.0.1, in one process) whose experts are scripted and answer at once, so
+    what is left is selection, sealing, gossip, answer collection, evaluation and
+    HTTP (target p50 < 30 ms);
 (c) backend total tokens/s with 8 concurrent generations vs 1.
 
 Each part is a function returning rows ``(metric, value, note)``; ``main``
@@ -115,8 +119,65 @@ def part_c(data_dir: Path, threads: int, tokens: int, reps: int, parallel: int =
     ]
 
 
-PARTS: dict[str, Callable[..., list[Row]]] = {"a": part_a, "c": part_c}
-"""Benchmark parts by letter; part (b) (coordinator overhead) goes here too."""
+def part_b(data_dir: Path, threads: int, tokens: int, reps: int, queries: int = 60) -> list[Row]:
+    """Coordinator overhead for k = 1 and k = 3 (see the module docstring)."""
+    import tempfile
+
+    from p2pnet import config
+    from p2pnet.api import client
+    from p2pnet.experts import scripted
+    from p2pnet.experts.expert import Expert
+    from p2pnet.node import Node
+
+    question = "What is the capital of France?"
+    rows: list[Row] = []
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory(prefix="p2pnet-bench-") as tmp:
+            async with trio.open_nursery() as nursery:
+                nodes = []
+                for i in range(4):
+                    cfg = config.build(None, data_dir=Path(tmp) / f"n{i}", listen=("/ip4/127.0.0.1/tcp/0",),
+                                       api_port=0, announce_interval_s=0.5, log_level="warning",
+                                       bootstrap=(nodes[0].network.listen_addrs[0],) if nodes else ())
+                    experts = []
+                    if i:
+                        expert = Expert(f"e{i}", scripted.ScriptedBackend({question: "Paris."}),
+                                        domains=("general",), max_concurrency=4)
+                        await expert.start()
+                        experts.append(expert)
+                    node = Node(cfg, experts=experts)
+                    await nursery.start(node.run)
+                    nodes.append(node)
+                coord = next(s.coordinator for s in nodes[0].services if hasattr(s, "coordinator"))
+                while len(coord.directory.all(coord.clock())) < 3 or len(nodes[0].network.peers()) < 3:
+                    await trio.sleep(0.05)
+                url = nodes[0].api_url + "/v1/chat/completions"
+                for k in (1, 3):
+                    overheads = []
+                    for q in range(queries + 5):
+                        body = {"model": "p2pnet", "messages": [{"role": "user", "content": question}],
+                                "respondents": k}
+                        t0 = time.perf_counter()
+                        out = await trio.to_thread.run_sync(lambda: client.post_json(url, body))
+                        e2e = (time.perf_counter() - t0) * 1000
+                        gen = max(r["gen_ms"] for r in out["p2pnet"]["respondents"])
+                        if q >= 5:  # warm-up
+                            overheads.append(e2e - gen)
+                    overheads.sort()
+                    p50 = statistics.median(overheads)
+                    p95 = overheads[int(0.95 * (len(overheads) - 1))]
+                    rows.append((f"(b) overhead k={k} p50", f"{p50:.1f} ms", f"{queries} queries, target < 30 ms"))
+                    rows.append((f"(b) overhead k={k} p95", f"{p95:.1f} ms", "e2e via HTTP minus slowest gen_ms"))
+                for node in nodes:
+                    node.stop()
+
+    trio.run(run)
+    return rows
+
+
+PARTS: dict[str, Callable[..., list[Row]]] = {"a": part_a, "b": part_b, "c": part_c}
+"""Benchmark parts by letter."""
 
 
 def print_table(rows: list[Row], out=sys.stdout) -> None:
@@ -130,7 +191,7 @@ def print_table(rows: list[Row], out=sys.stdout) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="a,c", help="comma-separated parts to run (default a,c)")
+    ap.add_argument("--parts", default="a,b,c", help="comma-separated parts to run (default a,b,c)")
     ap.add_argument("--data-dir", type=Path, default=None, help="where models live (default: node data dir)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tokens", type=int, default=128)
