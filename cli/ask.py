@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from p2pnet_cli.main import cli
-from p2pnet_cli.util import api_base, emit
+from p2pnet_cli.util import api_base, emit, post_json
 
 
 @cli.command()
@@ -24,19 +24,34 @@ from p2pnet_cli.util import api_base, emit
 @click.option("--system", default=None, help="A system prompt.")
 @click.option("--stream/--no-stream", default=None, help="Print the answer as it arrives (default: on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole response as JSON.")
-def ask(question, api, data_dir, domain, respondents, model, max_tokens, deadline_s, system, stream, as_json) -> None:
+@click.option("--judges", type=click.IntRange(0, 16), default=None,
+              help="How many other experts rank the answers (peer judging; costs extra generations).")
+@click.option("--cascade", is_flag=True,
+              help="Answer with the local small model first; ask the network only if it is not confident.")
+@click.option("--local-only", is_flag=True, help="Answer with the local model only; the prompt never leaves (implies --cascade).")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Cascade: ask the network when the local confidence is below this (1: always, 0: never).")
+@click.option("--model-store", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cascade: data dir whose models/ holds the local model (default: the data dir).")
+@click.option("--feedback", "with_feedback", is_flag=True,
+              help="After the answer, ask whether you accept it and record your verdict as a rating.")
+def ask(question, api, data_dir, domain, respondents, model, max_tokens, deadline_s, system, stream, as_json,
+        judges, cascade, local_only, threshold, model_store, with_feedback) -> None:
     """Ask QUESTION; prints the answer and where it came from."""
     import os
 
     from p2pnet.api import client
 
-    base = api_base(api, data_dir)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     body = {"model": model, "messages": messages}
     for key, value in (("domain", domain), ("respondents", respondents), ("max_tokens", max_tokens),
-                       ("deadline_s", deadline_s)):
+                       ("deadline_s", deadline_s), ("judges", judges)):
         if value is not None:
             body[key] = value
+    if cascade or local_only:
+        _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_json, with_feedback)
+        return
+    base = api_base(api, data_dir)
     key = os.environ.get("P2PNET_API_KEY")
     timeout = (deadline_s or 120) + 30
     if stream is None:
@@ -54,13 +69,98 @@ def ask(question, api, data_dir, domain, respondents, model, max_tokens, deadlin
             provenance = chunk.get("p2pnet") or provenance
         click.echo()
         _print_provenance(provenance)
+        if with_feedback:
+            _ask_feedback(base, provenance.get("query_id"))
         return
     out = client.post_json(base + "/v1/chat/completions", body, timeout=timeout, api_key=key)
     if as_json:
         emit(out)
+    else:
+        click.echo(out["choices"][0]["message"]["content"])
+        _print_provenance(out.get("p2pnet") or {})
+    if with_feedback:
+        _ask_feedback(base, (out.get("p2pnet") or {}).get("query_id"))
+
+
+def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_json, with_feedback) -> None:
+    """The local model first (in this process), the node's API if it is not confident."""
+    import trio
+
+    from p2pnet.api.types import ChatRequest, ChatResult
+    from p2pnet.config import default_data_dir
+    from p2pnet.experts.cascade import NETWORK, Cascade, CascadeSettings, open_local_model
+
+    store = model_store or data_dir or default_data_dir()
+    req = ChatRequest(model=body["model"], messages=tuple((m["role"], m["content"]) for m in body["messages"]),
+                      max_tokens=body.get("max_tokens"))
+    base_box: list = []
+
+    async def escalate(_req) -> ChatResult:
+        base_box.append(api_base(api, data_dir))
+        out = await trio.to_thread.run_sync(lambda: post_json(base_box[0] + "/v1/chat/completions", body,
+                                                              timeout=(body.get("deadline_s") or 120) + 30))
+        usage = out.get("usage") or {}
+        prov = dict(out.get("p2pnet") or {})
+        return ChatResult(text=out["choices"][0]["message"]["content"],
+                          finish_reason=out["choices"][0].get("finish_reason") or "stop",
+                          prompt_tokens=usage.get("prompt_tokens", 0),
+                          completion_tokens=usage.get("completion_tokens", 0),
+                          query_id=prov.pop("query_id", ""), provenance=prov)
+
+    backend = open_local_model(Path(store))
+    try:
+        cascade = Cascade(backend, None if local_only else escalate,
+                          CascadeSettings(threshold=threshold, local_only=local_only))
+        result = trio.run(cascade.ask, req)
+    finally:
+        backend.close()
+    if as_json:
+        emit(result.to_json())
+    else:
+        click.echo(result.text)
+        if result.network is not None:
+            _print_provenance({"query_id": result.network.query_id, **result.network.provenance})
+        click.echo(f"  answered by: {result.path} (local confidence {result.local.confidence:.2f} "
+                   f"by {result.local.method}, threshold {threshold:.2f}); {result.reason}", err=True)
+    if with_feedback and result.path == NETWORK:
+        _ask_feedback(base_box[0], result.network.query_id)
+
+
+def _ask_feedback(base: str, query_id) -> None:
+    if not query_id:
         return
-    click.echo(out["choices"][0]["message"]["content"])
-    _print_provenance(out.get("p2pnet") or {})
+    verdict = click.prompt("accept this answer? [a]ccept / [r]eject / [s]kip", err=True,
+                           type=click.Choice(["a", "r", "s", "accept", "reject", "skip"]), default="s",
+                           show_choices=False, show_default=False)
+    if verdict[0] == "s":
+        return
+    _send_feedback(base, query_id, verdict[0] == "a")
+
+
+def _send_feedback(base: str, query_id: str, accept: bool) -> dict:
+    out = post_json(base + "/v1/feedback", {"query_id": query_id, "accept": accept})
+    note = "recorded" if out.get("recorded") else f"not recorded: {out.get('reason', '')}"
+    click.echo(f"feedback {'accept' if accept else 'reject'} for {out.get('expert_id')} "
+               f"on {str(out.get('respondent', ''))[:16]}…: {note}", err=True)
+    return out
+
+
+@cli.command()
+@click.argument("query_id")
+@click.argument("verdict", type=click.Choice(["accept", "reject"]))
+@click.option("--api", default=None, metavar="URL", help="Node API (default: the node of --data-dir).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the node's answer as JSON.")
+def feedback(query_id, verdict, api, data_dir, as_json) -> None:
+    """Accept or reject the answer a node gave to QUERY_ID (shown by `p2pnet ask`)."""
+    from p2pnet.api.errors import HttpError
+
+    try:
+        out = _send_feedback(api_base(api, data_dir), query_id, verdict == "accept")
+    except HttpError as exc:
+        raise click.ClickException(f"{exc.status}: {exc.message}") from None
+    if as_json:
+        emit(out)
 
 
 def _print_provenance(prov: dict) -> None:
@@ -75,3 +175,5 @@ def _print_provenance(prov: dict) -> None:
         click.echo(f"{mark:2}{r['peer_id'][:16] + '…':18} {r['expert_id'][:16]:16} {r['status']:9} "
                    f"{r.get('latency_ms', 0):>7} {r.get('completion_tokens', 0):>6} {score:>6}", err=True)
     click.echo(f"  chosen: {prov.get('reason', '')}; selection: {prov.get('selection', {}).get('reason', '')}", err=True)
+    if prov.get("query_id"):
+        click.echo(f"  query: {prov['query_id']} (p2pnet feedback {prov['query_id']} accept|reject)", err=True)

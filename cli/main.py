@@ -22,12 +22,16 @@ def cli() -> None:
 
 def _register() -> None:
     from p2pnet_cli import ask, ledger, models, node, swarm  # noqa: F401  (each adds its commands)
+    from p2pnet_cli import recommend  # noqa: F401  (adds `models recommend`)
+    from p2pnet_cli import sim  # noqa: F401  (adds `sim`)
 
 
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
-        cli.main(args=argv, prog_name="p2pnet", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="p2pnet", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("p2pnet: aborted", err=True)
         sys.exit(130)

@@ -57,6 +57,8 @@ class NodeConfig:
     validator: bool = False
     genesis: Optional[Path] = None
     announce_interval_s: float = 5.0
+    judges: int = 0  # experts asked to rank each query's answers (peer judging); 0 = off
+    probe_interval_s: float = -1.0  # seconds between probe queries; -1 = every 300 s on validators, else off
     log_level: str = "info"
     max_message_bytes: int = 1 << 20
 

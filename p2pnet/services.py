@@ -87,12 +87,24 @@ async def build_services(node, nursery, preset_experts=None) -> list:
 
         ledger = await start_ledger(node, nursery, ratings)
         services.append(ledger)
+    from p2pnet.api.feedback import FeedbackRoutes
+    from p2pnet.experts.signals import Prober, signal_settings
+
+    from p2pnet.experts.selection import ReputationPolicy
+
+    settings = signal_settings(node.config)
     coordinator = Coordinator(
-        node, local_experts=experts, ratings=ratings,
+        node, local_experts=experts, ratings=ratings, policy=ReputationPolicy(),
         standing=ledger.standing if ledger is not None else _neutral,
         submit_rating=ledger.submit_rating if ledger is not None else None,
+        weights=settings.weights, default_judges=settings.judges,
     )
     services.append(_OpenAIService(coordinator))
+    services.append(FeedbackRoutes(coordinator))
+    if settings.probe_interval_s > 0:
+        prober = Prober(coordinator, interval_s=settings.probe_interval_s)
+        await nursery.start(prober.run)
+        services.append(prober)
     services.append(_Closer(experts, ratings))
     return services
 

@@ -34,9 +34,11 @@ class SwarmNode:
     data_dir: Path
     pid: int
     log: Path
+    args: tuple = ()
 
     def as_json(self) -> dict:
-        return {"index": self.index, "data_dir": str(self.data_dir), "pid": self.pid, "log": str(self.log)}
+        return {"index": self.index, "data_dir": str(self.data_dir), "pid": self.pid, "log": str(self.log),
+                "args": list(self.args)}
 
 
 def _runtime(data_dir: Path) -> Optional[dict]:
@@ -80,7 +82,19 @@ def load_state(swarm_dir: Path) -> list[SwarmNode]:
         raise SwarmError(f"no swarm in {swarm_dir} (start one with `p2pnet swarm up`)") from None
     except ValueError as exc:
         raise SwarmError(f"{path} is corrupt: {exc}") from None
-    return [SwarmNode(n["index"], Path(n["data_dir"]), n["pid"], Path(n["log"])) for n in raw["nodes"]]
+    return [SwarmNode(n["index"], Path(n["data_dir"]), n["pid"], Path(n["log"]), tuple(n.get("args", ())))
+            for n in raw["nodes"]]
+
+
+def _extra_state(swarm_dir: Path) -> dict:
+    raw = json.loads((Path(swarm_dir) / STATE_FILE).read_text())
+    return {k: v for k, v in raw.items() if k != "nodes"}
+
+
+def _launch(args: Sequence[str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _save_state(swarm_dir: Path, nodes: list[SwarmNode], extra: dict) -> None:
@@ -149,8 +163,9 @@ def up(
         from p2pnet.consensus.genesis import generate_genesis
 
         genesis_path = swarm_dir / "genesis.json"
-        generate_genesis([ident.public_key for ident in identities[:validators]], path=genesis_path,
-                         chain_id=f"p2pnet-local-{int(time.time())}")
+        genesis = generate_genesis([ident.public_key for ident in identities[:validators]],
+                                   chain_id=f"p2pnet-local-{int(time.time())}")
+        genesis_path.write_text(genesis.to_json())
         progress(f"wrote {genesis_path} with {validators} validators")
 
     nodes: list[SwarmNode] = []
@@ -170,10 +185,8 @@ def up(
                 if i < validators:
                     args.append("--validator")
             log_path = d / "node.log"
-            with open(log_path, "ab") as log:
-                proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            node = SwarmNode(i, d, proc.pid, log_path)
+            proc = _launch(args, log_path)
+            node = SwarmNode(i, d, proc.pid, log_path, tuple(args))
             nodes.append(node)
             _save_state(swarm_dir, nodes, extra)
 
@@ -280,6 +293,25 @@ def kill_node(swarm_dir: Path, index: int, sig: int = signal.SIGKILL) -> int:
             os.kill(node.pid, sig)
             return node.pid
     raise SwarmError(f"no running node {index} in {swarm_dir}")
+
+
+def restart_node(swarm_dir: Path, index: int, timeout_s: float = 120.0) -> int:
+    """Start a stopped node of the swarm again with the same arguments; waits
+    until its API answers and returns its new pid."""
+    swarm_dir = Path(swarm_dir).resolve()
+    nodes = load_state(swarm_dir)
+    node = next((n for n in nodes if n.index == index), None)
+    if node is None:
+        raise SwarmError(f"no node {index} in {swarm_dir}")
+    if _alive(node.pid, node.data_dir):
+        raise SwarmError(f"node {index} is still running (pid {node.pid})")
+    _reap()
+    (node.data_dir / "node.json").unlink(missing_ok=True)
+    proc = _launch(node.args, node.log)
+    node.pid = proc.pid
+    _save_state(swarm_dir, nodes, _extra_state(swarm_dir))
+    _wait(lambda: _node_status(node.data_dir) is not None, timeout_s, f"node {index} to restart", _check_alive(node))
+    return proc.pid
 
 
 def _reap() -> None:

@@ -27,7 +27,7 @@ _IGNORED = frozenset({"top_p", "presence_penalty", "frequency_penalty", "seed", 
 _SUPPORTED = frozenset(
     {
         "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "stream",
-        "stream_options", "n", "user", "domain", "respondents", "deadline_s",
+        "stream_options", "n", "user", "domain", "respondents", "deadline_s", "judges",
     }
 )
 _MESSAGE_KEYS = frozenset({"role", "content", "name"})
@@ -176,6 +176,7 @@ def parse_chat_request(body: Any, limits: ChatLimits = ChatLimits()) -> tuple[Ch
         respondents=_optional_int(body, "respondents", 1, limits.max_respondents),
         deadline_s=_optional_number(body, "deadline_s", 0.0, limits.max_deadline_s, low_open=True),
         user=_optional_str(body, "user", limits.max_name_chars),
+        judges=_optional_int(body, "judges", 0, limits.max_respondents),
     )
     return request, include_usage
 

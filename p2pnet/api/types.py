@@ -23,6 +23,7 @@ class ChatRequest:
     respondents: int | None = None  # how many experts should answer
     deadline_s: float | None = None
     user: str | None = None
+    judges: int | None = None  # how many other experts rank the answers (peer judging)
 
 
 @dataclass(frozen=True)

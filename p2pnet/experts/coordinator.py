@@ -28,7 +28,8 @@ from p2pnet import sealing, wire
 from p2pnet.api.types import ChatRequest, ChatResult
 from p2pnet.experts.directory import Directory, ExpertRef
 from p2pnet.experts.errors import BadQuery, DeadlineExceeded, NoExpertAvailable, UnknownModel
-from p2pnet.experts.evaluation import AgreementEvaluator, Candidate, Evaluator
+from p2pnet.experts import signals
+from p2pnet.experts.evaluation import FEEDBACK, AgreementEvaluator, Candidate, Evaluator, SignalWeights
 from p2pnet.experts.streaming import TokenPipe
 from p2pnet.experts.selection import SelectionPolicy, Standing, UcbCostPolicy, no_standing
 from p2pnet.gossip import topics
@@ -79,7 +80,9 @@ class Coordinator:
                  ratings=None, submit_rating: Optional[Callable[[bytes], None]] = None,
                  default_respondents: int = 2, default_deadline_s: float = 60.0,
                  default_max_tokens: int = 256, max_pending: int = 256,
-                 rng: Optional[random.Random] = None, clock=time.time) -> None:
+                 rng: Optional[random.Random] = None, clock=time.time,
+                 weights: SignalWeights = SignalWeights(), default_judges: int = 0,
+                 judge_max_tokens: int = 16, feedback_capacity: int = 1024) -> None:
         self.node = node
         self.local = {e.expert_id: e for e in local_experts}
         self.policy = policy or UcbCostPolicy()
@@ -93,6 +96,10 @@ class Coordinator:
         self.max_pending = max_pending
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         self.clock = clock
+        self.weights = weights
+        self.default_judges = default_judges
+        self.judge_max_tokens = judge_max_tokens
+        self.feedback_book = signals.FeedbackBook(feedback_capacity)
         self.directory = Directory()
         self._pending: dict[bytes, _Pending] = {}
         self.queries = 0
@@ -170,7 +177,10 @@ class Coordinator:
             })
         return out
 
-    async def chat(self, req: ChatRequest, on_delta=None) -> ChatResult:
+    async def chat(self, req: ChatRequest, on_delta=None, *, probe: Optional[signals.Probe] = None) -> ChatResult:
+        """Answer ``req``. ``probe`` (the validator's Prober) grades each answer
+        against a known answer instead of by agreement; on the wire a probe is
+        an ordinary query."""
         if len(self._pending) >= self.max_pending:
             from p2pnet.experts.errors import Busy
 
@@ -185,7 +195,7 @@ class Coordinator:
         candidates = self.directory.candidates(now, domain, model)
         if not candidates:
             raise NoExpertAvailable(f"no expert is available for domain {domain!r}")
-        k = req.respondents or self.default_respondents
+        k = self.policy.respondents(candidates, domain, self.standing, req.respondents) or self.default_respondents
         if not 1 <= k <= 16:
             raise BadQuery("respondents must be between 1 and 16")
         selection = self.policy.select(candidates, k, domain, self.standing, self.rng)
@@ -199,17 +209,26 @@ class Coordinator:
             prompt.validate()
         except wire.WireError as exc:
             raise BadQuery(str(exc)) from None
+        judges = 0 if probe is not None else (req.judges if req.judges is not None else self.default_judges)
+        if not 0 <= judges <= 16:
+            raise BadQuery("judges must be between 0 and 16")
         query_id = os.urandom(16)
         pending = _Pending(query_id, now, {ref.key: ref for ref in selection.chosen})
         if on_delta is not None and len(selection.chosen) == 1:
             # one respondent: its text can stream as it is generated
             pending.stream_key, pending.on_delta = selection.chosen[0].key, on_delta
             prompt = dataclasses.replace(prompt, stream=True)
-        self._pending[query_id] = pending
         self.queries += 1
+        timed_out = await self._collect(pending, prompt, domain, deadline_s)
+        return await self._finish(pending, selection, prompt, domain, timed_out, on_delta, req,
+                                  probe=probe, judges=judges)
+
+    async def _collect(self, pending: _Pending, prompt: wire.PromptBody, domain: str, deadline_s: float) -> bool:
+        """Ask everyone in ``pending``; True if the deadline passed first."""
+        self._pending[pending.query_id] = pending
         try:
             async with trio.open_nursery() as nursery:
-                self._dispatch(nursery, pending, prompt, domain, now + deadline_s)
+                self._dispatch(nursery, pending, prompt, domain, pending.started + deadline_s)
                 with trio.move_on_at(trio.current_time() + deadline_s):
                     await pending.done.wait()
                 nursery.cancel_scope.cancel()
@@ -217,8 +236,8 @@ class Coordinator:
             if timed_out:
                 self._cancel_remote(pending)
         finally:
-            del self._pending[query_id]
-        return await self._finish(pending, selection, prompt, domain, timed_out, on_delta, req)
+            del self._pending[pending.query_id]
+        return timed_out
 
     def _dispatch(self, nursery, pending: _Pending, prompt: wire.PromptBody, domain: str,
                   deadline: float) -> None:
@@ -279,12 +298,20 @@ class Coordinator:
                 pending.hashes[key] = {}
 
     async def _finish(self, pending: _Pending, selection, prompt, domain, timed_out, on_delta,
-                      req: ChatRequest) -> ChatResult:
+                      req: ChatRequest, *, probe=None, judges: int = 0) -> ChatResult:
         keys = list(pending.asked)
         cands = [pending.answers[k] for k in keys]
         evaluation = self.evaluator.evaluate(cands)
+        judging = await self._judge(prompt, domain, keys, cands, judges, req) if judges else None
+        evaluation, rated, per_signal = signals.apply_signals(
+            cands, evaluation, self.weights, probe=probe, judge_scores=judging and judging["scores"])
         query_hash = hashlib.sha256(pending.query_id + prompt.pack()).digest()
-        self._record_ratings(query_hash, keys, cands, evaluation.scores, domain, pending)
+        self._record_ratings(query_hash, keys, cands, rated, domain, pending)
+        if evaluation.chosen is not None and probe is None:
+            key = keys[evaluation.chosen]
+            self.feedback_book.remember(pending.query_id.hex(), signals.FeedbackTarget(
+                respondent=key[0], expert_id=key[1], answer_hash=pending.hashes[key].get("answer_hash", b""),
+                domain=domain[:64], query_hash=query_hash))
         provenance = {
             "query_id": pending.query_id.hex(),
             "domain": domain,
@@ -295,13 +322,16 @@ class Coordinator:
                  "latency_ms": c.latency_ms, "completion_tokens": c.completion_tokens,
                  "prompt_tokens": pending.hashes[k].get("prompt_tokens", 0),
                  "gen_ms": pending.hashes[k].get("gen_ms", 0),
-                 "score": evaluation.scores[i], "error": pending.hashes[k].get("error", "")}
+                 "score": evaluation.scores[i], "error": pending.hashes[k].get("error", ""),
+                 "signal": rated[i][1] if rated[i] else None, "signals": per_signal[i]}
                 for i, (k, c) in enumerate(zip(keys, cands))
             ],
             "chosen": None if evaluation.chosen is None else {
                 "peer_id": cands[evaluation.chosen].peer, "expert_id": cands[evaluation.chosen].expert_id},
             "reason": evaluation.reason,
         }
+        if judging is not None:
+            provenance["judges"] = judging["judges"]
         if evaluation.chosen is None:
             self.failed += 1
             statuses = sorted({c.status for c in cands})
@@ -324,20 +354,67 @@ class Coordinator:
             query_id=pending.query_id.hex(), provenance=provenance,
         )
 
-    def _record_ratings(self, query_hash, keys, cands, scores, domain, pending) -> None:
-        for key, cand, score in zip(keys, cands, scores):
-            if score is None or key[0] == self.node.network.peer_id:
+    def _record_ratings(self, query_hash, keys, cands, rated, domain, pending) -> None:
+        for key, cand, scored in zip(keys, cands, rated):
+            if scored is None or key[0] == self.node.network.peer_id:
                 continue  # no evidence, or our own expert: no self-rating
-            rating = wire.Rating(
+            self._record(wire.Rating(
                 query_hash=query_hash, respondent=key[0], expert_id=cand.expert_id, domain=domain[:64],
                 answer_hash=pending.hashes[key].get("answer_hash", b"") if cand.status == "ok" else b"",
-                score=float(score), signal="agreement" if cand.status == "ok" else "failure",
-            )
-            envelope = self.node.signer.seal(rating)
-            if self.ratings is not None:
-                self.ratings.put(envelope)
-            if self.submit_rating is not None:
-                self.submit_rating(envelope)
+                score=float(scored[0]), signal=scored[1],
+            ))
+
+    def _record(self, rating: wire.Rating) -> None:
+        envelope = self.node.signer.seal(rating)
+        if self.ratings is not None:
+            self.ratings.put(envelope)
+        if self.submit_rating is not None:
+            self.submit_rating(envelope)
+
+    async def _judge(self, prompt: wire.PromptBody, domain: str, keys, cands, n: int, req: ChatRequest) -> dict:
+        """Ask up to ``n`` experts that wrote none of the answers to pick the
+        best usable one, authors hidden and order shuffled; each vote weighs
+        the judge's standing. {"scores": {index: share} or None, "judges": [...]}."""
+        usable = [i for i, c in enumerate(cands) if c.status == "ok" and c.text.strip()]
+        authors = {k[0] for k in keys}
+        pool = [r for r in self.directory.candidates(self.clock(), domain, None) if r.peer not in authors]
+        if len(usable) < 2 or not pool:
+            return {"scores": None, "judges": []}
+        chosen = self.policy.select(pool, n, domain, self.standing, self.rng).chosen
+        order = self.rng.sample(usable, len(usable))
+        question = next((m.content for m in reversed(prompt.messages) if m.role == "user"), "")
+        body = wire.PromptBody(messages=tuple(wire.ChatMessage(r, c) for r, c in signals.judge_prompt(
+            question, [cands[i].text for i in order])), max_tokens=self.judge_max_tokens, temperature=0.0)
+        pending = _Pending(os.urandom(16), self.clock(), {ref.key: ref for ref in chosen})
+        await self._collect(pending, body, domain, req.deadline_s or self.default_deadline_s)
+        picks, report = [], []
+        for ref in chosen:
+            answer = pending.answers[ref.key]
+            pick = signals.parse_pick(answer.text, len(order)) if answer.status == "ok" else None
+            weight = signals.judge_weight(*self.standing(ref.peer, domain))
+            picks.append((None if pick is None else order[pick], weight))
+            report.append({"peer_id": ref.peer_str, "expert_id": ref.card.expert_id, "status": answer.status,
+                           "weight": weight, "pick": None if pick is None else
+                           {"peer_id": cands[order[pick]].peer, "expert_id": cands[order[pick]].expert_id}})
+        return {"scores": signals.tally(picks, usable), "judges": report}
+
+    def feedback(self, query_id: str, accept: bool) -> dict:
+        """A user's verdict on the answer chosen for ``query_id``: one rating
+        (signal "feedback", 1.0 or 0.0) for its respondent. UnknownQuery (404)
+        for an unknown or expired id, FeedbackRepeated (409) the second time."""
+        target = self.feedback_book.take(query_id)
+        own = target.respondent == self.node.network.peer_id
+        recorded = not own and self.weights.feedback > 0
+        if recorded:
+            self._record(wire.Rating(
+                query_hash=target.query_hash, respondent=target.respondent, expert_id=target.expert_id,
+                domain=target.domain, answer_hash=target.answer_hash, score=1.0 if accept else 0.0,
+                signal=FEEDBACK))
+        out = {"query_id": query_id, "accept": bool(accept), "recorded": recorded,
+               "respondent": wire.peer_id_str(target.respondent), "expert_id": target.expert_id}
+        if not recorded:
+            out["reason"] = "own expert: no self-rating" if own else "the feedback signal's weight is 0"
+        return out
 
     def status(self) -> dict:
         return {"queries": self.queries, "queries_failed": self.failed, "queries_in_flight": len(self._pending),

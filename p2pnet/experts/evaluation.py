@@ -1,14 +1,20 @@
 """Picking the best of several answers, and scoring each for the ledger.
 
-Pure functions. The default evaluator prefers agreement among answers
-(token-set similarity to the others), then the fastest good answer."""
+Pure functions. The default evaluator prefers agreement among answers, then
+the fastest good answer. Agreement between two answers is exact on their
+normalized short answers when both are closed-form ("Paris.", "The answer is
+4."), phrase containment when one is, and token-set similarity otherwise.
+
+Several signals can score one answer (agreement, peer judges, probes); they
+are mixed into one rating score with :class:`SignalWeights` (see
+docs/evaluation.md)."""
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, fields
+from typing import Mapping, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,66 @@ class Evaluator(ABC):
     def evaluate(self, candidates: Sequence[Candidate]) -> Evaluation: ...
 
 
+# ------------------------------------------------------------------ signals
+
+AGREEMENT, JUDGE, PROBE, FEEDBACK, FAILURE = "agreement", "judge", "probe", "feedback", "failure"
+MIXED_SIGNALS = (PROBE, JUDGE, AGREEMENT)
+"""Signals that can score the same answer, in the order their names are joined."""
+
+
+@dataclass(frozen=True)
+class SignalWeights:
+    """Relative weight of each evaluation signal; 0 turns a signal off.
+
+    ``agreement`` and ``judge`` are mixed into one score per answer (weighted
+    mean of the signals present). A ``probe`` grade, when present, is the
+    score by itself (a known answer beats any opinion). ``feedback`` records
+    stand alone: a weight of 0 stops them from being recorded."""
+
+    agreement: float = 1.0
+    judge: float = 2.0
+    probe: float = 1.0
+    feedback: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 100.0):
+                raise ValueError(f"signal weight {f.name} must lie in [0, 100], not {value!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, float]) -> "SignalWeights":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown signal {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return cls(**{k: float(v) for k, v in values.items()})
+
+
+def combine(signals: Mapping[str, float], weights: SignalWeights) -> Optional[tuple[float, str]]:
+    """(score, signal name) for one answer from its signal values, or None if
+    no signal with a positive weight is present. A probe grade wins outright."""
+    if PROBE in signals:
+        return (float(signals[PROBE]), PROBE) if weights.probe > 0 else None
+    present = [(name, signals[name], getattr(weights, name)) for name in MIXED_SIGNALS
+               if name in signals and getattr(weights, name) > 0]
+    if not present:
+        return None
+    total = sum(w for _, _, w in present)
+    score = sum(v * w for _, v, w in present) / total
+    return round(min(1.0, max(0.0, score)), 4), "+".join(name for name, _, _ in present)
+
+
+# ------------------------------------------------------------- normalizing
+
 _WORD = re.compile(r"[a-z0-9]+")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_FILLER = re.compile(r"^(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|result)\s+(?:is|=)\s+")
+_ARTICLES = frozenset({"a", "an", "the"})
+SHORT_WORDS = 3
+"""An answer of at most this many normalized words is closed-form."""
+NUMERIC_WORDS = 16
+"""A longer answer holding a number is closed-form (its last number) up to this length."""
 
 
 def tokens(text: str) -> frozenset:
@@ -49,25 +114,79 @@ def similarity(a: frozenset, b: frozenset) -> float:
     return len(a & b) / len(a | b)
 
 
+def normalize(text: str) -> str:
+    """Lower case, words and numbers only (decimal points kept), one space apart."""
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text.lower())  # 1,000 -> 1000
+    return " ".join(re.findall(r"-?\d+(?:\.\d+)?|[a-z0-9]+", text))
+
+
+def short_answer(text: str) -> Optional[str]:
+    """The normalized short answer of a closed-form answer, else None.
+
+    "Paris." -> "paris"; "The answer is 4." -> "4"; "2 + 2 = 4" -> "4";
+    a long free-form answer -> None."""
+    norm = _FILLER.sub("", normalize(text))
+    words = [w for w in norm.split() if w not in _ARTICLES]
+    if not words:
+        return None
+    numbers = _NUMBER.findall(norm)
+    if numbers and len(words) <= NUMERIC_WORDS:
+        return _canonical_number(numbers[-1])
+    if len(words) <= SHORT_WORDS:
+        return " ".join(words)
+    return None
+
+
+def _canonical_number(s: str) -> str:
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return s
+
+
+def contains_phrase(text: str, phrase: str) -> bool:
+    """Whether normalized ``phrase`` occurs in normalized ``text`` as whole words."""
+    p = normalize(phrase)
+    return bool(p) and f" {p} " in f" {normalize(text)} "
+
+
+def agreement(a: str, b: str) -> float:
+    """How much two answers agree, in [0, 1]."""
+    sa, sb = short_answer(a), short_answer(b)
+    if sa is not None and sb is not None:
+        return 1.0 if sa == sb else 0.0
+    if sa is not None:
+        return 1.0 if contains_phrase(b, sa) else 0.0
+    if sb is not None:
+        return 1.0 if contains_phrase(a, sb) else 0.0
+    return similarity(tokens(a), tokens(b))
+
+
+# ------------------------------------------------------------- evaluators
+
+def _usable(c: Candidate) -> bool:
+    return c.status == "ok" and bool(c.text.strip())
+
+
+def failure_scores(candidates: Sequence[Candidate]) -> list:
+    """0.0 for a failed answer (error, timeout, invalid, empty), None otherwise."""
+    return [0.0 if c.status in ("error", "timeout", "invalid") or (c.status == "ok" and not c.text.strip())
+            else None for c in candidates]
+
+
 class AgreementEvaluator(Evaluator):
-    """Score = mean similarity to the other usable answers; with one usable
+    """Score = mean agreement with the other usable answers; with one usable
     answer there is no evidence of quality, so it is chosen but not rated.
     Failed answers (error, timeout, invalid) score 0; busy ones are not rated."""
 
     def evaluate(self, candidates: Sequence[Candidate]) -> Evaluation:
-        usable = [i for i, c in enumerate(candidates) if c.status == "ok" and c.text.strip()]
-        scores: list = []
-        for c in candidates:
-            scores.append(0.0 if c.status in ("error", "timeout", "invalid") or (c.status == "ok" and not c.text.strip())
-                          else None)
+        usable = [i for i, c in enumerate(candidates) if _usable(c)]
+        scores = failure_scores(candidates)
         if not usable:
             return Evaluation(None, tuple(scores), "no usable answer")
         if len(usable) == 1:
-            i = usable[0]
-            return Evaluation(i, tuple(scores), "only one usable answer")
-        toks = {i: tokens(candidates[i].text) for i in usable}
+            return Evaluation(usable[0], tuple(scores), "only one usable answer")
         for i in usable:
-            others = [similarity(toks[i], toks[j]) for j in usable if j != i]
+            others = [agreement(candidates[i].text, candidates[j].text) for j in usable if j != i]
             scores[i] = round(sum(others) / len(others), 4)
         best = max(usable, key=lambda i: (round(scores[i], 2), -candidates[i].latency_ms))
         return Evaluation(best, tuple(scores),
@@ -78,8 +197,8 @@ class FastestEvaluator(Evaluator):
     """The first usable answer wins; nothing is rated but failures."""
 
     def evaluate(self, candidates: Sequence[Candidate]) -> Evaluation:
-        usable = [i for i, c in enumerate(candidates) if c.status == "ok" and c.text.strip()]
-        scores = tuple(0.0 if c.status in ("error", "timeout", "invalid") else None for c in candidates)
+        usable = [i for i, c in enumerate(candidates) if _usable(c)]
+        scores = tuple(failure_scores(candidates))
         if not usable:
             return Evaluation(None, scores, "no usable answer")
         best = min(usable, key=lambda i: candidates[i].latency_ms)

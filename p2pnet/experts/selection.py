@@ -34,6 +34,12 @@ class SelectionPolicy(ABC):
               rng: random.Random) -> float:
         """Higher is better."""
 
+    def respondents(self, candidates: Sequence[ExpertRef], domain: str, standing: Standing = no_standing,
+                    requested_k: Optional[int] = None) -> Optional[int]:
+        """How many experts to ask; ``requested_k`` (the request's own choice)
+        wins. None leaves it to the caller's default."""
+        return requested_k
+
     def select(self, candidates: Sequence[ExpertRef], k: int, domain: str,
                standing: Standing = no_standing, rng: Optional[random.Random] = None) -> Selection:
         rng = rng or random.Random(0)
@@ -80,4 +86,157 @@ class RandomPolicy(SelectionPolicy):
         return rng.random()
 
 
-POLICIES = {"ucb-cost": UcbCostPolicy, "random": RandomPolicy}
+class Posterior:
+    """What the ledger says of one (expert, domain): a Beta posterior
+    approximated from its mean and evidence (in rating-weight units)."""
+
+    __slots__ = ("mean", "evidence", "alpha", "beta", "sd")
+
+    def __init__(self, mean: float, evidence: float, prior_weight: float = 2.0) -> None:
+        self.mean, self.evidence = mean, evidence
+        total = evidence + prior_weight
+        self.alpha = max(1e-6, mean * total)
+        self.beta = max(1e-6, (1.0 - mean) * total)
+        a, b = self.alpha, self.beta
+        self.sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1.0)))
+
+    def lower(self, z: float) -> float:
+        return self.mean - z * self.sd
+
+    def upper(self, z: float) -> float:
+        return self.mean + z * self.sd
+
+    def __repr__(self) -> str:
+        return f"Posterior(mean={self.mean:.3f}, evidence={self.evidence:.2f}, sd={self.sd:.3f})"
+
+
+class ReputationPolicy(SelectionPolicy):
+    """Thompson sampling on the ledger's posterior, minus the price:
+    ``value = theta - cost_weight * price - load_weight * load`` with
+    ``theta ~ Beta(posterior)`` (MetaLLM's reward, quality - lambda * cost,
+    explored by sampling rather than by a bonus).
+
+    - Banned: evidence >= ``min_evidence`` and the posterior mean below
+      ``floor``. They get no traffic unless nothing else is left.
+    - Newcomers: evidence < ``newcomer_evidence``. Once established experts
+      exist, at most ``explore_share`` of queries include a newcomer whose
+      mean is not below ``floor`` (as an extra respondent when k is 1, so its
+      answer is compared with another); others only fill in when needed.
+    - Second opinions: a query that would ask one expert asks the two best
+      sampled ones in ``audit_share`` of cases, since one answer alone earns
+      no agreement rating and beliefs would otherwise only move with probes.
+    - :meth:`respondents` (when the request leaves k open): 1 when the expert
+      with the best pessimistic value is reliable (``mean - z * sd >=
+      confident``) or clearly better than every other (its pessimistic value
+      above their optimistic ones); ``uncertain_k`` otherwise; ``max_k`` while
+      no expert is established.
+    """
+
+    name = "reputation"
+
+    def __init__(self, cost_weight: float = 0.01, explore_share: float = 0.1, floor: float = 0.5,
+                 min_evidence: float = 2.0, newcomer_evidence: float = 2.0, confident: float = 0.7,
+                 z: float = 1.0, max_k: int = 3, uncertain_k: int = 3, load_weight: float = 0.2,
+                 prior_weight: float = 2.0, audit_share: float = 0.0) -> None:
+        if not 0.0 <= explore_share <= 1.0 or not 0.0 <= audit_share <= 1.0:
+            raise ValueError("explore_share and audit_share must lie in [0, 1]")
+        if not 1 <= max_k <= 16 or not 1 <= uncertain_k <= 16:
+            raise ValueError("max_k and uncertain_k must be between 1 and 16")
+        for name, v in (("cost_weight", cost_weight), ("min_evidence", min_evidence), ("z", z),
+                        ("newcomer_evidence", newcomer_evidence), ("load_weight", load_weight),
+                        ("prior_weight", prior_weight)):
+            if not v >= 0:
+                raise ValueError(f"{name} must not be negative")
+        if not 0.0 <= floor <= 1.0 or not 0.0 <= confident <= 1.0:
+            raise ValueError("floor and confident must lie in [0, 1]")
+        self.cost_weight, self.explore_share, self.floor = cost_weight, explore_share, floor
+        self.min_evidence, self.newcomer_evidence, self.confident = min_evidence, newcomer_evidence, confident
+        self.z, self.max_k, self.uncertain_k = z, int(max_k), int(uncertain_k)
+        self.load_weight, self.prior_weight, self.audit_share = load_weight, prior_weight, audit_share
+
+    # ------------------------------------------------------------ pure parts
+
+    def posterior(self, ref: ExpertRef, domain: str, standing: Standing) -> Posterior:
+        mean, evidence = standing(ref.peer, domain)
+        return Posterior(min(1.0, max(0.0, float(mean))), max(0.0, float(evidence)), self.prior_weight)
+
+    def banned(self, post: Posterior) -> bool:
+        return post.evidence >= self.min_evidence and post.mean < self.floor
+
+    def newcomer(self, post: Posterior) -> bool:
+        return post.evidence < self.newcomer_evidence
+
+    def value(self, ref: ExpertRef, quality: float) -> float:
+        """quality - cost_weight * price - load_weight * load share."""
+        load = ref.card.load / max(1, ref.card.max_concurrency)
+        return quality - self.cost_weight * ref.card.price_per_1k - self.load_weight * load
+
+    def score(self, ref, domain, standing, total_evidence, rng) -> float:
+        post = self.posterior(ref, domain, standing)
+        return self.value(ref, rng.betavariate(post.alpha, post.beta))
+
+    def respondents(self, candidates, domain, standing=no_standing, requested_k=None) -> Optional[int]:
+        if requested_k:
+            return requested_k
+        if not candidates:
+            return 1
+        posts = [(self.posterior(r, domain, standing), r) for r in candidates]
+        usable = [(p, r) for p, r in posts if not self.banned(p)] or posts
+        established = [(p, r) for p, r in usable if not self.newcomer(p)]
+        if not established:
+            k = self.max_k
+        else:
+            ranked = sorted(established, key=lambda pr: -self.value(pr[1], pr[0].lower(self.z)))
+            best, ref = ranked[0]
+            rest = max((self.value(r, p.upper(self.z)) for p, r in ranked[1:]), default=-math.inf)
+            if best.lower(self.z) >= self.confident or self.value(ref, best.lower(self.z)) >= rest:
+                k = 1
+            else:
+                k = self.uncertain_k
+        return max(1, min(k, self.max_k, len(usable)))
+
+    def select(self, candidates, k, domain, standing=no_standing, rng=None) -> Selection:
+        rng = rng or random.Random(0)
+        if not candidates or k <= 0:
+            return Selection((), "no candidates")
+        free = [r for r in candidates if r.card.load < r.card.max_concurrency]
+        pool = free or list(candidates)
+        rows = []
+        for ref in pool:
+            post = self.posterior(ref, domain, standing)
+            rows.append((self.value(ref, rng.betavariate(post.alpha, post.beta)), ref, post))
+        rows.sort(key=lambda row: (-row[0], row[1].peer, row[1].card.expert_id))
+        banned = [row for row in rows if self.banned(row[2])]
+        ok = [row for row in rows if not self.banned(row[2])]
+        est = [row for row in ok if not self.newcomer(row[2])]
+        new = [row for row in ok if self.newcomer(row[2])]
+        fresh = [row for row in new if row[2].mean >= self.floor]  # no bad evidence yet
+        notes = []
+        if est:
+            chosen = est[:k]
+            if len(chosen) < k:  # not enough established experts: newcomers fill in
+                chosen += (fresh + [row for row in new if row not in fresh])[:k - len(chosen)]
+                notes.append("newcomers fill in")
+            elif fresh and rng.random() < self.explore_share:
+                chosen = (chosen[:k - 1] if k > 1 else chosen) + [fresh[0]]
+                notes.append("exploring a newcomer")
+            elif self.audit_share and k == 1 and len(est) > 1 and rng.random() < self.audit_share:
+                chosen = est[:2]  # a second opinion: one answer alone earns no rating
+                notes.append("second opinion")
+        elif new:
+            chosen = (fresh + [row for row in new if row not in fresh])[:k]
+            notes.append("no established expert yet")
+        else:
+            chosen = banned[:k]
+            notes.append("every candidate is below the floor")
+        if banned:
+            notes.append(f"{len(banned)} below the floor")
+        reason = (f"{self.name}: {len(chosen)} of {len(pool)} {'free ' if free else 'busy '}experts for "
+                  f"{domain!r} by sampled quality - {self.cost_weight:g} x price"
+                  + (f" ({'; '.join(notes)})" if notes else ""))
+        shown = chosen + [row for row in rows[:8] if row not in chosen]
+        return Selection(tuple(row[1] for row in chosen), reason,
+                         tuple((row[1].peer_str, row[1].card.expert_id, round(row[0], 4)) for row in shown))
+
+
+POLICIES = {"ucb-cost": UcbCostPolicy, "random": RandomPolicy, "reputation": ReputationPolicy}

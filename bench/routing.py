@@ -1,0 +1,90 @@
+"""Routing results for docs/results.md: runs the committed scenarios over
+several seeds (two processes), prints Markdown tables, writes the plots.
+
+    python bench/routing.py [--seeds 1 2 3] [--img docs/img]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "testnet" / "scenarios"
+
+
+def _run(job):
+    name, seed, policy, params = job
+    from p2pnet.sim import load_scenario, run_scenario
+
+    sc = load_scenario(SCENARIOS / f"{name}.toml")
+    if policy == "random":
+        sc = sc.with_policy("random")
+    elif params:
+        sc = sc.with_policy(sc.policy.name, **{**dict(sc.policy.params), **params})
+    return job, run_scenario(sc, seed=seed)
+
+
+def _mean(rows, path):
+    vals = []
+    for r in rows:
+        v = r
+        for key in path:
+            v = v[key]
+        if v is not None:
+            vals.append(v)
+    if not vals:
+        return "n/a"
+    m = statistics.mean(vals)
+    return f"{m:.3f}" + (f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--img", type=Path, default=None)
+    args = ap.parse_args()
+    jobs = []
+    for seed in args.seeds:
+        jobs.append(("llmnet-adversarial", seed, None, {}))
+        jobs.append(("llmnet-adversarial", seed, "random", {}))
+        jobs.append(("mixed-threats", seed, None, {}))
+        for cw in (0.0, 0.005, 0.01, 0.015, 0.02, 0.03):
+            jobs.append(("metallm-cost", seed, "reputation", {"cost_weight": cw}))
+    with ProcessPoolExecutor(2) as ex:
+        results = list(ex.map(_run, jobs))
+    groups: dict = {}
+    for (name, seed, policy, params), r in results:
+        key = (name, r["policy"], tuple(sorted(params.items())))
+        groups.setdefault(key, []).append(r)
+    print("| scenario | policy | params | seeds | accuracy after warmup / oracle | last 20% / oracle "
+          "| random / oracle | cost vs best (after warmup) | adversary share (after warmup) "
+          "| queries until adversaries < 5% | respondents / query |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (name, policy, params), rows in groups.items():
+        rnd = [{"v": r["tail"]["accuracy_random"] / r["tail"]["accuracy_oracle"]} for r in rows]
+        print(f"| {name} | {policy} | {', '.join(f'{k}={v}' for k, v in params) or '-'} | {len(rows)} "
+              f"| {_mean(rows, ('after_warmup', 'accuracy_vs_oracle'))} | {_mean(rows, ('accuracy_vs_oracle',))} "
+              f"| {_mean(rnd, ('v',))} | {_mean(rows, ('after_warmup', 'cost_vs_best'))} "
+              f"| {_mean(rows, ('after_warmup', 'adversary_share'))} "
+              f"| {_mean(rows, ('queries_until_adversary_below_5pct',))} "
+              f"| {_mean(rows, ('after_warmup', 'mean_respondents'))} |")
+    if args.img is not None:
+        from p2pnet.sim.plot import plot_summary
+
+        args.img.mkdir(parents=True, exist_ok=True)
+        first = args.seeds[0]
+        for (name, seed, policy, params), r in results:
+            if seed != first:
+                continue
+            if policy is None:
+                plot_summary(r, args.img / f"sim-{name}.png")
+            elif policy == "random":
+                plot_summary(r, args.img / f"sim-{name}-random.png")
+            elif params.get("cost_weight") == 0.015:
+                plot_summary(r, args.img / f"sim-{name}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""ledger and reputation commands: read the ledger of a node's data dir
+(read-only, beside a running node) or ask a node's HTTP API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from p2pnet_cli.main import cli
+
+
+def _ledger_dir(data_dir: Optional[str]) -> Path:
+    from p2pnet.config import default_data_dir
+
+    return Path(data_dir).expanduser() / "ledger" if data_dir else default_data_dir() / "ledger"
+
+
+def _open(data_dir: Optional[str]):
+    from p2pnet.consensus.store import Ledger
+
+    return Ledger.open(_ledger_dir(data_dir), readonly=True)
+
+
+def _get(api: str, path: str, params: dict) -> dict:
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    url = api.rstrip("/") + path + (f"?{query}" if query else "")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip().splitlines()
+        raise click.ClickException(f"{url}: HTTP {exc.code} {detail[0] if detail else ''}".strip()) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise click.ClickException(f"{url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _echo_json(obj: dict) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+@cli.group()
+def ledger() -> None:
+    """Inspect the reputation ledger."""
+
+
+@ledger.command("show")
+@click.argument("height", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Node data dir (default: $P2PNET_HOME).")
+@click.option("--api", help="Ask a node's HTTP API instead, e.g. http://127.0.0.1:8080.")
+def show(height: Optional[int], as_json: bool, data_dir: Optional[str], api: Optional[str]) -> None:
+    """Show block HEIGHT (the latest without one)."""
+    if api:
+        obj = _get(api, "/ledger/block", {"height": height})
+    else:
+        from p2pnet.consensus.views import block_json
+
+        with _open(data_dir) as led:
+            obj = block_json(led, height)
+    if as_json:
+        _echo_json(obj)
+        return
+    click.echo(f"height {obj['height']}  hash {obj['hash']}")
+    click.echo(f"time_ms {obj['time_ms']}  proposer {obj['proposer']}")
+    click.echo(f"txs {obj['tx_count']}  state_hash {obj['state_hash'][:16]}  tx_root {obj['tx_root'][:16]}")
+    for tx in obj["txs"]:
+        if "respondent" in tx:
+            click.echo(f"  {tx['hash'][:12]} {tx['rater'][:16]} -> {tx['respondent'][:16]} "
+                       f"{tx['domain']} score={tx['score']:.3f}")
+        else:
+            click.echo(f"  {tx['hash'][:12]} {tx.get('kind', '?')} {tx.get('error', '')}")
+
+
+@ledger.command("verify")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Node data dir (default: $P2PNET_HOME).")
+@click.option("--api", help="Ask a node's HTTP API instead.")
+def verify(data_dir: Optional[str], api: Optional[str]) -> None:
+    """Replay the chain from genesis; print OK or the first inconsistency (exit 1)."""
+    if api:
+        obj = _get(api, "/ledger/verify", {})
+    else:
+        from p2pnet.consensus.views import verify_json
+
+        with _open(data_dir) as led:
+            obj = verify_json(led)
+    if obj["ok"]:
+        click.echo(f"OK ({obj['height']} blocks)")
+    else:
+        click.echo(f"INCONSISTENT: {obj['error']}")
+        sys.exit(1)  # not ctx.exit: main() runs click with standalone_mode=False, which drops its code
+
+
+@cli.command("reputation")
+@click.option("--domain", help="Only this domain.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Node data dir (default: $P2PNET_HOME).")
+@click.option("--api", help="Ask a node's HTTP API instead.")
+def reputation(domain: Optional[str], as_json: bool, data_dir: Optional[str], api: Optional[str]) -> None:
+    """Experts' reputation standings, best first."""
+    if api:
+        obj = _get(api, "/reputation", {"domain": domain})
+    else:
+        from p2pnet.consensus.views import ledger_state, reputation_json
+
+        with _open(data_dir) as led:
+            obj = reputation_json(ledger_state(led), domain)
+    if as_json:
+        _echo_json(obj)
+        return
+    click.echo(f"height {obj['height']}  state {obj['state_hash'][:16]}")
+    if not obj["standings"]:
+        click.echo("no ratings yet")
+    for s in obj["standings"]:
+        click.echo(f"{s['peer_id']}  {s['domain']:<16} score {s['score']:.3f}  "
+                   f"confidence {s['confidence']:.2f}  ratings {s['count']}")

@@ -1,0 +1,352 @@
+"""Reputation: a deterministic function of the committed rating transactions.
+
+All numbers in the state are integers in fixed point (``FP`` = 1.0), so every
+machine computes byte-identical state and the same :func:`state_hash`. The rule
+and why it resists sybils is described in docs/reputation.md.
+
+``header(h).state_hash`` is the hash of the state after blocks ``1..h-1``
+(the genesis state, height 0, for ``h == 1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+
+from p2pnet import wire
+from p2pnet.consensus.genesis import Genesis, Params
+
+FP = 1_000_000
+STATE_VERSION = 1
+TX_KINDS = frozenset({wire.Rating.KIND})
+"""Message kinds that may be ledger transactions."""
+
+Record = Tuple[int, int, int, int, int, int]
+"""(trusted_alpha, trusted_beta, newcomer_alpha, newcomer_beta, count, epoch)"""
+PairUse = Tuple[int, int]
+"""(weight used, epoch)"""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the state transition needs besides the state: params and the validators."""
+
+    params: Params
+    validators: FrozenSet[bytes]
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis) -> "Rules":
+        return cls(genesis.params, frozenset(v.peer_id for v in genesis.validators))
+
+
+@dataclass(frozen=True)
+class RatingTx:
+    """A decoded, signature-checked rating transaction."""
+
+    raw: bytes
+    tx_hash: bytes
+    rater: bytes
+    nonce: int
+    rating: wire.Rating
+
+
+def tx_hash(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()
+
+
+def decode_tx(raw: bytes, max_tx_bytes: int, env: Optional[wire.Envelope] = None) -> RatingTx:
+    """Open (size, schema, signature) one tx; raises ValueError with a reason.
+    ``env``: the same bytes already opened by wire.open_envelope."""
+    if len(raw) > max_tx_bytes:
+        raise ValueError(f"oversize: {len(raw)} > {max_tx_bytes} bytes")
+    if env is None or env.raw != raw:
+        try:
+            env = wire.open_envelope(raw, max_bytes=max_tx_bytes)
+        except wire.WireError as exc:
+            raise ValueError(str(exc)) from None
+    if env.kind not in TX_KINDS:
+        raise ValueError(f"not a transaction type: {env.kind}")
+    rating = env.message
+    if rating.respondent == env.sender:
+        raise ValueError("self-rating: rater is the respondent")
+    return RatingTx(bytes(raw), tx_hash(raw), env.sender, env.seq, rating)
+
+
+def score_fp(score: float) -> int:
+    """A rating's score in fixed point. IEEE-754 multiply and round are exact
+    operations, so this is the same on every machine."""
+    return min(FP, max(0, round(score * FP)))
+
+
+def decay_factor(ppm: int, epochs: int) -> int:
+    """``(ppm / 1e6) ** epochs`` in fixed point, by integer squaring."""
+    result, base = FP, ppm
+    while epochs and result:
+        if epochs & 1:
+            result = result * base // FP
+        base = base * base // FP
+        epochs >>= 1
+    return result
+
+
+class ReputationState:
+    """Immutable reputation state. Treat the dicts as read-only; :func:`apply_block`
+    returns a new state sharing unchanged parts."""
+
+    __slots__ = ("rules", "height", "nonces", "records", "pairs", "_hash")
+
+    def __init__(self, rules: Rules, height: int = 0,
+                 nonces: Optional[Dict[bytes, int]] = None,
+                 records: Optional[Dict[bytes, Dict[str, Record]]] = None,
+                 pairs: Optional[Dict[bytes, Dict[Tuple[bytes, str], PairUse]]] = None) -> None:
+        self.rules = rules
+        self.height = height
+        self.nonces = nonces if nonces is not None else {}
+        self.records = records if records is not None else {}
+        self.pairs = pairs if pairs is not None else {}
+        self._hash: Optional[bytes] = None
+
+    # ---- canonical bytes
+    def to_bytes(self) -> bytes:
+        return wire.packb([
+            STATE_VERSION,
+            self.height,
+            [[k, self.nonces[k]] for k in sorted(self.nonces)],
+            [[r, d, *self.records[r][d]] for r in sorted(self.records) for d in sorted(self.records[r])],
+            [[x, r, d, *self.pairs[x][(r, d)]] for x in sorted(self.pairs) for (r, d) in sorted(self.pairs[x])],
+        ])
+
+    @classmethod
+    def from_bytes(cls, rules: Rules, data: bytes) -> "ReputationState":
+        obj = wire.unpackb(data, max_bytes=1 << 40)
+        if not isinstance(obj, list) or len(obj) != 5 or obj[0] != STATE_VERSION:
+            raise ValueError("not a reputation state")
+        _, height, nonces, records, pairs = obj
+        recs: Dict[bytes, Dict[str, Record]] = {}
+        for r, d, *vals in records:
+            recs.setdefault(r, {})[d] = tuple(vals)
+        prs: Dict[bytes, Dict[Tuple[bytes, str], PairUse]] = {}
+        for x, r, d, *vals in pairs:
+            prs.setdefault(x, {})[(r, d)] = tuple(vals)
+        return cls(rules, height, {k: v for k, v in nonces}, recs, prs)
+
+    def hash(self) -> bytes:
+        if self._hash is None:
+            self._hash = hashlib.sha256(self.to_bytes()).digest()
+        return self._hash
+
+    def nonce(self, rater: bytes) -> int:
+        return self.nonces.get(rater, 0)
+
+    @property
+    def epoch(self) -> int:
+        return self.height // self.rules.params.decay_epoch_blocks
+
+
+def genesis_state(genesis: Genesis) -> ReputationState:
+    return ReputationState(Rules.from_genesis(genesis))
+
+
+def state_hash(state: ReputationState) -> bytes:
+    """sha256 of the state's canonical bytes."""
+    return state.hash()
+
+
+# ------------------------------------------------------------------ the rule
+
+
+def _decay_record(rec: Record, epoch: int, ppm: int) -> Record:
+    ta, tb, na, nb, count, e = rec
+    if e == epoch:
+        return rec
+    f = decay_factor(ppm, epoch - e)
+    return (ta * f // FP, tb * f // FP, na * f // FP, nb * f // FP, count, epoch)
+
+
+def _effective(rec: Record, p: Params) -> Tuple[int, int]:
+    """Alpha and beta evidence of a record, the newcomer pool clipped to its cap."""
+    ta, tb, na, nb = rec[:4]
+    pool = na + nb
+    if pool > p.newcomer_pool_cap:
+        na, nb = na * p.newcomer_pool_cap // pool, nb * p.newcomer_pool_cap // pool
+    return ta + na, tb + nb
+
+
+def _standing(state: ReputationState, peer: bytes) -> int:
+    """A non-validator rater's weight, earned only from trusted evidence about
+    its own answers: max over domains of (2*mean - 1) * E/(E + K), capped."""
+    p = state.rules.params
+    best = 0
+    for rec in state.records.get(peer, {}).values():
+        ta, tb = _decay_record(rec, state.epoch, p.decay_per_epoch_ppm)[:2]
+        evidence = ta + tb
+        mean = (p.prior_alpha + ta) * FP // (p.prior_alpha + p.prior_beta + evidence)
+        s = max(0, 2 * mean - FP) * evidence // (evidence + p.standing_half_evidence)
+        best = max(best, s)
+    return min(best, p.max_rater_weight)
+
+
+def rater_weight(state: ReputationState, rater: bytes) -> Tuple[int, bool]:
+    """(weight in FP, trusted?) of a rater in ``state``."""
+    p = state.rules.params
+    if rater in state.rules.validators:
+        return p.validator_weight, True
+    s = _standing(state, rater)
+    if s >= p.newcomer_weight:
+        return s, True
+    return p.newcomer_weight, False
+
+
+def check_block_txs(state: ReputationState, txs: Sequence[RatingTx]) -> Optional[str]:
+    """Block-level rules against the state before the block; None if fine."""
+    p = state.rules.params
+    if len(txs) > p.max_block_txs:
+        return f"{len(txs)} txs > max_block_txs {p.max_block_txs}"
+    last: Dict[bytes, int] = {}
+    per_rater: Dict[bytes, int] = {}
+    for i, tx in enumerate(txs):
+        prev = last.get(tx.rater, state.nonce(tx.rater))
+        if tx.nonce <= prev:
+            return f"tx {i}: nonce {tx.nonce} not above {prev}"
+        last[tx.rater] = tx.nonce
+        per_rater[tx.rater] = per_rater.get(tx.rater, 0) + 1
+        if per_rater[tx.rater] > p.max_ratings_per_rater_per_block:
+            return f"tx {i}: more than {p.max_ratings_per_rater_per_block} ratings from one rater"
+        if tx.rater == tx.rating.respondent:
+            return f"tx {i}: self-rating"
+    return None
+
+
+def apply_txs(state: ReputationState, height: int, txs: Sequence[RatingTx]) -> ReputationState:
+    """The state after a block at ``height`` with these (already checked) txs.
+
+    Rater weights come from ``state`` (before the block), so the order of txs
+    inside a block does not change anyone's weight."""
+    if height != state.height + 1:
+        raise ValueError(f"block {height} does not follow state height {state.height}")
+    p = state.rules.params
+    new = ReputationState(state.rules, height, dict(state.nonces), dict(state.records), dict(state.pairs))
+    epoch = new.epoch
+    weights: Dict[bytes, Tuple[int, bool]] = {}
+    copied_r: set = set()
+    copied_p: set = set()
+    per_rater: Dict[bytes, int] = {}
+    for tx in txs:
+        if tx.nonce <= new.nonces.get(tx.rater, 0) or tx.rater == tx.rating.respondent:
+            continue  # defensive: check_block_txs rejects such blocks
+        n = per_rater.get(tx.rater, 0)
+        if n >= p.max_ratings_per_rater_per_block:
+            continue
+        per_rater[tx.rater] = n + 1
+        new.nonces[tx.rater] = tx.nonce
+        if tx.rater not in weights:
+            weights[tx.rater] = rater_weight(state, tx.rater)
+        weight, trusted = weights[tx.rater]
+        resp, domain = tx.rating.respondent, tx.rating.domain
+        # the rater's remaining budget on this (respondent, domain)
+        if tx.rater not in copied_p:
+            new.pairs[tx.rater] = dict(new.pairs.get(tx.rater, {}))
+            copied_p.add(tx.rater)
+        used, pe = new.pairs[tx.rater].get((resp, domain), (0, epoch))
+        used = used * decay_factor(p.decay_per_epoch_ppm, epoch - pe) // FP
+        eff = max(0, min(weight, p.pair_cap * weight // FP - used))
+        new.pairs[tx.rater][(resp, domain)] = (used + eff, epoch)
+        # the record
+        if resp not in copied_r:
+            new.records[resp] = dict(new.records.get(resp, {}))
+            copied_r.add(resp)
+        rec = new.records[resp].get(domain, (0, 0, 0, 0, 0, epoch))
+        ta, tb, na, nb, count, _ = _decay_record(rec, epoch, p.decay_per_epoch_ppm)
+        s = score_fp(tx.rating.score)
+        da, db = eff * s // FP, eff * (FP - s) // FP
+        if trusted:
+            ta, tb = ta + da, tb + db
+        else:
+            na, nb = na + da, nb + db
+        new.records[resp][domain] = (ta, tb, na, nb, count + 1, epoch)
+    return new
+
+
+def decode_block_txs(raw_txs: Iterable[bytes], params: Params, cache=None) -> List[RatingTx]:
+    """Decode a block's txs (ValueError on the first bad one). ``cache`` maps
+    tx hash -> RatingTx already verified (e.g. the mempool's)."""
+    out = []
+    for i, raw in enumerate(raw_txs):
+        h = tx_hash(raw)
+        tx = cache.get(h) if cache is not None else None
+        if tx is None:
+            try:
+                tx = decode_tx(raw, params.max_tx_bytes)
+            except ValueError as exc:
+                raise ValueError(f"tx {i}: {exc}") from None
+        out.append(tx)
+    if len({tx.tx_hash for tx in out}) != len(out):
+        raise ValueError("duplicate tx in block")
+    return out
+
+
+def apply_block(state: ReputationState, block: wire.Block, cache=None) -> ReputationState:
+    """Check and apply one block's txs; ValueError if they break a rule."""
+    txs = decode_block_txs(block.txs, state.rules.params, cache)
+    err = check_block_txs(state, txs)
+    if err:
+        raise ValueError(err)
+    return apply_txs(state, block.header.height, txs)
+
+
+# ------------------------------------------------------------------ queries
+
+
+@dataclass(frozen=True)
+class Standing:
+    peer_id: str
+    domain: str
+    score: float
+    """posterior mean in [0, 1]"""
+    confidence: float
+    """evidence / (evidence + standing_half_evidence)"""
+    count: int
+    """ratings received (not decayed)"""
+    score_fp: int
+
+    def to_json(self) -> dict:
+        return {"peer_id": self.peer_id, "domain": self.domain, "score": self.score,
+                "confidence": self.confidence, "count": self.count, "score_fp": self.score_fp}
+
+
+def _standing_of(state: ReputationState, resp: bytes, domain: str, rec: Record) -> Standing:
+    p = state.rules.params
+    rec = _decay_record(rec, state.epoch, p.decay_per_epoch_ppm)
+    ea, eb = _effective(rec, p)
+    alpha, beta = p.prior_alpha + ea, p.prior_beta + eb
+    s = alpha * FP // (alpha + beta)
+    conf = (ea + eb) * FP // (ea + eb + p.standing_half_evidence)
+    return Standing(wire.peer_id_str(resp), domain, s / FP, conf / FP, rec[4], s)
+
+
+def standings(state: ReputationState, domain: Optional[str] = None) -> List[Standing]:
+    """All (respondent, domain) records, best score first."""
+    out = [
+        _standing_of(state, resp, d, rec)
+        for resp, recs in state.records.items()
+        for d, rec in recs.items()
+        if domain is None or d == domain
+    ]
+    out.sort(key=lambda s: (-s.score_fp, -s.count, s.peer_id, s.domain))
+    return out
+
+
+def standing_of(state: ReputationState, respondent: bytes, domain: str) -> Optional[Standing]:
+    """The standing of ``respondent`` in ``domain``, or None if never rated there."""
+    rec = state.records.get(respondent, {}).get(domain)
+    return None if rec is None else _standing_of(state, respondent, domain, rec)
+
+
+def score(state: ReputationState, respondent: bytes, domain: str) -> float:
+    """Posterior mean score of ``respondent`` in ``domain`` (the prior mean if unrated)."""
+    rec = state.records.get(respondent, {}).get(domain)
+    if rec is None:
+        p = state.rules.params
+        return p.prior_alpha / (p.prior_alpha + p.prior_beta)
+    return _standing_of(state, respondent, domain, rec).score

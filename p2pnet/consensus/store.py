@@ -1,0 +1,318 @@
+"""The ledger: blocks, indexes, the reputation state and the validator's sign
+record, in LMDB (:class:`Ledger`) or in memory (:class:`MemoryLedger`, tests and
+simulation). :func:`verify_chain` replays a stored chain from genesis."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import lmdb
+
+from p2pnet import wire
+from p2pnet.consensus.core import SignState, Tip
+from p2pnet.consensus.errors import LedgerError
+from p2pnet.consensus.genesis import Genesis, genesis_from_json
+from p2pnet.consensus.reputation import ReputationState, Rules, apply_block, genesis_state, tx_hash
+from p2pnet.consensus.validators import ValidatorSet, commit_hash, tx_root
+
+_BIG = 1 << 30
+_META_GENESIS = b"genesis"
+_META_HEIGHT = b"height"
+_META_STATE = b"app_state"
+_META_SIGN = b"sign_state"
+
+
+def _h(height: int) -> bytes:
+    return struct.pack(">Q", height)
+
+
+def decode_block(data: bytes) -> wire.Block:
+    return wire.Block.from_obj(wire.unpackb(data, max_bytes=_BIG))
+
+
+def decode_commit(data: bytes) -> wire.Commit:
+    return wire.Commit.from_obj(wire.unpackb(data, max_bytes=_BIG))
+
+
+class _LedgerReads:
+    """Reads shared by both stores, over the raw getters."""
+
+    genesis: Optional[Genesis]
+
+    def height(self) -> int:
+        raise NotImplementedError
+
+    def block_bytes(self, height: int) -> Optional[bytes]:
+        raise NotImplementedError
+
+    def commit_bytes(self, height: int) -> Optional[bytes]:
+        raise NotImplementedError
+
+    def block(self, height: int) -> Optional[wire.Block]:
+        data = self.block_bytes(height)
+        return decode_block(data) if data is not None else None
+
+    def commit(self, height: int) -> Optional[wire.Commit]:
+        """The commit this node holds for block ``height``."""
+        data = self.commit_bytes(height)
+        return decode_commit(data) if data is not None else None
+
+    def tip(self) -> Tip:
+        h = self.height()
+        if h == 0:
+            return Tip(0, b"", self.genesis.genesis_time_ms if self.genesis else 0, None)
+        block = self.block(h)
+        return Tip(h, block.hash(), block.header.time_ms, self.commit(h))
+
+    def app_state(self, rules: Rules) -> ReputationState:
+        data = self.app_state_bytes()
+        return ReputationState.from_bytes(rules, data) if data else ReputationState(rules)
+
+    def blocks_for_sync(self, from_height: int, to_height: int, max_bytes: int = 900_000,
+                        max_blocks: int = 64) -> wire.BlockBatch:
+        """Blocks ``from_height..`` (as many as fit), with the commit of the last."""
+        blocks: List[wire.Block] = []
+        size = 0
+        for h in range(from_height, min(to_height, self.height(), from_height + max_blocks - 1) + 1):
+            data = self.block_bytes(h)
+            if data is None or (blocks and size + len(data) > max_bytes):
+                break
+            size += len(data)
+            blocks.append(decode_block(data))
+        commit = self.commit(blocks[-1].header.height) if blocks else None
+        return wire.BlockBatch(tuple(blocks), commit)
+
+
+class MemoryLedger(_LedgerReads):
+    """The ledger in dicts; survives a simulated crash because the simulator
+    keeps the object."""
+
+    def __init__(self, genesis: Genesis) -> None:
+        self.genesis = genesis
+        self._blocks: Dict[int, bytes] = {}
+        self._commits: Dict[int, bytes] = {}
+        self._by_hash: Dict[bytes, int] = {}
+        self._txs: Dict[bytes, Tuple[int, int]] = {}
+        self._state: Optional[bytes] = None
+        self._sign: Optional[bytes] = None
+
+    def height(self) -> int:
+        return len(self._blocks)
+
+    def block_bytes(self, height: int) -> Optional[bytes]:
+        return self._blocks.get(height)
+
+    def commit_bytes(self, height: int) -> Optional[bytes]:
+        return self._commits.get(height)
+
+    def height_of_hash(self, block_hash: bytes) -> Optional[int]:
+        return self._by_hash.get(block_hash)
+
+    def tx_location(self, h: bytes) -> Optional[Tuple[int, int]]:
+        return self._txs.get(h)
+
+    def app_state_bytes(self) -> Optional[bytes]:
+        return self._state
+
+    def sign_state(self) -> Optional[SignState]:
+        return SignState.from_bytes(self._sign) if self._sign else None
+
+    def save_sign_state(self, record: SignState) -> None:
+        self._sign = record.to_bytes()
+
+    def append(self, block: wire.Block, commit: wire.Commit, state_bytes: bytes) -> None:
+        h = block.header.height
+        if h != self.height() + 1:
+            raise LedgerError(f"block {h} does not follow height {self.height()}")
+        self._blocks[h] = block.pack()
+        self._commits[h] = commit.pack()
+        self._by_hash[block.hash()] = h
+        for i, tx in enumerate(block.txs):
+            self._txs[tx_hash(tx)] = (h, i)
+        self._state = state_bytes
+
+    def close(self) -> None:
+        pass
+
+
+class Ledger(_LedgerReads):
+    """The ledger in an LMDB environment at ``<data_dir>/ledger/``.
+
+    A block, its commit, its indexes and the state it produces are written in
+    one write transaction; the sign record in its own (synced before the vote
+    it guards is sent). Open ``readonly=True`` to read beside a running node.
+    """
+
+    def __init__(self, env: lmdb.Environment, dbs: dict, genesis: Optional[Genesis], readonly: bool) -> None:
+        self.env = env
+        self._dbs = dbs
+        self.genesis = genesis
+        self.readonly = readonly
+
+    @classmethod
+    def open(cls, path: str | Path, genesis: Optional[Genesis] = None, readonly: bool = False,
+             map_size: int = 1 << 30) -> "Ledger":
+        """Open (creating unless ``readonly``) the ledger at ``path``. The
+        genesis is stored on creation; a different one later is an error."""
+        path = Path(path)
+        try:
+            if readonly:
+                if not (path / "data.mdb").exists():
+                    raise LedgerError(f"no ledger at {path}")
+                env = lmdb.open(str(path), readonly=True, max_dbs=8, lock=True)
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                env = lmdb.open(str(path), map_size=map_size, max_dbs=8)
+            names = ("meta", "blocks", "commits", "hashes", "txs")
+            dbs = {n: env.open_db(n.encode(), create=not readonly) for n in names}
+        except lmdb.Error as exc:
+            raise LedgerError(f"cannot open ledger at {path}: {exc}") from None
+        with env.begin() as txn:
+            stored = txn.get(_META_GENESIS, db=dbs["meta"])
+        if stored is not None:
+            stored_genesis = genesis_from_json(bytes(stored))
+            if genesis is not None and stored_genesis.hash() != genesis.hash():
+                env.close()
+                raise LedgerError(f"ledger at {path} belongs to another genesis (chain {stored_genesis.chain_id})")
+            genesis = stored_genesis
+        elif not readonly:
+            if genesis is None:
+                env.close()
+                raise LedgerError(f"new ledger at {path} needs a genesis")
+            with env.begin(write=True) as txn:
+                txn.put(_META_GENESIS, genesis.canonical_bytes(), db=dbs["meta"])
+        return cls(env, dbs, genesis, readonly)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _get(self, db: str, key: bytes) -> Optional[bytes]:
+        with self.env.begin() as txn:
+            v = txn.get(key, db=self._dbs[db])
+        return bytes(v) if v is not None else None
+
+    def height(self) -> int:
+        v = self._get("meta", _META_HEIGHT)
+        return struct.unpack(">Q", v)[0] if v else 0
+
+    def block_bytes(self, height: int) -> Optional[bytes]:
+        return self._get("blocks", _h(height))
+
+    def commit_bytes(self, height: int) -> Optional[bytes]:
+        return self._get("commits", _h(height))
+
+    def height_of_hash(self, block_hash: bytes) -> Optional[int]:
+        v = self._get("hashes", block_hash)
+        return struct.unpack(">Q", v)[0] if v else None
+
+    def tx_location(self, h: bytes) -> Optional[Tuple[int, int]]:
+        v = self._get("txs", h)
+        return struct.unpack(">QI", v) if v else None
+
+    def app_state_bytes(self) -> Optional[bytes]:
+        return self._get("meta", _META_STATE)
+
+    def sign_state(self) -> Optional[SignState]:
+        v = self._get("meta", _META_SIGN)
+        return SignState.from_bytes(v) if v else None
+
+    def _write(self, fn) -> None:
+        if self.readonly:
+            raise LedgerError("ledger opened read-only")
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    fn(txn)
+                return
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def save_sign_state(self, record: SignState) -> None:
+        self._write(lambda txn: txn.put(_META_SIGN, record.to_bytes(), db=self._dbs["meta"]))
+
+    def append(self, block: wire.Block, commit: wire.Commit, state_bytes: bytes) -> None:
+        h = block.header.height
+        block_hash = block.hash()
+
+        def write(txn) -> None:
+            cur = txn.get(_META_HEIGHT, db=self._dbs["meta"])
+            cur = struct.unpack(">Q", cur)[0] if cur else 0
+            if h != cur + 1:
+                raise LedgerError(f"block {h} does not follow height {cur}")
+            txn.put(_h(h), block.pack(), db=self._dbs["blocks"])
+            txn.put(_h(h), commit.pack(), db=self._dbs["commits"])
+            txn.put(block_hash, _h(h), db=self._dbs["hashes"])
+            for i, tx in enumerate(block.txs):
+                txn.put(tx_hash(tx), struct.pack(">QI", h, i), db=self._dbs["txs"])
+            txn.put(_META_STATE, state_bytes, db=self._dbs["meta"])
+            txn.put(_META_HEIGHT, _h(h), db=self._dbs["meta"])
+
+        self._write(write)
+
+
+def verify_chain(ledger: _LedgerReads, genesis: Optional[Genesis] = None) -> Optional[str]:
+    """Replay every stored block from genesis; None if all is consistent, else
+    a description of the first inconsistency."""
+    genesis = genesis or ledger.genesis
+    if genesis is None:
+        return "no genesis"
+    vset = ValidatorSet(genesis.validators)
+    chain_id = genesis.chain_id
+    state = genesis_state(genesis)
+    prev_hash, prev_time, prev_commit_ok = b"", genesis.genesis_time_ms, True
+    top = ledger.height()
+    for h in range(1, top + 1):
+        where = f"block {h}"
+        try:
+            block = ledger.block(h)
+            commit = ledger.commit(h)
+        except (wire.WireError, ValueError, TypeError) as exc:
+            return f"{where}: undecodable ({exc})"
+        if block is None or commit is None:
+            return f"{where}: missing"
+        hdr = block.header
+        block_hash = block.hash()
+        if hdr.chain_id != chain_id or hdr.height != h:
+            return f"{where}: wrong chain_id or height"
+        if hdr.prev_hash != prev_hash:
+            return f"{where}: prev_hash does not link to block {h - 1}"
+        if hdr.time_ms <= prev_time:
+            return f"{where}: time not after block {h - 1}"
+        if hdr.proposer not in vset:
+            return f"{where}: proposer is not a validator"
+        if hdr.tx_root != tx_root(block.txs):
+            return f"{where}: tx_root mismatch"
+        if hdr.last_commit_hash != commit_hash(block.last_commit):
+            return f"{where}: last_commit_hash mismatch"
+        if h > 1:
+            err = vset.verify_commit(chain_id, block.last_commit, h - 1, prev_hash)
+            if err:
+                return f"{where}: last_commit: {err}"
+        if hdr.state_hash != state.hash():
+            return f"{where}: state_hash mismatch"
+        try:
+            state = apply_block(state, block)
+        except ValueError as exc:
+            return f"{where}: txs: {exc}"
+        err = vset.verify_commit(chain_id, commit, h, block_hash)
+        if err:
+            return f"{where}: stored commit: {err}"
+        if ledger.height_of_hash(block_hash) != h:
+            return f"{where}: block-hash index mismatch"
+        for i, tx in enumerate(block.txs):
+            if ledger.tx_location(tx_hash(tx)) != (h, i):
+                return f"{where}: tx index mismatch for tx {i}"
+        prev_hash, prev_time = block_hash, hdr.time_ms
+    stored = ledger.app_state_bytes()
+    if top and stored != state.to_bytes():
+        return f"stored reputation state differs from the replay of {top} blocks"
+    return None

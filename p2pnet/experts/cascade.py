@@ -1,0 +1,222 @@
+"""Small-then-large: answer with a local small model, ask the network only
+when the local answer's confidence is below a threshold.
+
+Confidence is the geometric mean of the answer's token probabilities
+(``exp(mean logprob)``) when the backend reports log-probabilities (the
+xllamacpp backend does, through :class:`ScoringLlamaBackend`); otherwise it is
+the self-agreement of a greedy answer with a few sampled ones. Either way it
+lies in [0, 1]. The rule: escalate iff ``threshold >= 1`` or ``confidence <
+threshold``; so 0 never escalates and 1 always does. With ``local_only`` the
+prompt never leaves the process. See docs/evaluation.md."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable, Optional, Sequence
+
+import trio
+
+from p2pnet.api.errors import ApiError
+from p2pnet.api.types import ChatRequest, ChatResult
+from p2pnet.experts.backend import Backend, CancelToken, GenerationResult, Message
+from p2pnet.experts.errors import BadQuery, ExpertsError, ModelError, QueryError
+from p2pnet.experts.evaluation import agreement
+from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT
+from p2pnet.experts.llama import LlamaBackend, LlamaSettings
+from p2pnet.wire import ChatMessage
+
+LOGPROB, SELF_AGREEMENT, FAILED = "logprob", "self-agreement", "failed"
+LOCAL, NETWORK = "local", "network"
+
+Escalate = Callable[[ChatRequest], Awaitable[ChatResult]]
+
+
+# ---------------------------------------------------------------- scoring
+
+def confidence_from_logprobs(logprobs: Sequence[float]) -> float:
+    """exp(mean log-probability) of the generated tokens, in [0, 1]; 0 for none."""
+    values = [lp for lp in logprobs if lp is not None and math.isfinite(lp)]
+    if not values:
+        return 0.0
+    return round(min(1.0, max(0.0, math.exp(sum(values) / len(values)))), 4)
+
+
+def self_agreement(answer: str, samples: Sequence[str]) -> float:
+    """Mean agreement of ``answer`` with independently sampled answers, in [0, 1]."""
+    if not samples:
+        return 0.0
+    return round(sum(agreement(answer, s) for s in samples) / len(samples), 4)
+
+
+def should_escalate(confidence: float, threshold: float) -> bool:
+    return threshold >= 1.0 or confidence < threshold
+
+
+class ScoringLlamaBackend(LlamaBackend):
+    """The xllamacpp backend, plus a generation that returns each token's log-probability."""
+
+    def generate_scored(self, messages: Sequence[Message], *, max_tokens: int,
+                        temperature: float = 0.0) -> tuple[GenerationResult, Optional[list[float]]]:
+        """(result, logprobs of the generated tokens, or None if the build gives none)."""
+        request = {
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": max_tokens, "temperature": temperature, "logprobs": True, "cache_prompt": False,
+        }
+        token = CancelToken()
+        with self._lock:
+            if self._server is None:
+                raise ModelError(f"{self.path}: model not loaded")
+            server = self._server
+            self._active.add(token)  # close() waits for us
+        try:
+            out = server.handle_chat_completions(request)
+        finally:
+            with self._lock:
+                self._active.discard(token)
+                self._idle.notify_all()
+        if "error" in out or not out.get("choices"):
+            error = out.get("error") or {}
+            message = str(error.get("message", error) if isinstance(error, dict) else error)
+            raise (BadQuery if isinstance(error, dict) and error.get("code") == 400 else QueryError)(
+                f"llama.cpp: {message}")
+        choice = out["choices"][0]
+        usage, timings = out.get("usage") or {}, out.get("timings") or {}
+        content = (choice.get("logprobs") or {}).get("content")
+        logprobs = [float(t["logprob"]) for t in content] if content else None
+        result = GenerationResult(
+            text=(choice.get("message") or {}).get("content") or "",
+            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", len(content or ()))),
+            prompt_ms=float(timings.get("prompt_ms", 0.0)), gen_ms=float(timings.get("predicted_ms", 0.0)))
+        return result, logprobs
+
+
+def open_local_model(store: Path, *, model: Optional[str] = None, n_threads: int = 0,
+                     n_ctx: int = 2048) -> ScoringLlamaBackend:
+    """The stored default model (or ``model``), loaded. ModelError if not pulled."""
+    from p2pnet.experts import modelstore
+
+    name = model or modelstore.DEFAULT_MODEL
+    stored = modelstore.stored(name, store)
+    if stored is None:
+        raise ModelError(f"model {name} is not stored in {modelstore.models_dir(store)}; "
+                         f"run `p2pnet models pull {name}` first")
+    backend = ScoringLlamaBackend(stored.path, LlamaSettings(n_threads=n_threads, n_ctx=n_ctx),
+                                  sha256=stored.sha256, model_name=name)
+    backend.load()
+    return backend
+
+
+# ---------------------------------------------------------------- cascade
+
+@dataclass(frozen=True)
+class CascadeSettings:
+    threshold: float = 0.5
+    local_only: bool = False
+    samples: int = 3  # answers compared by self-agreement (greedy + samples - 1)
+    sample_temperature: float = 0.8
+    max_tokens: int = 128
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("threshold must lie in [0, 1]")
+        if not 2 <= self.samples <= 8 or self.max_tokens < 1 or not 0.0 < self.sample_temperature <= 2.0:
+            raise ValueError(f"invalid cascade settings: {self}")
+
+
+@dataclass(frozen=True)
+class LocalAnswer:
+    text: str
+    confidence: float  # in [0, 1]
+    method: str  # logprob | self-agreement | failed
+    completion_tokens: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class CascadeResult:
+    text: str
+    path: str  # local | network
+    local: LocalAnswer
+    threshold: float
+    reason: str
+    network: Optional[ChatResult] = None
+
+    @property
+    def confidence(self) -> float:
+        return self.local.confidence
+
+    def to_json(self) -> dict:
+        out = {"text": self.text, "path": self.path, "confidence": self.local.confidence,
+               "method": self.local.method, "threshold": self.threshold, "reason": self.reason,
+               "local_text": self.local.text}
+        if self.network is not None:
+            out["network"] = {"query_id": self.network.query_id, **self.network.provenance}
+        return out
+
+
+class Cascade:
+    """Ask the local ``backend`` first; ``escalate`` (e.g. the node's
+    coordinator, or its HTTP API) when the local answer is not confident enough."""
+
+    def __init__(self, backend: Backend, escalate: Optional[Escalate] = None,
+                 settings: CascadeSettings = CascadeSettings()) -> None:
+        self.backend = backend
+        self.escalate = escalate
+        self.settings = settings
+
+    def _messages(self, req: ChatRequest) -> tuple[ChatMessage, ...]:
+        msgs = tuple(ChatMessage(r, c) for r, c in req.messages)
+        if any(m.role == "system" for m in msgs) or not self.settings.system_prompt:
+            return msgs
+        return (ChatMessage("system", self.settings.system_prompt),) + msgs
+
+    async def answer_locally(self, req: ChatRequest) -> LocalAnswer:
+        messages = self._messages(req)
+        max_tokens = req.max_tokens or self.settings.max_tokens
+        try:
+            if isinstance(self.backend, ScoringLlamaBackend):
+                result, logprobs = await trio.to_thread.run_sync(
+                    lambda: self.backend.generate_scored(messages, max_tokens=max_tokens))
+                if logprobs is not None:
+                    return LocalAnswer(result.text, confidence_from_logprobs(logprobs), LOGPROB,
+                                       result.completion_tokens)
+            else:
+                result = await self.backend.agenerate(messages, max_tokens=max_tokens)
+            samples = []
+            for _ in range(self.settings.samples - 1):
+                sampled = await self.backend.agenerate(messages, max_tokens=max_tokens,
+                                                       temperature=self.settings.sample_temperature)
+                samples.append(sampled.text)
+            return LocalAnswer(result.text, self_agreement(result.text, samples), SELF_AGREEMENT,
+                               result.completion_tokens)
+        except ExpertsError as exc:
+            return LocalAnswer("", 0.0, FAILED, error=str(exc))
+
+    async def ask(self, req: ChatRequest) -> CascadeResult:
+        s = self.settings
+        local = await self.answer_locally(req)
+        usable = bool(local.text.strip())
+        if usable and not should_escalate(local.confidence, s.threshold):
+            return CascadeResult(local.text, LOCAL, local, s.threshold,
+                                 f"local confidence {local.confidence:.2f} >= threshold {s.threshold:.2f}")
+        why = (f"local model failed ({local.error})" if local.method == FAILED else
+               f"local confidence {local.confidence:.2f} below threshold {s.threshold:.2f}"
+               if local.confidence < s.threshold else f"threshold {s.threshold:.2f} always asks the network")
+        if s.local_only or self.escalate is None:
+            if not usable:
+                raise QueryError(f"{why}, and the network may not be asked")
+            return CascadeResult(local.text, LOCAL, local, s.threshold, f"{why}; local only: not escalated")
+        try:
+            remote = await self.escalate(req)
+        except (QueryError, ApiError) as exc:
+            if not usable:
+                raise
+            return CascadeResult(local.text, LOCAL, local, s.threshold,
+                                 f"{why}; the network failed ({exc}), kept the local answer")
+        return CascadeResult(remote.text, NETWORK, local, s.threshold, f"{why}: escalated to the network",
+                             network=remote)

@@ -1,0 +1,153 @@
+"""The small-then-large cascade on the real SmolLM2 (through xllamacpp, with
+token log-probabilities): confidence in [0, 1], escalation at threshold 1,
+none at 0, and --local-only never publishing a Query."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from p2pnet import config, wire
+from p2pnet.api.types import ChatRequest, ChatResult
+from p2pnet.experts import scripted
+from p2pnet.experts.backend import Backend, GenerationResult, ModelInfo
+from p2pnet.experts.cascade import (
+    LOCAL, LOGPROB, NETWORK, SELF_AGREEMENT, Cascade, CascadeSettings, ScoringLlamaBackend,
+    confidence_from_logprobs, should_escalate,
+)
+from p2pnet.experts.errors import NoExpertAvailable
+from p2pnet.experts.expert import Expert
+from p2pnet.experts.llama import LlamaSettings
+from p2pnet.node import Node
+
+from .conftest_net import wait_for
+
+RUN = "import sys; from p2pnet_cli.main import main; main(sys.argv[1:])"
+TWO = ChatRequest("p2pnet", (("user", "What is 2+2?"),), max_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path):
+    backend = ScoringLlamaBackend(smollm2_path, LlamaSettings(n_threads=2, n_ctx=512))
+    backend.load()
+    yield backend
+    backend.close()
+
+
+def p2pnet(*args):
+    return subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, timeout=300)
+
+
+class Network:
+    """A fake escalation target that counts calls."""
+
+    def __init__(self, fail=None):
+        self.calls, self.fail = [], fail
+
+    async def __call__(self, req):
+        self.calls.append(req)
+        if self.fail:
+            raise self.fail
+        return ChatResult("4", "stop", 5, 1, "q1", {"chosen": {"peer_id": "x"}})
+
+
+def test_confidence_and_rule():
+    assert confidence_from_logprobs([]) == 0.0
+    assert confidence_from_logprobs([0.0, 0.0]) == 1.0
+    assert confidence_from_logprobs([-0.5, -1.5]) == round(2.718281828 ** -1.0, 4)
+    assert should_escalate(0.99, 1.0) and should_escalate(0.3, 0.5)
+    assert not should_escalate(0.0, 0.0) and not should_escalate(0.5, 0.5)
+    with pytest.raises(ValueError):
+        CascadeSettings(threshold=1.5)
+
+
+async def test_real_model_confidence_and_escalation(smol):
+    net = Network()
+    low = await Cascade(smol, net, CascadeSettings(threshold=0.0)).ask(TWO)
+    assert low.path == LOCAL and low.local.method == LOGPROB and net.calls == []
+    assert 0.0 <= low.confidence <= 1.0 and low.text.strip()
+    high = await Cascade(smol, net, CascadeSettings(threshold=1.0)).ask(TWO)
+    assert high.path == NETWORK and high.text == "4" and len(net.calls) == 1
+    assert 0.0 <= high.confidence <= 1.0 and high.to_json()["network"]["query_id"] == "q1"
+
+
+async def test_network_failure_keeps_the_local_answer(smol):
+    net = Network(fail=NoExpertAvailable("nobody"))
+    result = await Cascade(smol, net, CascadeSettings(threshold=1.0)).ask(TWO)
+    assert result.path == LOCAL and "network failed" in result.reason and len(net.calls) == 1
+
+
+class Alternating(Backend):
+    """Greedy answers "Paris."; sampled answers alternate Paris / Lyon."""
+
+    name = "alternating"
+
+    def __init__(self):
+        self.n = 0
+
+    def load(self): pass
+    def close(self): pass
+    def info(self): return ModelInfo("alt", "0" * 64, "none", 512, "alternating")
+
+    def generate(self, messages, *, max_tokens, temperature=0.0, deadline=None, on_token=None, cancel=None):
+        if temperature == 0.0:
+            return GenerationResult("Paris.", "stop", 3, 2)
+        self.n += 1
+        return GenerationResult("Paris." if self.n % 2 else "Lyon.", "stop", 3, 2)
+
+
+async def test_self_agreement_without_logprobs():
+    result = await Cascade(Alternating(), Network(), CascadeSettings(threshold=0.0, samples=3)).ask(TWO)
+    assert (result.local.method, result.confidence) == (SELF_AGREEMENT, 0.5)
+    same = scripted.ScriptedBackend({"What is 2+2?": "4"})
+    result = await Cascade(same, Network(), CascadeSettings(threshold=0.9)).ask(TWO)
+    assert (result.local.method, result.confidence, result.path) == (SELF_AGREEMENT, 1.0, LOCAL)
+
+
+async def test_local_only_publishes_no_query(nursery, tmp_path, smol, model_cache):
+    def cfg(name, boot=()):
+        return config.build(None, data_dir=tmp_path / name, listen=("/ip4/127.0.0.1/tcp/0",), api_port=0,
+                            bootstrap=boot, announce_interval_s=0.5)
+
+    coord = Node(cfg("coord"))
+    await nursery.start(coord.run)
+    expert = Expert("scripted", scripted.ScriptedBackend({"What is 2+2?": "2 + 2 = 4"}), domains=("general",))
+    await expert.start()
+    other = Node(cfg("n1", (coord.network.listen_addrs[0],)), experts=[expert])
+    await nursery.start(other.run)
+    co = next(s.coordinator for s in coord.services if hasattr(s, "coordinator"))
+    await wait_for(lambda: len(co.directory.all(co.clock())) == 1, 30, "the expert's announcement")
+    published = []
+    real_publish = coord.network.publish_nowait
+
+    def spy(topic, message):
+        published.append(message)
+        return real_publish(topic, message)
+
+    coord.network.publish_nowait = spy
+    local = await Cascade(smol, co.chat, CascadeSettings(threshold=1.0, local_only=True)).ask(TWO)
+    assert local.path == LOCAL and "local only" in local.reason
+    assert not any(isinstance(m, wire.Query) for m in published)
+    # the same cascade without --local-only does send it (the spy sees queries)
+    remote = await Cascade(smol, co.chat, CascadeSettings(threshold=1.0)).ask(TWO)
+    assert remote.path == NETWORK and remote.text == "2 + 2 = 4"
+    assert sum(isinstance(m, wire.Query) for m in published) == 1
+    # the command escalates through the node's HTTP API
+    out = await trio.to_thread.run_sync(lambda: p2pnet(
+        "ask", "--cascade", "--threshold", "1", "--api", coord.api_url, "--model-store", str(model_cache),
+        "--max-tokens", "8", "--json", "What is 2+2?"))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert (got["path"], got["text"], got["method"]) == (NETWORK, "2 + 2 = 4", LOGPROB)
+    assert 0.0 <= got["confidence"] <= 1.0 and len(got["network"]["query_id"]) == 32
+    assert sum(isinstance(m, wire.Query) for m in published) == 2
+
+
+def test_cli_cascade_local_only(model_cache, smollm2_path, tmp_path):
+    out = p2pnet("ask", "--local-only", "--threshold", "1", "--model-store", str(model_cache),
+                 "--data-dir", str(tmp_path), "--max-tokens", "8", "What is 2+2?")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+    assert "answered by: local (local confidence" in out.stderr and "local only" in out.stderr

@@ -1,0 +1,128 @@
+import json
+import struct
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import lmdb
+import pytest
+
+from p2pnet.consensus.replica import Replica
+from p2pnet.consensus.sim import Simulation, scenario_txs
+from p2pnet.consensus.store import Ledger
+from p2pnet.consensus.views import block_json, ledger_state, reputation_json, verify_json
+
+RUN = "import sys; from p2pnet_cli.main import main; main(sys.argv[1:])"
+
+
+def p2pnet(*args):
+    return subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    sim = Simulation(21, n=4)
+    for i, tx in enumerate(scenario_txs()[:12]):
+        sim.submit_tx(i % 4, tx)
+    assert sim.run_until_height(5, 60_000)
+    d = tmp_path_factory.mktemp("node")
+    led = Ledger.open(d / "ledger", genesis=sim.genesis)
+    rep = Replica(sim.genesis, led)
+    src = sim.nodes[0].ledger
+    for h in range(1, src.height() + 1):
+        rep._commit(src.block(h), src.commit(h))
+    led.close()
+    return d
+
+
+def test_show_latest_and_by_height_json(data_dir):
+    p = p2pnet("ledger", "show", "--json", "--data-dir", str(data_dir))
+    assert p.returncode == 0, p.stderr
+    latest = json.loads(p.stdout)
+    assert latest["height"] == latest["ledger_height"] >= 5
+    p = p2pnet("ledger", "show", "1", "--json", "--data-dir", str(data_dir))
+    b1 = json.loads(p.stdout)
+    assert b1["height"] == 1 and len(b1["hash"]) == 64 and b1["proposer"].startswith("12D3KooW")
+    txs = [tx for h in range(1, latest["height"] + 1)
+           for tx in json.loads(p2pnet("ledger", "show", str(h), "--json", "--data-dir", str(data_dir)).stdout)["txs"]]
+    assert len(txs) == 12 and all(t["kind"] == "rating" and 0 <= t["score"] <= 1 for t in txs)
+
+
+def test_show_text_and_missing_height(data_dir):
+    p = p2pnet("ledger", "show", "--data-dir", str(data_dir))
+    assert p.returncode == 0 and p.stdout.startswith("height ")
+    p = p2pnet("ledger", "show", "999", "--data-dir", str(data_dir))
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1 and "no block at height 999" in p.stderr
+
+
+def test_reputation(data_dir):
+    p = p2pnet("reputation", "--json", "--data-dir", str(data_dir))
+    obj = json.loads(p.stdout)
+    assert obj["standings"] and obj["height"] >= 5
+    scores = [s["score"] for s in obj["standings"]]
+    assert scores == sorted(scores, reverse=True)
+    p = p2pnet("reputation", "--domain", "math", "--json", "--data-dir", str(data_dir))
+    assert {s["domain"] for s in json.loads(p.stdout)["standings"]} == {"math"}
+
+
+def test_verify_ok_then_tampered(data_dir, tmp_path):
+    p = p2pnet("ledger", "verify", "--data-dir", str(data_dir))
+    assert p.returncode == 0 and p.stdout.startswith("OK")
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    env = lmdb.open(str(copy / "ledger"), max_dbs=8)
+    db = env.open_db(b"blocks")
+    with env.begin(write=True) as txn:
+        raw = bytes(txn.get(struct.pack(">Q", 2), db=db))
+        i = raw.index(b"p2pnet-sim") + 3
+        txn.put(struct.pack(">Q", 2), raw[:i] + b"X" + raw[i + 1:], db=db)
+    env.close()
+    p = p2pnet("ledger", "verify", "--data-dir", str(copy))
+    assert p.returncode == 1 and "INCONSISTENT: block 2" in p.stdout
+
+
+def test_missing_data_dir_is_one_line(tmp_path):
+    p = p2pnet("ledger", "verify", "--data-dir", str(tmp_path / "none"))
+    assert p.returncode == 1 and "no ledger" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_api_mode_gets_the_same_json(data_dir):
+    led = Ledger.open(data_dir / "ledger", readonly=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            url = urlparse(self.path)
+            q = {k: v[0] for k, v in parse_qs(url.query).items()}
+            if url.path == "/ledger/block":
+                body = block_json(led, int(q["height"]) if "height" in q else None)
+            elif url.path == "/ledger/verify":
+                body = verify_json(led)
+            else:
+                body = reputation_json(ledger_state(led), q.get("domain"))
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        api = f"http://127.0.0.1:{server.server_address[1]}"
+        via_api = json.loads(p2pnet("ledger", "show", "2", "--json", "--api", api).stdout)
+        assert via_api == block_json(led, 2)
+        rep = json.loads(p2pnet("reputation", "--json", "--api", api, "--domain", "code").stdout)
+        assert rep == reputation_json(ledger_state(led), "code")
+        assert p2pnet("ledger", "verify", "--api", api).stdout.startswith("OK")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        led.close()

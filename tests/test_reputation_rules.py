@@ -1,0 +1,127 @@
+import dataclasses
+import hashlib
+import random
+
+from hypothesis import given, settings, strategies as st
+
+from p2pnet import wire
+from p2pnet.consensus.genesis import generate_genesis
+from p2pnet.consensus.reputation import (
+    FP, ReputationState, Rules, apply_txs, check_block_txs, decay_factor, decode_tx, genesis_state,
+    rater_weight, score, standings, state_hash,
+)
+from p2pnet.consensus.sim import make_signer
+
+VALIDATORS = [make_signer(hashlib.sha256(b"v%d" % i).digest()) for i in range(4)]
+EXPERT = make_signer(b"E" * 32)
+OTHER = make_signer(b"O" * 32)
+GENESIS = generate_genesis([v.public_key for v in VALIDATORS], chain_id="rep", genesis_time_ms=0)
+
+
+def rate(signer, respondent, s, domain="code", k=0):
+    r = wire.Rating(query_hash=hashlib.sha256(b"%d" % k).digest(), respondent=respondent.peer_id,
+                    expert_id="x", domain=domain, answer_hash=b"", score=s)
+    return decode_tx(signer.seal(r, ts_ms=0), 1024)
+
+
+def run(blocks, state=None):
+    state = state or genesis_state(GENESIS)
+    for txs in blocks:
+        assert check_block_txs(state, txs) is None
+        state = apply_txs(state, state.height + 1, txs)
+    return state
+
+
+def test_replays_are_byte_identical_and_roundtrip():
+    blocks = [[rate(v, EXPERT, (i % 4) / 3, k=i) for v in VALIDATORS] for i in range(10)]
+    a, b = run(blocks), run(blocks)
+    assert a.to_bytes() == b.to_bytes() and state_hash(a) == state_hash(b)
+    c = ReputationState.from_bytes(a.rules, a.to_bytes())
+    assert c.to_bytes() == a.to_bytes() and c.hash() == a.hash()
+    assert state_hash(genesis_state(GENESIS)) != state_hash(a)
+
+
+def test_validator_ratings_move_the_score():
+    good = run([[rate(v, EXPERT, 1.0, k=i) for v in VALIDATORS] for i in range(3)])
+    bad = run([[rate(v, EXPERT, 0.0, k=i) for v in VALIDATORS] for i in range(3)])
+    assert score(good, EXPERT.peer_id, "code") > 0.8
+    assert score(bad, EXPERT.peer_id, "code") < 0.2
+    assert score(good, EXPERT.peer_id, "math") == 0.5  # other domain untouched
+    top = standings(good)[0]
+    assert top.peer_id == wire.peer_id_str(EXPERT.peer_id) and top.count == 12
+
+
+def test_sybil_ring_cannot_move_a_score_much():
+    honest = run([[rate(v, EXPERT, 0.9, k=i) for v in VALIDATORS] for i in range(2)])
+    before = score(honest, EXPERT.peer_id, "code")
+    sybils = [make_signer(hashlib.sha256(b"sybil%d" % i).digest()) for i in range(200)]
+    # the ring rates each other up (to gain standing), then sinks the expert
+    ring = [[rate(s, sybils[(j + 1) % len(sybils)], 1.0, k=j) for j, s in enumerate(sybils)]]
+    attack = [[rate(s, EXPERT, 0.0, k=1000 + j) for j, s in enumerate(sybils)] for _ in range(3)]
+    after_state = run(ring + attack, honest)
+    after = score(after_state, EXPERT.peer_id, "code")
+    assert before - after < 0.15, (before, after)
+    # and no sybil earned standing from the ring
+    assert all(not rater_weight(after_state, s.peer_id)[1] for s in sybils)
+
+
+def test_one_rater_influence_is_capped_per_pair():
+    p = GENESIS.params
+    blocks = [[rate(VALIDATORS[0], EXPERT, 0.0, k=i * 100 + j) for j in range(p.max_ratings_per_rater_per_block)]
+              for i in range(20)]
+    s = run(blocks)
+    ta, tb = s.records[EXPERT.peer_id]["code"][:2]
+    assert ta + tb <= p.pair_cap  # 320 ratings, at most pair_cap of evidence
+    assert score(s, EXPERT.peer_id, "code") >= 0.2  # prior (1, 1) + at most 3 counts against
+
+
+def test_rater_cap_per_block_and_nonce_order_enforced():
+    p = GENESIS.params
+    txs = [rate(VALIDATORS[0], EXPERT, 1.0, k=i) for i in range(p.max_ratings_per_rater_per_block + 1)]
+    state = genesis_state(GENESIS)
+    assert "more than" in check_block_txs(state, txs)
+    assert check_block_txs(state, txs[:-1]) is None
+    assert "nonce" in check_block_txs(state, [txs[1], txs[0]])
+    after = apply_txs(state, 1, txs[:2])
+    assert "nonce" in check_block_txs(after, [txs[1]])  # replay of a committed nonce
+
+
+def test_earned_standing_lets_an_expert_rate_with_weight():
+    # validators rate OTHER well for a while: OTHER becomes a trusted rater
+    s = run([[rate(v, OTHER, 1.0, k=i) for v in VALIDATORS] for i in range(30)])
+    w, trusted = rater_weight(s, OTHER.peer_id)
+    assert trusted and GENESIS.params.newcomer_weight <= w <= GENESIS.params.max_rater_weight
+    fresh = make_signer(b"F" * 32)
+    assert rater_weight(s, fresh.peer_id) == (GENESIS.params.newcomer_weight, False)
+
+
+def test_decay_is_integer_and_monotonic():
+    assert decay_factor(990_000, 0) == FP
+    assert decay_factor(990_000, 1) == 990_000
+    assert decay_factor(990_000, 2) == 980_100
+    assert decay_factor(500_000, 64) == 0
+    params = dataclasses.replace(GENESIS.params, decay_epoch_blocks=1, decay_per_epoch_ppm=500_000)
+    rules = Rules(params, frozenset(v.peer_id for v in VALIDATORS))
+    s = run([[rate(v, EXPERT, 1.0, k=1) for v in VALIDATORS]], ReputationState(rules))
+    fresh = score(s, EXPERT.peer_id, "code")
+    s = run([[]] * 5, s)
+    assert 0.5 < score(s, EXPERT.peer_id, "code") < fresh
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4), st.sampled_from(["a", "b"])), max_size=12),
+       st.randoms(use_true_random=False))
+def test_weights_do_not_depend_on_order_within_a_block(ratings, rnd):
+    """Rater weights come from the state before the block, so only per-rater
+    nonce order matters: shuffling raters' interleaving gives the same state."""
+    txs = [rate(VALIDATORS[r], EXPERT if e % 2 else OTHER, e / 4, domain=d, k=i)
+           for i, (r, e, d) in enumerate(ratings)]
+    by_rater = {}
+    for t in txs:
+        by_rater.setdefault(t.rater, []).append(t)
+    if any(len(v) > GENESIS.params.max_ratings_per_rater_per_block for v in by_rater.values()):
+        return
+    keys = list(by_rater)
+    rnd.shuffle(keys)
+    reordered = [t for k in keys for t in by_rater[k]]
+    assert run([txs]).to_bytes() == run([reordered]).to_bytes()

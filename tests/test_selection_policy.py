@@ -1,0 +1,141 @@
+"""The selection policies alone: pure functions of candidates, standing and RNG."""
+
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from p2pnet import wire
+from p2pnet.experts.directory import ExpertRef
+from p2pnet.experts.selection import Posterior, RandomPolicy, ReputationPolicy, UcbCostPolicy
+
+
+def ref(i: int, price: float = 1.0, load: int = 0) -> ExpertRef:
+    peer = wire.peer_id_from_public_key(bytes([i]) * 32)
+    card = wire.ModelCard(expert_id=f"e{i}", model="m", sha256="0" * 64, quantization="q", n_ctx=512,
+                          domains=("math",), prompt_tps=1.0, gen_tps=1.0, price_per_1k=price, load=load,
+                          max_concurrency=4)
+    return ExpertRef(peer, card, 0.0)
+
+
+def table(refs, values):
+    by_peer = {r.peer: v for r, v in zip(refs, values)}
+    return lambda peer, domain: by_peer.get(peer, (0.5, 0.0))
+
+
+def share(policy, refs, standing, who, k=1, n=400, seed=1):
+    rng = random.Random(seed)
+    hits = 0
+    for _ in range(n):
+        chosen = policy.select(refs, k, "math", standing, rng).chosen
+        hits += any(r in who for r in chosen)
+    return hits / n
+
+
+def test_banned_experts_get_no_traffic():
+    refs = [ref(i) for i in range(4)]
+    standing = table(refs, [(0.9, 20), (0.85, 20), (0.2, 10), (0.1, 5)])
+    policy = ReputationPolicy()
+    assert share(policy, refs, standing, set(refs[2:]), k=2) == 0.0
+    sel = policy.select(refs, 2, "math", standing, random.Random(0))
+    assert "2 below the floor" in sel.reason
+
+
+def test_all_banned_still_answers_with_the_least_bad():
+    refs = [ref(i) for i in range(2)]
+    sel = ReputationPolicy().select(refs, 1, "math", table(refs, [(0.1, 10), (0.2, 10)]), random.Random(0))
+    assert len(sel.chosen) == 1 and "below the floor" in sel.reason
+
+
+def test_newcomers_get_a_bounded_share():
+    refs = [ref(i) for i in range(6)]
+    standing = table(refs, [(0.9, 30), (0.9, 30), (0.5, 0), (0.5, 0), (0.5, 0), (0.5, 0)])
+    policy = ReputationPolicy(explore_share=0.1)
+    got = share(policy, refs, standing, set(refs[2:]), n=1000)
+    assert 0.05 < got < 0.15
+    # an exploring pick is never alone: k=1 becomes 2
+    rng = random.Random(3)
+    sizes = {len(policy.select(refs, 1, "math", standing, rng).chosen) for _ in range(200)}
+    assert sizes == {1, 2}
+
+
+def test_newcomer_with_bad_evidence_is_not_explored():
+    refs = [ref(i) for i in range(3)]
+    standing = table(refs, [(0.9, 30), (0.9, 30), (0.3, 1.0)])
+    assert share(ReputationPolicy(explore_share=1.0), refs, standing, {refs[2]}) == 0.0
+
+
+def test_price_trades_against_quality():
+    cheap, dear = ref(1, price=1.0), ref(2, price=10.0)
+    standing = table([cheap, dear], [(0.9, 50), (0.92, 50)])
+    assert share(ReputationPolicy(cost_weight=0.02), [cheap, dear], standing, {cheap}) > 0.8
+    assert share(ReputationPolicy(cost_weight=0.0), [cheap, dear], standing, {dear}) > 0.5
+
+
+def test_respondents_adapt_to_certainty():
+    refs = [ref(i) for i in range(4)]
+    policy = ReputationPolicy(confident=0.7, max_k=3, uncertain_k=3)
+    unknown = table(refs, [(0.5, 0)] * 4)
+    assert policy.respondents(refs, "math", unknown) == 3
+    reliable = table(refs, [(0.95, 40), (0.6, 5), (0.6, 5), (0.6, 5)])
+    assert policy.respondents(refs, "math", reliable) == 1
+    unsure = table(refs, [(0.7, 3), (0.68, 3), (0.66, 3), (0.6, 3)])
+    assert policy.respondents(refs, "math", unsure) == 3
+    assert policy.respondents(refs, "math", unsure, requested_k=2) == 2
+    assert policy.respondents(refs[:2], "math", unknown) == 2  # never more than the candidates
+
+
+def test_base_policies_leave_k_to_the_caller():
+    refs = [ref(0)]
+    assert UcbCostPolicy().respondents(refs, "math", table(refs, [(0.9, 9)])) is None
+    assert RandomPolicy().respondents(refs, "math", table(refs, [(0.9, 9)]), 3) == 3
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(ValueError, match="explore_share"):
+        ReputationPolicy(explore_share=2.0)
+    with pytest.raises(ValueError, match="cost_weight"):
+        ReputationPolicy(cost_weight=-1.0)
+
+
+def test_posterior_tightens_with_evidence():
+    few, many = Posterior(0.8, 2.0), Posterior(0.8, 200.0)
+    assert many.sd < few.sd
+    assert few.lower(1.0) < many.lower(1.0) <= 0.8 <= many.upper(1.0) < few.upper(1.0)
+
+
+means = st.floats(0.0, 1.0)
+evidence = st.floats(0.0, 1000.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(means, evidence, st.floats(0.0, 20.0)), min_size=1, max_size=8),
+       st.integers(1, 5), st.integers(0, 2**32))
+def test_select_is_deterministic_and_well_formed(rows, k, seed):
+    refs = [ref(i, price=p) for i, (_, _, p) in enumerate(rows)]
+    standing = table(refs, [(m, e) for m, e, _ in rows])
+    policy = ReputationPolicy()
+    a = policy.select(refs, k, "math", standing, random.Random(seed))
+    b = policy.select(refs, k, "math", standing, random.Random(seed))
+    assert a == b
+    assert 1 <= len(a.chosen) <= min(len(refs), k + 1)
+    assert len(set(a.chosen)) == len(a.chosen) and set(a.chosen) <= set(refs)
+    n = policy.respondents(refs, "math", standing)
+    assert 1 <= n <= min(len(refs), policy.max_k)
+    for r in a.chosen:
+        m, e = standing(r.peer, "math")
+        if policy.banned(Posterior(m, e)):  # a banned expert only when all are banned
+            assert all(policy.banned(Posterior(*standing(x.peer, "math"))) for x in refs)
+
+
+def test_second_opinions_ask_the_runner_up():
+    refs = [ref(i) for i in range(3)]
+    standing = table(refs, [(0.9, 30), (0.85, 30), (0.8, 30)])
+    rng = random.Random(2)
+    policy = ReputationPolicy(audit_share=0.25)
+    sels = [policy.select(refs, 1, "math", standing, rng) for _ in range(400)]
+    audits = [s for s in sels if len(s.chosen) == 2]
+    assert 0.15 < len(audits) / len(sels) < 0.35
+    assert all("second opinion" in s.reason for s in audits)
+    assert all(len(s.chosen) == 1 for s in (ReputationPolicy().select(refs, 1, "math", standing, rng)
+                                           for _ in range(50)))

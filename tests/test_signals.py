@@ -1,0 +1,168 @@
+"""Evaluation signals as pure functions: closed-form agreement, signal
+weights, probe grading, judge prompts and their parsing, vote weighting, the
+feedback book, and how the signals combine into one rating per answer."""
+
+import random
+
+import pytest
+
+from p2pnet.experts import signals
+from p2pnet.experts.evaluation import (
+    AgreementEvaluator, Candidate, Evaluation, SignalWeights, agreement, combine, short_answer,
+)
+
+
+@pytest.mark.parametrize("text, short", [
+    ("Paris.", "paris"), ("The answer is 4.", "4"), ("2 + 2 = 4", "4"),
+    ("The answer to this classic math problem is 4.", "4"), ("It is 1,000.", "1000"), ("4.50", "4.5"),
+    ("The capital of France is Paris, a city on the Seine.", None), ("", None),
+])
+def test_short_answer(text, short):
+    assert short_answer(text) == short
+
+
+def test_agreement_is_exact_on_closed_form_answers():
+    assert agreement("Paris.", "The capital of France is Paris, a lovely city on the Seine.") == 1.0
+    assert agreement("Lyon", "The capital of France is Paris, a lovely city on the Seine.") == 0.0
+    assert agreement("The answer is 4.", "2+2 = 4") == 1.0
+    assert agreement("4", "14") == 0.0
+    free = agreement("The capital of France is Paris.", "Lyon is the capital of France.")
+    assert 0.0 < free < 1.0  # free text: token-set similarity
+
+
+def test_agreement_evaluator_uses_short_answers():
+    cands = [Candidate("p1", "e", "ok", "4"), Candidate("p2", "e", "ok", "The answer is 4."),
+             Candidate("p3", "e", "ok", "It is 5."), Candidate("p4", "e", "timeout")]
+    ev = AgreementEvaluator().evaluate(cands)
+    assert ev.scores == (0.5, 0.5, 0.0, 0.0)
+    assert ev.chosen in (0, 1)
+
+
+def test_signal_weights_combine():
+    w = SignalWeights(agreement=1.0, judge=3.0)
+    assert combine({"agreement": 1.0, "judge": 0.0}, w) == (0.25, "judge+agreement")
+    assert combine({"agreement": 0.6}, w) == (0.6, "agreement")
+    assert combine({"probe": 0.0, "agreement": 1.0, "judge": 1.0}, w) == (0.0, "probe")
+    assert combine({"judge": 1.0}, SignalWeights(judge=0.0)) is None
+    assert SignalWeights.from_mapping({"judge": 4}) == SignalWeights(judge=4.0)
+    with pytest.raises(ValueError):
+        SignalWeights(agreement=-1.0)
+    with pytest.raises(ValueError):
+        SignalWeights.from_mapping({"vibes": 1.0})
+
+
+def test_probe_grading_is_exact():
+    probe = signals.Probe("What is the capital of France?", "Paris")
+    assert probe.grade("The capital of France is Paris.") == 1.0
+    assert probe.grade("paris") == 1.0
+    assert probe.grade("Lyon is the capital of France.") == 0.0
+    assert probe.grade("Parisian food is good.") == 0.0
+    four = signals.Probe("What is 2+2?", "4")
+    assert four.grade("2 + 2 = 4") == 1.0 and four.grade("It is 14.") == 0.0
+
+
+def test_probe_set_draws_known_and_generated_questions():
+    probes = signals.ProbeSet.builtin()
+    rng = random.Random(3)
+    drawn = [probes.draw(rng) for _ in range(40)]
+    assert any(p in probes.probes for p in drawn) and any(p not in probes.probes for p in drawn)
+    for p in drawn:
+        if p not in probes.probes:  # "What is a + b?"
+            a, b = (int(x) for x in p.question[len("What is "):-1].split(" + "))
+            assert p.answer == str(a + b)
+
+
+@pytest.mark.parametrize("reply, pick", [
+    ("B", 1), ("B.", 1), ("**B**", 1), ("(C)", 2), ("Answer B", 1), ("Answer: B", 1),
+    ("The best answer is B because it names Paris.", 1), ("Answer A is wrong; the best is B.", 1),
+    ("The best answer is **A**.", 0), ("I pick a short one: C", 2),
+    ("A and B are both fine.", None), ("D", None), ("b", None), ("", None), ("I cannot decide.", None),
+])
+def test_parse_pick(reply, pick):
+    assert signals.parse_pick(reply, 3) == pick
+
+
+def test_judge_prompt_hides_authors_and_labels_answers():
+    msgs = signals.judge_prompt("What is 2+2?", ["4", "five"])
+    assert msgs[0][0] == "system" and msgs[1][0] == "user"
+    assert "Answer A:\n4" in msgs[1][1] and "Answer B:\nfive" in msgs[1][1]
+    with pytest.raises(ValueError):
+        signals.judge_prompt("q", ["only one"])
+
+
+def test_votes_are_weighted_by_standing():
+    strong, weak, newcomer = signals.judge_weight(0.9, 100), signals.judge_weight(0.1, 100), signals.judge_weight(0.5, 0)
+    assert strong > newcomer > weak > 0
+    scores = signals.tally([(3, strong), (5, weak), (None, newcomer)], [3, 5])
+    assert scores == {3: round(strong / (strong + weak), 4), 5: round(weak / (strong + weak), 4)}
+    assert signals.tally([(None, 1.0)], [0, 1]) is None
+
+
+def test_apply_signals_judges_can_overturn_agreement():
+    cands = [Candidate("p1", "e", "ok", "Lyon.", latency_ms=1), Candidate("p2", "e", "ok", "Paris.", latency_ms=9),
+             Candidate("p3", "e", "error")]
+    ev = Evaluation(0, (0.0, 0.0, 0.0), "agreement")
+    out, rated, per = signals.apply_signals(cands, ev, SignalWeights(), judge_scores={0: 0.2, 1: 0.8})
+    assert out.chosen == 1
+    assert rated[1] == (round(2 * 0.8 / 3, 4), "judge+agreement") and rated[2] == (0.0, "failure")
+    assert per[1] == {"agreement": 0.0, "judge": 0.8}
+
+
+def test_apply_signals_probe_grades_alone():
+    probe = signals.Probe("What is the capital of France?", "Paris")
+    cands = [Candidate("p1", "e", "ok", "Lyon."), Candidate("p2", "e", "ok", "It is Paris."),
+             Candidate("p3", "e", "busy")]
+    out, rated, _ = signals.apply_signals(cands, Evaluation(0, (0.0, 0.0, None), "x"), SignalWeights(), probe=probe)
+    assert rated == [(0.0, "probe"), (1.0, "probe"), None] and out.chosen == 1
+
+
+def test_feedback_book_is_bounded_and_takes_one_verdict():
+    book = signals.FeedbackBook(capacity=2)
+    target = signals.FeedbackTarget(b"r", "e", b"", "general", b"q" * 32)
+    for qid in ("a", "b", "c"):
+        book.remember(qid, target)
+    assert len(book) == 2
+    with pytest.raises(signals.UnknownQuery):
+        book.take("a")  # the oldest was forgotten
+    assert book.take("b") == target
+    with pytest.raises(signals.FeedbackRepeated):
+        book.take("b")
+    assert signals.UnknownQuery.status == 404 and signals.FeedbackRepeated.status == 409
+
+
+def test_signal_settings_from_config():
+    class Cfg:
+        validator = True
+
+    assert signals.signal_settings(Cfg()).probe_interval_s == signals.DEFAULT_PROBE_INTERVAL_S
+    Cfg.validator, Cfg.judges, Cfg.signal_weights = False, 2, {"judge": 5}
+    s = signals.signal_settings(Cfg())
+    assert (s.probe_interval_s, s.judges, s.weights.judge) == (0.0, 2, 5.0)
+
+
+async def test_prober_asks_like_a_user_at_its_rate(nursery, autojump_clock):
+    import trio
+
+    from p2pnet.api.types import ChatRequest
+    from p2pnet.experts.errors import NoExpertAvailable
+
+    class FakeCoordinator:
+        def __init__(self):
+            self.calls = []
+
+        async def chat(self, req, on_delta=None, *, probe=None):
+            self.calls.append((trio.current_time(), req, probe))
+            if len(self.calls) % 2:
+                raise NoExpertAvailable("nobody")
+            return "answered"
+
+    co = FakeCoordinator()
+    prober = signals.Prober(co, interval_s=10.0, rng=random.Random(7))
+    await nursery.start(prober.run)
+    await trio.sleep(100.0)
+    times = [t for t, _, _ in co.calls]
+    assert 100 / 15 <= len(times) <= 100 / 5 + 1
+    assert all(5.0 <= b - a <= 15.0 for a, b in zip([0.0] + times, times))
+    for _, req, probe in co.calls:
+        assert req == ChatRequest("p2pnet", (("user", probe.question),), domain=probe.domain)
+    assert prober.status() == {"probes_sent": len(times), "probes_failed": (len(times) + 1) // 2}

@@ -1,0 +1,230 @@
+"""The routing simulator: scenario checking, a small seeded run, determinism, the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from p2pnet.sim import ScenarioError, parse_scenario, run_scenario
+
+SMALL = """
+name = "small"
+seed = 5
+[network]
+peers = 30
+latency_ms = 40
+loss = 0.01
+[ledger]
+validators = 8
+block_every = 5
+[[expert]]
+name = "good"
+count = 4
+domains = ["math", "history"]
+accuracy = { math = 0.9, history = 0.9 }
+price = 2.0
+latency_ms = 800
+[[expert]]
+name = "fair"
+count = 3
+domains = ["math", "history"]
+accuracy = 0.8
+price = 1.0
+latency_ms = 500
+[[expert]]
+name = "evil"
+count = 3
+domains = ["math", "history"]
+behaviour = "adversarial"
+price = 0.5
+latency_ms = 200
+[workload]
+queries = 300
+rate = 2.0
+probe_rate = 0.2
+windows = 6
+"""
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    return run_scenario(parse_scenario(SMALL))
+
+
+def test_reputation_routes_around_adversaries(small_run):
+    s = small_run
+    series = s["series"]
+    assert series[0]["adversary_share"] > 0.1  # at first the adversaries are asked
+    assert s["adversary_share"] < 0.05 and series[-1]["adversary_share"] < 0.05
+    assert s["queries_until_adversary_below_5pct"] is not None
+    assert s["accuracy_vs_oracle"] >= 0.85
+    assert s["tail"]["accuracy"] > s["accuracy_random"] + 0.1
+    t = s["totals"]
+    assert t["ratings_committed"] > 100 and t["ratings_rejected"] == 0 and t["blocks"] == 60
+    assert set(s) >= {"accuracy_vs_oracle", "accuracy_random", "cost_vs_best", "adversary_share",
+                      "queries_until_adversary_below_5pct", "series"}
+
+
+def test_same_seed_same_json(small_run):
+    again = run_scenario(parse_scenario(SMALL))
+    assert json.dumps(again, sort_keys=True) == json.dumps(small_run, sort_keys=True)
+
+
+def test_another_seed_differs(small_run):
+    other = run_scenario(parse_scenario(SMALL), seed=6)
+    assert other["seed"] == 6 and other["series"] != small_run["series"]
+
+
+def test_random_policy_baseline_is_worse(small_run):
+    sc = parse_scenario(SMALL).with_policy("random")
+    rnd = run_scenario(sc)
+    assert rnd["policy"] == "random" and rnd["tail"]["mean_respondents"] == 1.0
+    assert rnd["adversary_share"] > 0.15
+    assert rnd["tail"]["accuracy"] < small_run["tail"]["accuracy"]
+
+
+BASE = """
+[network]
+peers = 10
+[[expert]]
+count = 2
+domains = ["math"]
+accuracy = 0.9
+"""
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("[network]\nbogus = 1\n", "network.bogus: unknown key"),
+    ("[workload]\nqueries = -3\n", "workload.queries: must lie in"),
+    ("[workload]\nprobe_rate = 'often'\n", "workload.probe_rate: expected a number"),
+    ("[workload]\ndomains = { art = 1.0 }\n", "workload.domains.art: no expert group serves"),
+    ("[policy]\nname = 'oracle'\n", "policy.name: must be one of"),
+    ("[policy]\nexplore = 0.1\n", "policy.explore: unknown parameter"),
+    ("[ledger]\nparams = { pair_capp = 1 }\n", "ledger.params.pair_capp: unknown key"),
+    ("[ledger]\nvalidators = 9\n", "ledger.validators"),
+    ("colour = 'blue'\n", "colour: unknown key"),
+])
+def test_scenario_errors_name_the_key(extra, message):
+    text = BASE.replace("[network]\npeers = 10\n", "") if extra.startswith("[network]") else BASE
+    with pytest.raises(ScenarioError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        parse_scenario((extra + "peers = 10\n" + text) if extra.startswith("[network]") else text + extra)
+
+
+@pytest.mark.parametrize("group, message", [
+    ("behaviour = 'sneaky'", r"expert\[1\]\.behaviour: must be one of"),
+    ("accuracy = 1.5", r"expert\[1\]\.accuracy\.math: must lie in"),
+    ("accuracy = { art = 0.5 }", r"expert\[1\]\.accuracy\.math: missing"),
+    ("behaviour = 'joins-late'\naccuracy = 0.5", r"expert\[1\]\.joins_at"),
+    ("rotate_every = 10\naccuracy = 0.5", r"expert\[1\]\.rotate_every: only for behaviour sybil"),
+    ("latency = 5\naccuracy = 0.5", r"expert\[1\]\.latency: unknown key"),
+])
+def test_expert_group_errors(group, message):
+    text = BASE + "[[expert]]\nname = 'b'\ncount = 1\ndomains = ['math']\n" + group + "\n"
+    with pytest.raises(ScenarioError, match=message):
+        parse_scenario(text)
+
+
+def test_cli_reports_a_bad_scenario_in_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BASE + "[workload]\nwindows = 0\n")
+    code = "import sys; from p2pnet_cli import main, sim; main.main(sys.argv[1:])"
+    proc = subprocess.run([sys.executable, "-c", code, "sim", str(bad)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["p2pnet: error: workload.windows: must lie in [1, 1000], got 0"]
+
+
+def test_cli_writes_json(tmp_path):
+    sc = tmp_path / "tiny.toml"
+    sc.write_text(BASE + "[workload]\nqueries = 40\n")
+    out = tmp_path / "out.json"
+    code = "import sys; from p2pnet_cli import main, sim; main.main(sys.argv[1:])"
+    proc = subprocess.run([sys.executable, "-c", code, "sim", str(sc), "--seed", "3", "--json", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(out.read_text())
+    assert summary["seed"] == 3 and summary["queries"] == 40 and "last 20%: accuracy" in proc.stdout
+
+
+THREATS = """
+seed = 2
+[network]
+peers = 24
+latency_ms = 30
+loss = 0.05
+[ledger]
+validators = 6
+block_every = 5
+[[expert]]
+name = "honest"
+count = 3
+domains = ["law"]
+accuracy = 0.85
+[[expert]]
+name = "ring"
+count = 2
+domains = ["law"]
+behaviour = "colluding-raters"
+accuracy = 0.4
+[[expert]]
+name = "sybil"
+count = 2
+domains = ["law"]
+behaviour = "sybil"
+rotate_every = 40
+[[expert]]
+name = "late"
+count = 1
+domains = ["law"]
+behaviour = "joins-late"
+joins_at = 60
+accuracy = 0.99
+[[expert]]
+name = "fading"
+count = 1
+domains = ["law"]
+behaviour = "degrades-at"
+degrades_at = 50
+accuracy = 0.9
+[[expert]]
+name = "lazy"
+count = 1
+domains = ["law"]
+behaviour = "lazy"
+accuracy = 0.2
+[workload]
+queries = 120
+rate = 3.0
+probe_rate = 0.3
+windows = 4
+"""
+
+
+def test_every_behaviour_runs():
+    s = run_scenario(parse_scenario(THREATS))
+    t = s["totals"]
+    assert t["peers_total"] == 24 + 2 * 2  # three sybil waves of two identities
+    assert t["messages_lost"] > 0 and t["ratings_committed"] > 0
+    groups = {k.split("/")[1] for k in s["whole_run_traffic"]}
+    assert "late" in groups and "sybil" in groups
+    # after it joins, the late expert is the oracle: the oracle's accuracy rises
+    assert s["series"][-1]["accuracy_oracle"] >= 0.9
+
+
+def test_exports():
+    import p2pnet.sim as sim
+
+    assert sorted(sim.__all__) == ["Scenario", "ScenarioError", "load_scenario", "parse_scenario", "run_scenario"]
+    assert all(hasattr(sim, name) for name in sim.__all__)
+
+
+def test_committed_scenarios_parse():
+    from pathlib import Path
+
+    from p2pnet.sim import load_scenario
+
+    paths = sorted((Path(__file__).parent.parent / "testnet" / "scenarios").glob("*.toml"))
+    assert len(paths) >= 4
+    for path in paths:
+        assert load_scenario(path).name == path.stem
