@@ -117,6 +117,11 @@ def reputation(domain: Optional[str], as_json: bool, data_dir: Optional[str], ap
     click.echo(f"height {obj['height']}  state {obj['state_hash'][:16]}")
     if not obj["standings"]:
         click.echo("no ratings yet")
+    traffic = obj.get("traffic") or {}
     for s in obj["standings"]:
+        share = traffic.get("share", {}).get(s["peer_id"])
         click.echo(f"{s['peer_id']}  {s['domain']:<16} score {s['score']:.3f}  "
-                   f"confidence {s['confidence']:.2f}  ratings {s['count']}")
+                   f"confidence {s['confidence']:.2f}  ratings {s['count']}"
+                   + ("" if share is None else f"  traffic {share:.0%}"))
+    if traffic:
+        click.echo(f"traffic: share of respondent slots in this node's last {traffic['queries']} queries")

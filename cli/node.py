@@ -46,6 +46,9 @@ def node() -> None:
 @click.option("--gpu-layers", type=int, default=None, help="Layers to offload to a GPU (falls back to CPU).")
 @click.option("--validator", is_flag=True, default=None, help="Take part in consensus (needs --genesis).")
 @click.option("--genesis", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Genesis file.")
+@click.option("--probe-interval", "probe_interval_s", type=float, default=None,
+              help="Seconds between probe queries with known answers (default: 300 on validators, else off).")
+@click.option("--judges", type=int, default=None, help="Experts asked to rank each query's answers (default 0).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 def node_start(data_dir, config_file, **flags) -> None:
     """Start a node in the foreground (Ctrl-C stops it cleanly)."""

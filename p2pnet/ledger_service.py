@@ -58,7 +58,7 @@ class LedgerService:
         self.ledger = Ledger.open(Path(cfg.data_dir) / "ledger", genesis=self.genesis)
         self.service = ConsensusService(self.ledger, node.signer, self.genesis, net=_Net(node.network),
                                         on_commit=self._on_commit)
-        self._committed_nonce = 0
+        self.coordinator = None  # set by build_services: traffic shares for /reputation
         self._kick = trio.Event()
         net = node.network
         net.on(topics.CONSENSUS, self.service.deliver)
@@ -75,6 +75,7 @@ class LedgerService:
     # ---- coordinator hooks
 
     def standing(self, peer: bytes, domain: str) -> tuple[float, float]:
+        """(posterior mean, evidence) of ``peer`` in ``domain`` from the committed chain."""
         st = reputation.standing_of(self.service.state, peer, domain)
         if st is None:
             return (reputation.score(self.service.state, peer, domain), 0.0)
@@ -159,7 +160,10 @@ class LedgerService:
             return Response.json(200, await trio.to_thread.run_sync(verify_json, self.ledger))
 
         async def standings(request: Request) -> Response:
-            return Response.json(200, reputation_json(self.service.state, request.arg("domain")))
+            out = reputation_json(self.service.state, request.arg("domain"))
+            if self.coordinator is not None:
+                out["traffic"] = self.coordinator.traffic()
+            return Response.json(200, out)
 
         router.add("GET", "/ledger/block", block)
         router.add("GET", "/ledger/verify", verify)

@@ -99,6 +99,8 @@ async def build_services(node, nursery, preset_experts=None) -> list:
         submit_rating=ledger.submit_rating if ledger is not None else None,
         weights=settings.weights, default_judges=settings.judges,
     )
+    if ledger is not None:
+        ledger.coordinator = coordinator
     services.append(_OpenAIService(coordinator))
     services.append(FeedbackRoutes(coordinator))
     if settings.probe_interval_s > 0:

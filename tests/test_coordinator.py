@@ -201,3 +201,15 @@ async def test_single_respondent_streams_as_it_generates(nursery, tmp_path):
     assert "".join(pieces) == answer
     # the text came over AnswerChunks while it was generated, not only after the Answer
     assert coordinator_of(nodes[0]).chunks_received >= 2
+
+
+async def test_busy_respondent_is_replaced_by_another_expert(nursery, tmp_path):
+    nodes = await start_cluster(nursery, tmp_path, [paris(failure=scripted.BUSY), paris()])
+    busy, free = nodes[1].network.peer_id, nodes[2].network.peer_id
+    co = coordinator_of(nodes[0])
+    # the policy's first choice is the (busy) expert with the better standing
+    co.standing = lambda peer, domain: {busy: (0.95, 50.0), free: (0.7, 50.0)}.get(peer, (0.5, 0.0))
+    resp = await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, respondents=1))
+    assert resp.choices[0].message.content == "The capital of France is Paris."
+    rows = [(r["peer_id"], r["status"]) for r in resp.model_extra["p2pnet"]["respondents"]]
+    assert rows == [(nodes[1].peer_id, "busy"), (nodes[2].peer_id, "ok")]

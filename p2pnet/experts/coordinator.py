@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -105,6 +106,7 @@ class Coordinator:
         self.queries = 0
         self.failed = 0
         self.chunks_received = 0
+        self._recent: deque = deque(maxlen=200)  # respondents of recent queries, for traffic shares
         node.network.on(topics.ANNOUNCE, self._on_announce)
         node.network.on(topics.ANSWERS, self._on_answer_gossip)
         node.network.on_request(wire.Answer.KIND, self._on_answer_direct)
@@ -213,6 +215,7 @@ class Coordinator:
         if not 0 <= judges <= 16:
             raise BadQuery("judges must be between 0 and 16")
         query_id = os.urandom(16)
+        self._recent.append(tuple(ref.peer_str for ref in selection.chosen))
         pending = _Pending(query_id, now, {ref.key: ref for ref in selection.chosen})
         if on_delta is not None and len(selection.chosen) == 1:
             # one respondent: its text can stream as it is generated
@@ -220,8 +223,40 @@ class Coordinator:
             prompt = dataclasses.replace(prompt, stream=True)
         self.queries += 1
         timed_out = await self._collect(pending, prompt, domain, deadline_s)
+        timed_out = await self._retry_busy(pending, candidates, domain, prompt, deadline_s, timed_out)
         return await self._finish(pending, selection, prompt, domain, timed_out, on_delta, req,
                                   probe=probe, judges=judges)
+
+    async def _retry_busy(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
+                          deadline_s: float, timed_out: bool, max_rounds: int = 2) -> bool:
+        """When every respondent said "busy", ask as many others (not asked yet,
+        chosen by the same policy) while the deadline allows. Their answers join
+        ``pending``; returns whether the deadline passed."""
+        for _ in range(max_rounds):
+            answers = pending.answers.values()
+            busy = sum(1 for c in answers if c.status == "busy")
+            left = pending.started + deadline_s - self.clock()
+            if timed_out or not busy or any(c.status == "ok" for c in answers) or left <= 0.5:
+                break
+            # only experts the policy would use anyway: a busy expert is no reason
+            # to fall back on one it has shut out
+            rest = self.policy.eligible([r for r in candidates if r.key not in pending.asked], domain, self.standing)
+            if not rest:
+                break
+            chosen = self.policy.select(rest, busy, domain, self.standing, self.rng).chosen
+            if not chosen:
+                break
+            retry = _Pending(os.urandom(16), self.clock(), {ref.key: ref for ref in chosen})
+            if pending.on_delta is not None and len(chosen) == 1:
+                retry.stream_key, retry.on_delta = chosen[0].key, pending.on_delta
+            self._recent.append(tuple(ref.peer_str for ref in chosen))
+            timed_out = await self._collect(retry, prompt, domain, left)
+            pending.asked.update(retry.asked)
+            pending.answers.update(retry.answers)
+            pending.hashes.update(retry.hashes)
+            if retry.stream_key is not None:
+                pending.stream_key, pending.streamed = retry.stream_key, retry.streamed
+        return timed_out
 
     async def _collect(self, pending: _Pending, prompt: wire.PromptBody, domain: str, deadline_s: float) -> bool:
         """Ask everyone in ``pending``; True if the deadline passed first."""
@@ -415,6 +450,13 @@ class Coordinator:
         if not recorded:
             out["reason"] = "own expert: no self-rating" if own else "the feedback signal's weight is 0"
         return out
+
+    def traffic(self) -> dict:
+        """Each respondent's share of the respondent slots of recent queries."""
+        slots = Counter(peer for chosen in self._recent for peer in chosen)
+        total = sum(slots.values())
+        return {"queries": len(self._recent),
+                "share": {peer: round(n / total, 4) for peer, n in slots.most_common()} if total else {}}
 
     def status(self) -> dict:
         return {"queries": self.queries, "queries_failed": self.failed, "queries_in_flight": len(self._pending),

@@ -40,6 +40,12 @@ class SelectionPolicy(ABC):
         wins. None leaves it to the caller's default."""
         return requested_k
 
+    def eligible(self, candidates: Sequence[ExpertRef], domain: str,
+                 standing: Standing = no_standing) -> list[ExpertRef]:
+        """The candidates this policy would ever send traffic to while others
+        exist (all of them, unless a policy excludes some)."""
+        return list(candidates)
+
     def select(self, candidates: Sequence[ExpertRef], k: int, domain: str,
                standing: Standing = no_standing, rng: Optional[random.Random] = None) -> Selection:
         rng = rng or random.Random(0)
@@ -163,6 +169,9 @@ class ReputationPolicy(SelectionPolicy):
     def banned(self, post: Posterior) -> bool:
         return post.evidence >= self.min_evidence and post.mean < self.floor
 
+    def eligible(self, candidates, domain, standing=no_standing) -> list:
+        return [r for r in candidates if not self.banned(self.posterior(r, domain, standing))]
+
     def newcomer(self, post: Posterior) -> bool:
         return post.evidence < self.newcomer_evidence
 
@@ -199,8 +208,12 @@ class ReputationPolicy(SelectionPolicy):
         rng = rng or random.Random(0)
         if not candidates or k <= 0:
             return Selection((), "no candidates")
-        free = [r for r in candidates if r.card.load < r.card.max_concurrency]
-        pool = free or list(candidates)
+        # experts below the floor stay out even when they are the only free ones
+        eligible = self.eligible(candidates, domain, standing)
+        shut_out = len(candidates) - len(eligible) if eligible else 0
+        usable = eligible or list(candidates)
+        free = [r for r in usable if r.card.load < r.card.max_concurrency]
+        pool = free or usable
         rows = []
         for ref in pool:
             post = self.posterior(ref, domain, standing)
@@ -229,8 +242,8 @@ class ReputationPolicy(SelectionPolicy):
         else:
             chosen = banned[:k]
             notes.append("every candidate is below the floor")
-        if banned:
-            notes.append(f"{len(banned)} below the floor")
+        if banned or shut_out:
+            notes.append(f"{len(banned) + shut_out} below the floor")
         reason = (f"{self.name}: {len(chosen)} of {len(pool)} {'free ' if free else 'busy '}experts for "
                   f"{domain!r} by sampled quality - {self.cost_weight:g} x price"
                   + (f" ({'; '.join(notes)})" if notes else ""))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +109,32 @@ def build_expert(spec: ExpertSpec, data_dir: str | os.PathLike, *, n_threads: in
                  registry: Optional[ModelRegistry] = None) -> Expert:
     """An (unstarted) Expert on an xllamacpp backend for ``spec``. The model
     must be stored already (see modelstore.pull) or be a .gguf path."""
+    if spec.model.startswith(SCRIPTED_PREFIX):
+        return _scripted_expert(spec)
     model = resolve(spec.model, data_dir, registry)
     settings = LlamaSettings(n_threads=n_threads, gpu_layers=spec.gpu_layers, n_ctx=spec.n_ctx,
                              n_parallel=spec.concurrency)
     backend = LlamaBackend(model.path, settings, sha256=model.sha256 or None, model_name=model.name)
+    return Expert(spec.id, backend, domains=spec.domains, system_prompt=spec.system_prompt,
+                  price_per_1k=spec.price_per_1k, max_concurrency=spec.concurrency)
+
+
+SCRIPTED_PREFIX = "scripted:"
+SCRIPTED_BEHAVIOURS = ("wrong",)
+
+
+def _scripted_expert(spec: ExpertSpec) -> Expert:
+    """A deliberately bad expert for demonstrations and tests of reputation
+    (``model=scripted:wrong``): it answers every question wrongly. It is only
+    ever built when named explicitly; nothing falls back to it."""
+    from p2pnet.experts.scripted import ScriptedBackend
+
+    behaviour = spec.model[len(SCRIPTED_PREFIX):]
+    if behaviour not in SCRIPTED_BEHAVIOURS:
+        raise ExpertSpecError(f"expert spec: key 'model': scripted behaviour {behaviour!r} is not one of "
+                              f"{', '.join(SCRIPTED_BEHAVIOURS)}")
+    backend = ScriptedBackend(accuracy=0.0, wrong="I am not sure, maybe it is Atlantis.",
+                              model=f"scripted-{behaviour}", latency=0.05, sleep=time.sleep)
     return Expert(spec.id, backend, domains=spec.domains, system_prompt=spec.system_prompt,
                   price_per_1k=spec.price_per_1k, max_concurrency=spec.concurrency)
 
