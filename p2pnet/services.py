@@ -14,13 +14,6 @@ import trio
 log = logging.getLogger("p2pnet.services")
 
 
-class _ExpertsService:
-    """Keeps the node's started experts and closes them on shutdown."""
-
-    def __init__(self, experts) -> None:
-        self.experts = experts
-
-
 async def start_experts(node, nursery) -> list:
     """Build and start the experts the config names (the default model if none)."""
     cfg = node.config
