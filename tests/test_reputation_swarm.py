@@ -24,9 +24,9 @@ def reputation(api):
     return json.loads(out.stdout)["standings"]
 
 
-def ask_retrying(api, body, experts, attempts=8):
+def ask_retrying(api, body, experts, attempts=20):
     """Like a client that honours 503 ("busy"): the validators' probes keep the
-    single-slot experts busy at times, so wait until one is free and ask again."""
+    experts busy at times, so wait until one is free and ask again."""
     def one_free():
         return any(card["load"] < card["max_concurrency"]
                    for n in experts for card in client.get_json(n["api"] + "/status").get("experts", []))
@@ -44,7 +44,8 @@ def test_probes_sink_a_bad_experts_reputation_and_traffic(tmp_path, model_cache,
     sw = tmp_path / "sw"
     nodes = swarm.up(4, sw, validators=4, model_store=model_cache, timeout_s=300,
                      node_args=["--threads", "1", "--probe-interval", "2", "--log-level", "warning"],
-                     extra_args={3: ["--expert", "model=scripted:wrong,id=bad"]})
+                     extra_args={**{i: ["--expert", "model=smollm2-135m,concurrency=2"] for i in range(3)},
+                                 3: ["--expert", "model=scripted:wrong,id=bad"]})
     try:
         bad = nodes[3]["peer_id"]
         api = nodes[1]["api"]  # the node whose ledger view we check is the one we query
