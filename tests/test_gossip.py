@@ -219,3 +219,16 @@ async def test_direct_request_response(nursery):
     assert exc.value.code == "unsupported"
     a.close()
     b.close()
+
+
+async def test_publishing_after_shutdown_began_says_busy(nursery):
+    net = make_net()
+    await nursery.start(net.run)
+    net.close()
+    with pytest.raises(OutboxFull):
+        net.publish_nowait(topics.BROADCAST, wire.Broadcast("late"))
+    await wait_for(lambda: net._outbox_send.statistics().open_send_channels == 0, 30, "the outbox to close")
+    with pytest.raises(OutboxFull):
+        net.publish_raw_nowait(topics.BROADCAST, net.signer.seal(wire.Broadcast("late")))
+    with pytest.raises(OutboxFull):
+        await net.publish(topics.BROADCAST, wire.Broadcast("late"))

@@ -128,6 +128,8 @@ class GossipNetwork:
     def publish_raw_nowait(self, topic: str, data: bytes) -> None:
         try:
             self._outbox_send.send_nowait((topic, data))
+        except trio.ClosedResourceError:
+            raise OutboxFull("node is shutting down") from None
         except trio.WouldBlock:
             self.stats.drop("outbox_full")
             raise OutboxFull(f"outbound queue full ({self._outbox_send.statistics().max_buffer_size})") from None
@@ -135,7 +137,10 @@ class GossipNetwork:
     async def publish(self, topic: str, message: wire.Message) -> bytes:
         """Like publish_nowait but waits for room in the outbox."""
         data = self.signer.seal(message)
-        await self._outbox_send.send((topic, data))
+        try:
+            await self._outbox_send.send((topic, data))
+        except trio.ClosedResourceError:
+            raise OutboxFull("node is shutting down") from None
         return data
 
     def peers(self) -> list[bytes]:
