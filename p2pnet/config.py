@@ -15,7 +15,6 @@ Unknown keys and values of the wrong type are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field
@@ -76,7 +75,9 @@ class NodeConfig:
                 raise ConfigError(f"bootstrap: {addr!r} must end in /p2p/<peer id>")
         if not 0 <= self.api_port <= 65535:
             raise ConfigError(f"api_port: {self.api_port} is not a TCP port")
-        if not _is_loopback(self.api_host) and not self.api_key:
+        from p2pnet.api.server import is_loopback
+
+        if not is_loopback(self.api_host) and not self.api_key:
             raise ConfigError(
                 f"api_host: binding the API to {self.api_host} needs an api_key "
                 "(flag --api-key or $P2PNET_API_KEY)"
@@ -88,15 +89,6 @@ class NodeConfig:
         if self.threads < 0 or self.gpu_layers < 0:
             raise ConfigError("threads/gpu_layers must not be negative")
         return self
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 _TYPES = {f.name: f for f in dataclasses.fields(NodeConfig)}

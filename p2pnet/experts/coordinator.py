@@ -31,7 +31,7 @@ from p2pnet.experts.directory import Directory, ExpertRef
 from p2pnet.experts.errors import BadQuery, DeadlineExceeded, NoExpertAvailable, UnknownModel
 from p2pnet.experts import signals
 from p2pnet.experts.evaluation import FEEDBACK, AgreementEvaluator, Candidate, Evaluator, SignalWeights
-from p2pnet.experts.streaming import TokenPipe
+from p2pnet.experts.streaming import answer_streaming
 from p2pnet.experts.selection import SelectionPolicy, Standing, UcbCostPolicy, no_standing
 from p2pnet.gossip import topics
 from p2pnet.gossip.errors import OutboxFull
@@ -299,18 +299,8 @@ class Coordinator:
         expert = self.local[ref.card.expert_id]
         timeout = max(0.1, deadline - self.clock())
         if pending.stream_key == ref.key:
-            pipe = TokenPipe()
-
-            async def forward() -> None:
-                async for text in pipe.batches():
-                    await pending.deliver(text)
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(forward)
-                try:
-                    result = await expert.answer(pending.query_id, prompt, timeout=timeout, on_token=pipe.on_token)
-                finally:
-                    pipe.close()
+            result = await answer_streaming(expert, pending.query_id, prompt, timeout=timeout,
+                                            sink=pending.deliver)
         else:
             result = await expert.answer(pending.query_id, prompt, timeout=timeout)
         latency = int((self.clock() - pending.started) * 1000)

@@ -15,7 +15,7 @@ import trio
 
 from p2pnet import sealing, wire
 from p2pnet.experts.expert import ExpertAnswer
-from p2pnet.experts.streaming import TokenPipe
+from p2pnet.experts.streaming import answer_streaming
 from p2pnet.gossip import topics
 from p2pnet.gossip.errors import OutboxFull, RpcFailed
 
@@ -100,31 +100,23 @@ class Responder:
         """Answer while forwarding the text as it is generated (AnswerChunks,
         in order, over direct streams); the chunks are a preview, the signed
         Answer that follows is what counts."""
-        pipe = TokenPipe()
-        result = None
+        index = 0
+        broken = False
 
-        async def forward() -> None:
-            index = 0
-            broken = False
-            async for text in pipe.batches():
-                if broken:
-                    continue  # keep draining; the final Answer still goes out
-                chunk = wire.AnswerChunk(query.query_id, sealed.expert_id, index,
-                                         sealing.seal(self.node.identity, coordinator, text.encode()))
-                index += 1
-                try:
-                    await self.node.network.request(coordinator, chunk, timeout_s=10)
-                except (RpcFailed, trio.TooSlowError) as exc:
-                    log.info("streaming to %s stopped: %s", wire.peer_id_str(coordinator)[:16], exc)
-                    broken = True
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(forward)
+        async def send_chunk(text: str) -> None:
+            nonlocal index, broken
+            if broken:
+                return  # keep draining; the final Answer still goes out
+            chunk = wire.AnswerChunk(query.query_id, sealed.expert_id, index,
+                                     sealing.seal(self.node.identity, coordinator, text.encode()))
+            index += 1
             try:
-                result = await expert.answer(query.query_id, prompt, timeout=timeout, on_token=pipe.on_token)
-            finally:
-                pipe.close()
-        return result
+                await self.node.network.request(coordinator, chunk, timeout_s=10)
+            except (RpcFailed, trio.TooSlowError) as exc:
+                log.info("streaming to %s stopped: %s", wire.peer_id_str(coordinator)[:16], exc)
+                broken = True
+
+        return await answer_streaming(expert, query.query_id, prompt, timeout=timeout, sink=send_chunk)
 
     async def _send(self, coordinator: bytes, query_id: bytes, expert_id: str, result: ExpertAnswer) -> None:
         body = wire.AnswerBody(text=result.text, finish_reason=result.finish_reason or result.status)

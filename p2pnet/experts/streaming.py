@@ -7,7 +7,7 @@ max_tokens) and a Trio task takes them out in batches."""
 from __future__ import annotations
 
 import threading
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -61,3 +61,21 @@ class TokenPipe:
                 if rest:
                     yield "".join(rest)
                 return
+
+
+async def answer_streaming(expert, query_id: bytes, prompt, *, timeout: float,
+                           sink: Callable[[str], Awaitable[None]]):
+    """``expert.answer(...)``, passing the text to ``sink`` in order as it is
+    generated; returns once the answer is done and every piece was sunk."""
+    pipe = TokenPipe()
+
+    async def forward() -> None:
+        async for text in pipe.batches():
+            await sink(text)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(forward)
+        try:
+            return await expert.answer(query_id, prompt, timeout=timeout, on_token=pipe.on_token)
+        finally:
+            pipe.close()
