@@ -234,6 +234,16 @@ class Ack(Message):
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Flush(Message):
+    """Sent over a direct stream by a node that is shutting down: "reply once
+    you have my gossip message number ``seq``". The reply is an Ack whose note
+    is ``seen`` or ``not_seen``, so the node knows its last messages are out."""
+
+    KIND: ClassVar[str] = "flush"
+    seq: int
+
+
 # --- queries and answers
 
 
@@ -502,7 +512,7 @@ class Tx(Message):
 
 
 MESSAGE_TYPES: Tuple[type, ...] = (
-    Announce, Broadcast, RpcError, Ack, Query, Answer, AnswerChunk, Cancel, Rating, Proposal, Vote,
+    Announce, Broadcast, RpcError, Ack, Flush, Query, Answer, AnswerChunk, Cancel, Rating, Proposal, Vote,
     BlockRequest, BlockBatch, Tx, Block, Commit,
 )
 KINDS = types.MappingProxyType({cls.KIND: cls for cls in MESSAGE_TYPES})
@@ -627,6 +637,8 @@ class Signer:
         self.peer_id = peer_id_from_public_key(self.public_key)
         self._clock = clock
         self._seq = int(clock() * 1_000_000)
+        self.last_seq = 0
+        """The seq of the envelope ``seal`` made last."""
 
     def next_seq(self) -> int:
         self._seq = max(self._seq + 1, int(self._clock() * 1_000_000))
@@ -639,7 +651,7 @@ class Signer:
         """Encode and sign ``message`` in an envelope."""
         if type(message).KIND not in KINDS:
             raise TypeError(f"{type(message).__name__} cannot stand alone in an envelope")
-        seq = self.next_seq()
+        seq = self.last_seq = self.next_seq()
         ts = int(self._clock() * 1000) if ts_ms is None else ts_ms
         body = message.to_obj()
         sig = self.sign_bytes(_signed_part(message.KIND, self.peer_id, seq, ts, body))
@@ -702,6 +714,12 @@ class ReplayGuard:
         self.max_senders = max_senders
         self.max_staleness_ms = max_staleness_ms
         self._senders: "OrderedDict[bytes, list]" = OrderedDict()  # sender -> [floor, set, heap]
+
+    def has_seen(self, sender: bytes, seq: int) -> bool:
+        """Whether ``seq`` from ``sender`` passed ``check``, or is below the
+        window (then it can no longer be told apart from one that did)."""
+        entry = self._senders.get(sender)
+        return entry is not None and (seq <= entry[0] or seq in entry[1])
 
     def check(self, env: Envelope, now_ms: int) -> None:
         if abs(now_ms - env.ts_ms) > self.max_staleness_ms:

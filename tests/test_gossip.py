@@ -124,7 +124,31 @@ async def test_trap5_linger_flushes_on_shutdown(nursery):
     await done.wait()
     await wait_for(lambda: len(cols[1].items) >= 100, 30, "flushed delivery")
     assert sorted(map(int, cols[1].texts())) == list(range(100))
+    await wait_for(lambda: nets[0].flush_result is not None, 30, "shutdown flush")
+    assert nets[0].flush_result == (1, 1)  # the peer confirmed our last message before we stopped
     nets[1].close()
+
+
+async def test_flush_request_waits_for_the_named_message(autojump_clock):
+    """A peer that is shutting down asks "have you got my message seq?"; the
+    answer waits (bounded) for that message to pass the validator."""
+    net = make_net(flush_wait_s=2.0)
+    sender = wire.Signer(os.urandom(32))
+    gossip = wire.open_envelope(sender.seal(wire.Broadcast("last")))
+    ask = wire.open_envelope(sender.seal(wire.Flush(gossip.seq)))
+    reply = await net._serve_flush(ask)
+    assert reply == wire.Ack("not_seen")
+    seen_at = []
+
+    async def answer():
+        seen_at.append(await net._serve_flush(ask))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer)
+        await trio.sleep(0.5)
+        assert seen_at == []  # still waiting
+        net.guard.check(gossip, gossip.ts_ms)
+    assert seen_at == [wire.Ack("seen")]
 
 
 async def test_trap6_plaintext_dialer_is_refused(nursery):

@@ -102,7 +102,9 @@ def test_unknown_type_and_schema_violations():
 def test_replay_and_staleness():
     guard = wire.ReplayGuard(window=4, max_staleness_ms=1000)
     envs = [wire.open_envelope(SIGNER.seal(wire.Broadcast(str(i)), ts_ms=10_000)) for i in range(20)]
+    assert not guard.has_seen(SIGNER.peer_id, envs[5].seq)
     guard.check(envs[5], 10_000)
+    assert guard.has_seen(SIGNER.peer_id, envs[5].seq) and not guard.has_seen(SIGNER.peer_id, envs[6].seq)
     with pytest.raises(wire.WireError) as exc:
         guard.check(envs[5], 10_000)
     assert exc.value.reason == wire.REPLAYED

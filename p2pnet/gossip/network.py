@@ -9,8 +9,15 @@ peer that forwarded it; a peer with too many strikes is disconnected and
 banned for a while.
 
 Outbound messages go through one bounded outbox drained by a single publisher
-task that paces publishes (py-libp2p drops silently past 32 queued RPCs per
-peer). ``publish_nowait`` raises :class:`OutboxFull` when it is full.
+task. py-libp2p drops silently past 32 queued RPCs per peer, so the publisher
+waits while any peer's queue is more than half full, and paces publishes.
+``publish_nowait`` raises :class:`OutboxFull` when the outbox is full.
+
+Shutdown does not lose acknowledged messages: the outbox and the per-peer
+queues are drained, then every peer is asked over a direct stream (``Flush``)
+to confirm it has validated our last gossip message, before the host stops.
+A peer's reply means the bytes left the sockets: stopping can no longer reset
+a connection with our messages still unread in it.
 
 Peer exchange: every node announces its listen addresses on the announce
 topic; nodes dial announced peers they are not connected to, so a star of
@@ -64,7 +71,10 @@ class GossipNetwork:
         announce_interval_s: float = 5.0,
         rpc_timeout_s: float = 30.0,
         max_rpc_streams: int = 64,
-        linger_s: float = 3.0,
+        linger_s: float = 5.0,
+        flush_wait_s: float = 2.0,
+        peer_queue_high: int = 16,
+        wire_wait_s: float = 2.0,
         announce_extra: Callable[[], dict] = dict,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -78,6 +88,9 @@ class GossipNetwork:
         self.announce_interval_s = announce_interval_s
         self.rpc_timeout_s = rpc_timeout_s
         self.linger_s = linger_s
+        self.flush_wait_s = flush_wait_s
+        self.peer_queue_high = peer_queue_high
+        self.wire_wait_s = wire_wait_s
         self.announce_extra = announce_extra
         self.clock = clock
         self.inbox_size = inbox_size
@@ -102,6 +115,9 @@ class GossipNetwork:
         self.listen_addrs: list[str] = []
         self.ready = False
         self._publishing = False
+        self._last_own_seq: Optional[int] = None  # our last envelope handed to GossipSub
+        self.flush_result: Optional[tuple[int, int]] = None  # (peers that confirmed, peers asked)
+        self.on_request(wire.Flush.KIND, self._serve_flush)
 
     # ------------------------------------------------------------------ API
 
@@ -122,12 +138,16 @@ class GossipNetwork:
         if self._stopping.is_set():
             raise OutboxFull("node is shutting down")
         data = self.signer.seal(message)
-        self.publish_raw_nowait(topic, data)
+        self._enqueue_nowait(topic, data, self.signer.last_seq)
         return data
 
     def publish_raw_nowait(self, topic: str, data: bytes) -> None:
+        """Queue an envelope sealed elsewhere (possibly by another peer)."""
+        self._enqueue_nowait(topic, data, None)
+
+    def _enqueue_nowait(self, topic: str, data: bytes, own_seq: Optional[int]) -> None:
         try:
-            self._outbox_send.send_nowait((topic, data))
+            self._outbox_send.send_nowait((topic, data, own_seq))
         except trio.ClosedResourceError:
             raise OutboxFull("node is shutting down") from None
         except trio.WouldBlock:
@@ -137,8 +157,9 @@ class GossipNetwork:
     async def publish(self, topic: str, message: wire.Message) -> bytes:
         """Like publish_nowait but waits for room in the outbox."""
         data = self.signer.seal(message)
+        seq = self.signer.last_seq
         try:
-            await self._outbox_send.send((topic, data))
+            await self._outbox_send.send((topic, data, seq))
         except trio.ClosedResourceError:
             raise OutboxFull("node is shutting down") from None
         return data
@@ -235,21 +256,73 @@ class GossipNetwork:
                     nursery.cancel_scope.cancel()
 
     async def _linger(self) -> None:
-        """Trap 5: let queued messages reach the wire before the host stops."""
-        with trio.move_on_after(self.linger_s):
+        """Trap 5: queued messages must reach the peers before the host stops.
+
+        Drain the outbox and the per-peer queues, then have every peer confirm
+        our last gossip message (see :class:`wire.Flush`), all within
+        ``linger_s``."""
+        with trio.move_on_after(self.linger_s) as scope:
             self._outbox_send.close()
             while self._outbox_recv.statistics().current_buffer_used or self._publishing:
                 await trio.sleep(0.005)
-            while any(len(q) for q in getattr(self.pubsub, "peer_queues", {}).values()):
+            while self._peer_queue_max():
                 await trio.sleep(0.005)
-            # one more round for the writer tasks that already popped an RPC
-            await trio.sleep(0.05)
+            if self._last_own_seq is not None:
+                await self._flush_peers(self._last_own_seq)
+        if scope.cancelled_caught:
+            log.warning("shutdown: gave up waiting for peers after %.1fs; %d messages still queued",
+                        self.linger_s, self._outbox_recv.statistics().current_buffer_used + self._peer_queue_max())
+
+    async def _flush_peers(self, seq: int) -> None:
+        peers = self.peers()
+        confirmed = []
+
+        async def ask(peer: bytes) -> None:
+            try:
+                reply = await self.request(peer, wire.Flush(seq), timeout_s=self.flush_wait_s + 1.0)
+            except (RpcFailed, trio.TooSlowError) as exc:
+                log.info("shutdown: %s did not confirm our last message: %s", wire.peer_id_str(peer)[:20], exc or "timeout")
+                return
+            if isinstance(reply, wire.Ack) and reply.note == "seen":
+                confirmed.append(peer)
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(ask, peer)
+        self.flush_result = (len(confirmed), len(peers))
+        log.info("shutdown: %d of %d peers confirmed our last message", len(confirmed), len(peers))
+
+    async def _serve_flush(self, env: wire.Envelope) -> wire.Message:
+        """A peer is shutting down: reply once its gossip message ``seq`` got here."""
+        with trio.move_on_after(self.flush_wait_s):
+            while not self.guard.has_seen(env.sender, env.message.seq):
+                await trio.sleep(0.01)
+        return wire.Ack("seen" if self.guard.has_seen(env.sender, env.message.seq) else "not_seen")
+
+    def _peer_queue_max(self) -> int:
+        queues = getattr(self.pubsub, "peer_queues", None) or {}
+        return max((len(q) for q in list(queues.values())), default=0)
+
+    async def _wait_for_wire_room(self) -> None:
+        """Trap 4: py-libp2p drops RPCs silently once a peer's queue holds 32.
+        Wait while any is past ``peer_queue_high``; past ``wire_wait_s`` (a
+        stalled peer) publish anyway, and count it."""
+        if self._peer_queue_max() < self.peer_queue_high:
+            return
+        with trio.move_on_after(self.wire_wait_s):
+            while self._peer_queue_max() >= self.peer_queue_high:
+                await trio.sleep(0.002)
+            return
+        self.stats.drop("peer_queue_stalled")
 
     async def _publisher(self) -> None:
-        async for topic, data in self._outbox_recv:
+        async for topic, data, own_seq in self._outbox_recv:
             self._publishing = True
             try:
+                await self._wait_for_wire_room()
                 await self.pubsub.publish(topic, data)
+                if own_seq is not None:
+                    self._last_own_seq = own_seq
                 self.stats.sent[topic] += 1
             except Exception as exc:  # never let one publish kill the node
                 self.stats.drop("publish_failed")
