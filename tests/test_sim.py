@@ -76,6 +76,18 @@ def test_another_seed_differs(small_run):
     assert other["seed"] == 6 and other["series"] != small_run["series"]
 
 
+def test_user_feedback_becomes_feedback_ratings(small_run):
+    assert "feedback" not in small_run["totals"]["ratings_by_signal"]  # feedback_rate defaults to 0
+    assert small_run["totals"]["ratings_by_signal"]["probe"] > 0
+    text = SMALL.replace("queries = 300", "queries = 120").replace("probe_rate = 0.2", "probe_rate = 0.2\nfeedback_rate = 0.5")
+    s = run_scenario(parse_scenario(text))
+    by_signal = s["totals"]["ratings_by_signal"]
+    # about half of the ~96 user queries, less those whose answer came from the issuer's own expert
+    assert 20 <= by_signal["feedback"] <= 96, by_signal
+    with pytest.raises(ScenarioError, match="feedback_rate"):
+        parse_scenario(SMALL.replace("probe_rate = 0.2", "probe_rate = 0.2\nfeedback_rate = 1.5"))
+
+
 def test_random_policy_baseline_is_worse(small_run):
     sc = parse_scenario(SMALL).with_policy("random")
     rnd = run_scenario(sc)

@@ -12,6 +12,8 @@ latest state, as a real node reads its committed state."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from p2pnet import wire
 from p2pnet.consensus.genesis import Genesis
 from p2pnet.consensus.reputation import (
@@ -30,14 +32,18 @@ class Sequencer:
         self.submitted = 0
         self.rejected = 0
         self.committed = 0
+        self.by_signal: Counter = Counter()
 
     def submit(self, raw: bytes) -> None:
         """Take one signed rating envelope (a coordinator's ``submit_rating``)."""
         self.submitted += 1
         try:
-            self._pending.append(decode_tx(raw, self.params.max_tx_bytes))
+            tx = decode_tx(raw, self.params.max_tx_bytes)
         except ValueError:
             self.rejected += 1
+            return
+        self._pending.append(tx)
+        self.by_signal[tx.rating.signal] += 1
 
     def cut_block(self) -> int:
         """Apply one block of pending ratings; returns how many it held."""

@@ -33,6 +33,7 @@ class _Planned:
     probe: bool
     question: str
     answer: str
+    feedback: bool
 
 
 class Driver:
@@ -47,8 +48,9 @@ class Driver:
         names = sorted(wl.domains)
         domain = self.rng.choices(names, weights=[wl.domains[d] for d in names])[0]
         probe = self.rng.random() < wl.probe_rate
+        feedback = bool(wl.feedback_rate) and self.rng.random() < wl.feedback_rate and not probe
         q = question(i, domain)
-        return _Planned(i, domain, probe, q, right_answer(q))
+        return _Planned(i, domain, probe, q, right_answer(q), feedback)
 
     async def run(self) -> dict:
         sc = self.sc
@@ -109,6 +111,11 @@ class Driver:
                     record.cost += e.expert.price_per_1k
                     record.adversary += e.group.adversary
                     record.groups += (e.group.name,)
+            if plan.feedback:  # the user says whether the answer was right (signal "feedback")
+                try:
+                    issuer.coordinator.feedback(result.query_id, record.correct)
+                except QueryError:
+                    pass
         if issuer.dishonest:
             world.fake_ratings(issuer, plan.domain)
 
@@ -117,6 +124,7 @@ class Driver:
         return {
             "blocks": self.blocks, "ratings_submitted": seq.submitted, "ratings_committed": seq.committed,
             "ratings_rejected": seq.rejected, "ratings_pending": seq.pending,
+            "ratings_by_signal": dict(sorted(seq.by_signal.items())),
             "messages_delivered": net.delivered, "messages_lost": net.lost,
             "requests": net.requests, "requests_failed": net.requests_failed,
             "peers_total": len(world.peers), "experts_total": sum(len(p.experts) for p in world.peers),

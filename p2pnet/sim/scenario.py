@@ -73,6 +73,7 @@ class WorkloadSpec:
     domains: Mapping[str, float] = field(default_factory=dict)
     probe_rate: float = 0.1
     probe_respondents: Optional[int] = None
+    feedback_rate: float = 0.0
     deadline_s: float = 10.0
     windows: int = 20
     warmup: int = 0
@@ -260,6 +261,7 @@ def scenario_from_obj(obj: Any, default_name: str = "scenario") -> Scenario:
         domains=domains,
         probe_rate=workload_table.number("probe_rate", 0.1, 0.0, 1.0),
         probe_respondents=workload_table.number("probe_respondents", None, 1, 16, integer=True),
+        feedback_rate=workload_table.number("feedback_rate", 0.0, 0.0, 1.0),
         deadline_s=workload_table.number("deadline_s", 10.0, 0.1, 3600.0),
         windows=workload_table.number("windows", 20, 1, 1000, integer=True),
         warmup=workload_table.number("warmup", 0, 0, wl_queries - 1, integer=True),
