@@ -63,18 +63,20 @@ def run_rate(nodes, rate: float, seconds: float, tag: str) -> dict:
             break
         time.sleep(0.2)
     cpu = cpu_seconds(pids) - cpu0
-    latencies, lost, dups = [], 0, 0
-    for g in got:
+    latencies, lost, dups, lost_by_node = [], 0, 0, {}
+    for n, g in zip(receivers, got):
         mine = [m for m in g if m["text"].startswith(tag + "-")]
         texts = [m["text"] for m in mine]
         dups += len(texts) - len(set(texts))
         lost += count - len(set(texts))
+        if count - len(set(texts)):
+            lost_by_node[n["index"]] = count - len(set(texts))
         latencies += [(m["received_ns"] - m["sent_ns"]) / 1e6 for m in mine]
     deliveries = count * len(receivers)
     return {
         "rate": rate, "messages": count, "deliveries": deliveries,
         "p50_ms": pct(latencies, 0.5), "p95_ms": pct(latencies, 0.95),
-        "lost": lost, "dup": dups,
+        "lost": lost, "dup": dups, "lost_by_node": lost_by_node,
         "cpu_ms_per_delivery": 1000 * cpu / max(1, deliveries - lost),
         "cpu_ms_per_message": 1000 * cpu / max(1, count),
     }
@@ -85,10 +87,11 @@ def main(argv=None) -> None:
     ap.add_argument("--nodes", type=int, default=10)
     ap.add_argument("--rates", default="10,50")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--keep", type=Path, default=None, help="swarm dir to use and keep (node logs)")
     args = ap.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     with tempfile.TemporaryDirectory(prefix="p2pnet-bench-") as tmp:
-        sw = Path(tmp) / "sw"
+        sw = args.keep or Path(tmp) / "sw"
         print(f"starting {args.nodes} nodes ...", file=sys.stderr)
         nodes = swarm.up(args.nodes, sw, node_args=["--no-experts", "--log-level", "warning"], timeout_s=180)
         try:
@@ -102,6 +105,9 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"{r['rate']:>6.0f} {r['messages']:>6} {r['deliveries']:>10} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
               f"{r['lost']:>5} {r['dup']:>4} {r['cpu_ms_per_delivery']:>16.2f} {r['cpu_ms_per_message']:>19.1f}")
+    for r in rows:
+        if r["lost_by_node"]:
+            print(f"lost at {r['rate']:.0f} msg/s, by receiving node: {r['lost_by_node']}")
 
 
 if __name__ == "__main__":
