@@ -67,10 +67,11 @@ def run_rate(nodes, rate: float, seconds: float, tag: str) -> dict:
     for n, g in zip(receivers, got):
         mine = [m for m in g if m["text"].startswith(tag + "-")]
         texts = [m["text"] for m in mine]
+        missing = count - len(set(texts))
         dups += len(texts) - len(set(texts))
-        lost += count - len(set(texts))
-        if count - len(set(texts)):
-            lost_by_node[n["index"]] = count - len(set(texts))
+        lost += missing
+        if missing:
+            lost_by_node[n["index"]] = missing
         latencies += [(m["received_ns"] - m["sent_ns"]) / 1e6 for m in mine]
     deliveries = count * len(receivers)
     return {
