@@ -11,6 +11,7 @@ import trio
 from p2pnet import config, wire
 from p2pnet.experts import scripted
 from p2pnet.experts.expert import Expert
+from p2pnet.experts.selection import SelectionPolicy
 from p2pnet.node import Node
 
 from .conftest_net import wait_for
@@ -84,6 +85,41 @@ async def test_query_answered_by_remote_experts_with_provenance_and_ratings(nurs
     by_peer = {wire.peer_id_str(r.message.respondent): r.message for r in ratings}
     assert by_peer[nodes[1].peer_id].answer_hash == hashlib.sha256(b"The capital of France is Paris.").digest()
     assert by_peer[nodes[3].peer_id].score < by_peer[nodes[1].peer_id].score
+
+
+class _ByExpertId(SelectionPolicy):
+    """Deterministic order for the test: expert "a" first, then "b", "c"."""
+
+    name = "by-expert-id"
+
+    def score(self, ref, domain, standing, total_evidence, rng) -> float:
+        return -ord(ref.card.expert_id[0])
+
+
+async def test_two_answers_that_differ_are_settled_by_a_third(nursery, tmp_path):
+    coord = await start_node(nursery, tmp_path, "coord")
+    nodes = [coord]
+    for name, text in (("a", "Paris."), ("b", "Lyon."), ("c", "The answer is Paris.")):
+        nodes.append(await start_node(nursery, tmp_path, name, boot_addr(coord),
+                                      scripted.ScriptedBackend({QUESTION: text}), expert_id=name))
+    await wait_for(lambda: all(len(x.network.peers()) == 3 for x in nodes), 30, "mesh")
+    coordinator = coordinator_of(coord)
+    await wait_for(lambda: len(coordinator.directory.all(coordinator.clock())) == 3, 30, "announcements")
+    coordinator.policy = _ByExpertId()
+    resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=2, domain="geography"))
+    prov = resp.model_extra["p2pnet"]
+    assert resp.choices[0].message.content in ("Paris.", "The answer is Paris.")  # the majority, not the fastest
+    assert [t["expert_id"] for t in prov["tiebreakers"]] == ["c"]
+    scores = {r["expert_id"]: r["score"] for r in prov["respondents"]}
+    assert scores == {"a": 1.0, "b": 0.0, "c": 1.0}
+    assert "majority answer (2 of 3 agree)" in prov["reason"]
+    # with the tie-break off, the same question stays a tie: both answers unproven
+    coordinator.tiebreak = 0
+    prov = (await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=2, domain="geography"))
+            ).model_extra["p2pnet"]
+    assert prov["tiebreakers"] == [] and len(prov["respondents"]) == 2
+    assert {r["expert_id"]: r["score"] for r in prov["respondents"]} == {"a": 0.0, "b": 0.0}
+    assert "no majority" in prov["reason"]
 
 
 async def test_prompts_are_sealed_to_the_chosen_respondents(nursery, tmp_path):

@@ -139,3 +139,28 @@ def test_second_opinions_ask_the_runner_up():
     assert all("second opinion" in s.reason for s in audits)
     assert all(len(s.chosen) == 1 for s in (ReputationPolicy().select(refs, 1, "math", standing, rng)
                                            for _ in range(50)))
+
+
+def test_adaptive_k_adds_a_second_opinion_only_when_the_pick_is_not_reliable():
+    refs = [ref(i) for i in range(3)]
+    policy = ReputationPolicy()
+    rng = random.Random(4)
+    sure = table(refs, [(0.95, 60), (0.94, 60), (0.93, 60)])  # lower bounds far above `confident`
+    assert {len(policy.select(refs, 1, "math", sure, rng, adapt=True).chosen) for _ in range(100)} == {1}
+    unsure = table(refs, [(0.72, 4), (0.7, 4), (0.7, 4)])  # established, but mean - sd < 0.7
+    sels = [policy.select(refs, 1, "math", unsure, rng, adapt=True) for _ in range(100)]
+    assert all(len(s.chosen) == 2 and "not reliable yet" in s.reason for s in sels)
+    # a k the request chose itself is kept as it is
+    assert {len(policy.select(refs, 1, "math", unsure, rng).chosen) for _ in range(100)} == {1}
+
+
+def test_newcomers_are_explored_price_blind():
+    """An expensive newcomer is tried as often as a cheap one: its price can only
+    be weighed against its quality once that quality is known."""
+    refs = [ref(0, price=1.0), ref(1, price=1.0), ref(2, price=1.0), ref(3, price=50.0)]
+    standing = table(refs, [(0.9, 30), (0.9, 30), (0.5, 0), (0.5, 0)])
+    policy = ReputationPolicy(explore_share=1.0, cost_weight=0.05)
+    rng = random.Random(5)
+    explored = [s.chosen[-1] for s in (policy.select(refs, 1, "math", standing, rng) for _ in range(600))]
+    cheap, dear = explored.count(refs[2]), explored.count(refs[3])
+    assert cheap + dear == 600 and 0.4 < dear / 600 < 0.6

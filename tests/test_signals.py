@@ -34,8 +34,25 @@ def test_agreement_evaluator_uses_short_answers():
     cands = [Candidate("p1", "e", "ok", "4"), Candidate("p2", "e", "ok", "The answer is 4."),
              Candidate("p3", "e", "ok", "It is 5."), Candidate("p4", "e", "timeout")]
     ev = AgreementEvaluator().evaluate(cands)
-    assert ev.scores == (0.5, 0.5, 0.0, 0.0)
-    assert ev.chosen in (0, 1)
+    assert ev.scores == (1.0, 1.0, 0.0, 0.0)  # the majority scores 1, the odd one out 0
+    assert ev.chosen in (0, 1) and not ev.undecided
+
+
+def test_agreement_evaluator_without_a_majority_is_undecided():
+    ev = AgreementEvaluator()
+    two = ev.evaluate([Candidate("p1", "e", "ok", "4", latency_ms=30), Candidate("p2", "e", "ok", "5", latency_ms=10)])
+    assert two.undecided and two.scores == (0.0, 0.0) and two.chosen == 1  # a tie: fastest, both unproven
+    three = ev.evaluate([Candidate(f"p{i}", "e", "ok", str(i)) for i in range(3)])
+    assert three.undecided and three.scores == (0.0, 0.0, 0.0)
+    even = ev.evaluate([Candidate("p1", "e", "ok", "4"), Candidate("p2", "e", "ok", "4"),
+                        Candidate("p3", "e", "ok", "5"), Candidate("p4", "e", "ok", "5")])
+    assert even.undecided and even.scores == (0.3333,) * 4  # 2 against 2 is no majority
+    # the tie broken by a third opinion: the majority scores 1, the other 0
+    broken = ev.evaluate([Candidate("p1", "e", "ok", "4"), Candidate("p2", "e", "ok", "5"),
+                          Candidate("p3", "e", "ok", "The answer is 5.")])
+    assert not broken.undecided and broken.scores == (0.0, 1.0, 1.0) and broken.chosen in (1, 2)
+    one = ev.evaluate([Candidate("p1", "e", "ok", "4"), Candidate("p2", "e", "busy")])
+    assert not one.undecided and one.scores == (None, None) and one.chosen == 0
 
 
 def test_signal_weights_combine():

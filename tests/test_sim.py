@@ -55,7 +55,7 @@ def small_run():
 def test_reputation_routes_around_adversaries(small_run):
     s = small_run
     series = s["series"]
-    assert series[0]["adversary_share"] > 0.1  # at first the adversaries are asked
+    assert series[0]["adversary_share"] > 0.05  # at first the adversaries are asked
     assert s["adversary_share"] < 0.05 and series[-1]["adversary_share"] < 0.05
     assert s["queries_until_adversary_below_5pct"] is not None
     assert s["accuracy_vs_oracle"] >= 0.85

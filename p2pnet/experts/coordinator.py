@@ -83,7 +83,7 @@ class Coordinator:
                  default_max_tokens: int = 256, max_pending: int = 256,
                  rng: Optional[random.Random] = None, clock=time.time,
                  weights: SignalWeights = SignalWeights(), default_judges: int = 0,
-                 judge_max_tokens: int = 16, feedback_capacity: int = 1024) -> None:
+                 judge_max_tokens: int = 16, feedback_capacity: int = 1024, tiebreak: int = 1) -> None:
         self.node = node
         self.local = {e.expert_id: e for e in local_experts}
         self.policy = policy or UcbCostPolicy()
@@ -100,6 +100,7 @@ class Coordinator:
         self.weights = weights
         self.default_judges = default_judges
         self.judge_max_tokens = judge_max_tokens
+        self.tiebreak = tiebreak  # extra experts asked, one by one, when the answers have no majority
         self.feedback_book = signals.FeedbackBook(feedback_capacity)
         self.directory = Directory()
         self._pending: dict[bytes, _Pending] = {}
@@ -200,7 +201,7 @@ class Coordinator:
         k = self.policy.respondents(candidates, domain, self.standing, req.respondents) or self.default_respondents
         if not 1 <= k <= 16:
             raise BadQuery("respondents must be between 1 and 16")
-        selection = self.policy.select(candidates, k, domain, self.standing, self.rng)
+        selection = self.policy.select(candidates, k, domain, self.standing, self.rng, adapt=not req.respondents)
         deadline_s = req.deadline_s or self.default_deadline_s
         prompt = wire.PromptBody(
             messages=tuple(wire.ChatMessage(r, c) for r, c in req.messages),
@@ -224,8 +225,10 @@ class Coordinator:
         self.queries += 1
         timed_out = await self._collect(pending, prompt, domain, deadline_s)
         timed_out = await self._retry_busy(pending, candidates, domain, prompt, deadline_s, timed_out)
+        tiebreakers = [] if probe is not None or judges else await self._break_tie(
+            pending, candidates, domain, prompt, deadline_s, timed_out)
         return await self._finish(pending, selection, prompt, domain, timed_out, on_delta, req,
-                                  probe=probe, judges=judges)
+                                  probe=probe, judges=judges, tiebreakers=tiebreakers)
 
     async def _retry_busy(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
                           deadline_s: float, timed_out: bool, max_rounds: int = 2) -> bool:
@@ -235,27 +238,58 @@ class Coordinator:
         for _ in range(max_rounds):
             answers = pending.answers.values()
             busy = sum(1 for c in answers if c.status == "busy")
-            left = pending.started + deadline_s - self.clock()
-            if timed_out or not busy or any(c.status == "ok" for c in answers) or left <= 0.5:
+            if timed_out or not busy or any(c.status == "ok" for c in answers):
                 break
-            # only experts the policy would use anyway: a busy expert is no reason
-            # to fall back on one it has shut out
-            rest = self.policy.eligible([r for r in candidates if r.key not in pending.asked], domain, self.standing)
-            if not rest:
+            asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, busy)
+            if asked is None:
                 break
-            chosen = self.policy.select(rest, busy, domain, self.standing, self.rng).chosen
-            if not chosen:
+            timed_out = asked
+        return timed_out
+
+    async def _break_tie(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
+                         deadline_s: float, timed_out: bool) -> list:
+        """When the usable answers have no majority (two that differ), ask up to
+        ``tiebreak`` more experts, one at a time, chosen by the same policy among
+        those not asked yet, while the deadline allows. Returns the refs asked."""
+        extra: list = []
+        for _ in range(self.tiebreak):
+            if timed_out or not self.evaluator.evaluate([pending.answers[k] for k in pending.asked]).undecided:
                 break
-            retry = _Pending(os.urandom(16), self.clock(), {ref.key: ref for ref in chosen})
-            if pending.on_delta is not None and len(chosen) == 1:
-                retry.stream_key, retry.on_delta = chosen[0].key, pending.on_delta
-            self._recent.append(tuple(ref.peer_str for ref in chosen))
-            timed_out = await self._collect(retry, prompt, domain, left)
-            pending.asked.update(retry.asked)
-            pending.answers.update(retry.answers)
-            pending.hashes.update(retry.hashes)
-            if retry.stream_key is not None:
-                pending.stream_key, pending.streamed = retry.stream_key, retry.streamed
+            before = set(pending.asked)
+            # no streaming: the client must not see text that the majority may overrule
+            asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, 1, stream=False)
+            if asked is None:
+                break
+            timed_out = asked
+            extra += [ref for key, ref in pending.asked.items() if key not in before]
+        return extra
+
+    async def _ask_more(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
+                        deadline_s: float, n: int, stream: bool = True) -> Optional[bool]:
+        """Ask ``n`` more experts the policy would use anyway (never one it has
+        shut out), not asked yet, if at least half a second of the deadline is
+        left; their answers join ``pending`` (one of them streams if ``stream``
+        and it is the only one). Returns whether the deadline
+        passed, or None if nobody was asked."""
+        left = pending.started + deadline_s - self.clock()
+        if left <= 0.5:
+            return None
+        rest = self.policy.eligible([r for r in candidates if r.key not in pending.asked], domain, self.standing)
+        if not rest:
+            return None
+        chosen = self.policy.select(rest, n, domain, self.standing, self.rng).chosen
+        if not chosen:
+            return None
+        more = _Pending(os.urandom(16), self.clock(), {ref.key: ref for ref in chosen})
+        if stream and pending.on_delta is not None and len(chosen) == 1:
+            more.stream_key, more.on_delta = chosen[0].key, pending.on_delta
+        self._recent.append(tuple(ref.peer_str for ref in chosen))
+        timed_out = await self._collect(more, prompt, domain, left)
+        pending.asked.update(more.asked)
+        pending.answers.update(more.answers)
+        pending.hashes.update(more.hashes)
+        if more.stream_key is not None:
+            pending.stream_key, pending.streamed = more.stream_key, more.streamed
         return timed_out
 
     async def _collect(self, pending: _Pending, prompt: wire.PromptBody, domain: str, deadline_s: float) -> bool:
@@ -323,7 +357,7 @@ class Coordinator:
                 pending.hashes[key] = {}
 
     async def _finish(self, pending: _Pending, selection, prompt, domain, timed_out, on_delta,
-                      req: ChatRequest, *, probe=None, judges: int = 0) -> ChatResult:
+                      req: ChatRequest, *, probe=None, judges: int = 0, tiebreakers=()) -> ChatResult:
         keys = list(pending.asked)
         cands = [pending.answers[k] for k in keys]
         evaluation = self.evaluator.evaluate(cands)
@@ -342,6 +376,7 @@ class Coordinator:
             "domain": domain,
             "selection": {"policy": self.policy.name, "reason": selection.reason,
                           "scores": [list(s) for s in selection.scores[:16]]},
+            "tiebreakers": [{"peer_id": ref.peer_str, "expert_id": ref.card.expert_id} for ref in tiebreakers],
             "respondents": [
                 {"peer_id": c.peer, "expert_id": c.expert_id, "status": c.status,
                  "latency_ms": c.latency_ms, "completion_tokens": c.completion_tokens,

@@ -35,6 +35,8 @@ class Evaluation:
     chosen: Optional[int]       # index into the candidates, None if no usable answer
     scores: tuple               # per candidate: float in [0,1], or None (no rating)
     reason: str
+    undecided: bool = False     # several usable answers and no majority among them:
+                                # one more opinion would decide (see Coordinator)
 
 
 class Evaluator(ABC):
@@ -173,9 +175,22 @@ def failure_scores(candidates: Sequence[Candidate]) -> list:
             else None for c in candidates]
 
 
+AGREES = 0.5
+"""Two answers with at least this agreement count as the same answer."""
+
+
 class AgreementEvaluator(Evaluator):
-    """Score = mean agreement with the other usable answers; with one usable
-    answer there is no evidence of quality, so it is chosen but not rated.
+    """Majority among the usable answers.
+
+    The answer that agrees with the most others leads; if it and the answers
+    agreeing with it (agreement >= AGREES) are a strict majority, every answer
+    scores its agreement with the leader (for closed-form answers: 1.0 for
+    the majority, 0.0 for the rest) and the leader its closest agreement
+    within the majority. Without a majority (two answers that
+    differ, three that all differ) every usable answer scores its mean
+    agreement with the others, and the evaluation is ``undecided``: the
+    coordinator may ask one more expert to break the tie. With one usable
+    answer there is no evidence of quality: it is chosen but not rated.
     Failed answers (error, timeout, invalid) score 0; busy ones are not rated."""
 
     def evaluate(self, candidates: Sequence[Candidate]) -> Evaluation:
@@ -185,12 +200,30 @@ class AgreementEvaluator(Evaluator):
             return Evaluation(None, tuple(scores), "no usable answer")
         if len(usable) == 1:
             return Evaluation(usable[0], tuple(scores), "only one usable answer")
+        agree = {(i, j): agreement(candidates[i].text, candidates[j].text) for i in usable for j in usable if i < j}
+
+        def a(i: int, j: int) -> float:
+            return 1.0 if i == j else agree[(min(i, j), max(i, j))]
+
+        support = {i: sum(a(i, j) for j in usable if j != i) for i in usable}
+        leader = max(usable, key=lambda i: (round(support[i], 4), -candidates[i].latency_ms, -i))
+        majority = [i for i in usable if a(i, leader) >= AGREES]
+        n = len(usable)
+        if 2 * len(majority) > n:
+            for i in usable:
+                scores[i] = round(a(i, leader), 4)
+            # the leader itself scores its closest agreement within the majority
+            scores[leader] = round(max(a(leader, j) for j in majority if j != leader), 4)
+            best = min(majority, key=lambda i: (candidates[i].latency_ms, i)) if all(
+                a(i, leader) == 1.0 for i in majority) else leader
+            return Evaluation(best, tuple(scores),
+                              f"majority answer ({len(majority)} of {n} agree), fastest of them")
         for i in usable:
-            others = [agreement(candidates[i].text, candidates[j].text) for j in usable if j != i]
-            scores[i] = round(sum(others) / len(others), 4)
+            scores[i] = round(support[i] / (n - 1), 4)
         best = max(usable, key=lambda i: (round(scores[i], 2), -candidates[i].latency_ms))
         return Evaluation(best, tuple(scores),
-                          f"highest agreement ({scores[best]:.2f}) among {len(usable)} answers, then fastest")
+                          f"no majority among {n} answers: highest agreement ({scores[best]:.2f}), then fastest",
+                          undecided=True)
 
 
 class FastestEvaluator(Evaluator):

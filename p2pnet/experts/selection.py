@@ -47,7 +47,10 @@ class SelectionPolicy(ABC):
         return list(candidates)
 
     def select(self, candidates: Sequence[ExpertRef], k: int, domain: str,
-               standing: Standing = no_standing, rng: Optional[random.Random] = None) -> Selection:
+               standing: Standing = no_standing, rng: Optional[random.Random] = None,
+               adapt: bool = False) -> Selection:
+        """The ``k`` experts to ask. ``adapt``: k came from :meth:`respondents`,
+        and a policy may ask one more when its choice turns out uncertain."""
         rng = rng or random.Random(0)
         if not candidates or k <= 0:
             return Selection((), "no candidates")
@@ -128,6 +131,11 @@ class ReputationPolicy(SelectionPolicy):
       exist, at most ``explore_share`` of queries include a newcomer whose
       mean is not below ``floor`` (as an extra respondent when k is 1, so its
       answer is compared with another); others only fill in when needed.
+      Newcomers are ranked by sampled quality without the price, so an
+      expensive expert is tried before its price is weighed against it.
+    - Adaptive second opinion (``select(..., adapt=True)``, when the request
+      left k open): a single pick whose own pessimistic quality ``mean - z *
+      sd`` is below ``confident`` is checked by the next established expert.
     - Second opinions: a query that would ask one expert asks the two best
       sampled ones in ``audit_share`` of cases, since one answer alone earns
       no agreement rating and beliefs would otherwise only move with probes.
@@ -204,7 +212,7 @@ class ReputationPolicy(SelectionPolicy):
                 k = self.uncertain_k
         return max(1, min(k, self.max_k, len(usable)))
 
-    def select(self, candidates, k, domain, standing=no_standing, rng=None) -> Selection:
+    def select(self, candidates, k, domain, standing=no_standing, rng=None, adapt=False) -> Selection:
         rng = rng or random.Random(0)
         if not candidates or k <= 0:
             return Selection((), "no candidates")
@@ -217,12 +225,15 @@ class ReputationPolicy(SelectionPolicy):
         rows = []
         for ref in pool:
             post = self.posterior(ref, domain, standing)
-            rows.append((self.value(ref, rng.betavariate(post.alpha, post.beta)), ref, post))
+            theta = rng.betavariate(post.alpha, post.beta)
+            rows.append((self.value(ref, theta), ref, post, theta))
         rows.sort(key=lambda row: (-row[0], row[1].peer, row[1].card.expert_id))
         banned = [row for row in rows if self.banned(row[2])]
         ok = [row for row in rows if not self.banned(row[2])]
         est = [row for row in ok if not self.newcomer(row[2])]
-        new = [row for row in ok if self.newcomer(row[2])]
+        # newcomers are explored for what they may be worth, price aside: an
+        # expensive expert must be tried before the price can be weighed against it
+        new = sorted((row for row in ok if self.newcomer(row[2])), key=lambda row: -row[3])
         fresh = [row for row in new if row[2].mean >= self.floor]  # no bad evidence yet
         notes = []
         if est:
@@ -233,6 +244,9 @@ class ReputationPolicy(SelectionPolicy):
             elif fresh and rng.random() < self.explore_share:
                 chosen = (chosen[:k - 1] if k > 1 else chosen) + [fresh[0]]
                 notes.append("exploring a newcomer")
+            elif adapt and k == 1 and len(est) > 1 and chosen[0][2].lower(self.z) < self.confident:
+                chosen = est[:2]  # the pick is not reliable yet: a second opinion checks it
+                notes.append("second opinion: the first choice is not reliable yet")
             elif self.audit_share and k == 1 and len(est) > 1 and rng.random() < self.audit_share:
                 chosen = est[:2]  # a second opinion: one answer alone earns no rating
                 notes.append("second opinion")
