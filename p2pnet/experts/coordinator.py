@@ -243,7 +243,7 @@ class Coordinator:
             asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, busy)
             if asked is None:
                 break
-            timed_out = asked
+            timed_out, _ = asked
         return timed_out
 
     async def _break_tie(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
@@ -255,22 +255,21 @@ class Coordinator:
         for _ in range(self.tiebreak):
             if timed_out or not self.evaluator.evaluate([pending.answers[k] for k in pending.asked]).undecided:
                 break
-            before = set(pending.asked)
             # no streaming: the client must not see text that the majority may overrule
             asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, 1, stream=False)
             if asked is None:
                 break
-            timed_out = asked
-            extra += [ref for key, ref in pending.asked.items() if key not in before]
+            timed_out, chosen = asked
+            extra += chosen
         return extra
 
     async def _ask_more(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
-                        deadline_s: float, n: int, stream: bool = True) -> Optional[bool]:
+                        deadline_s: float, n: int, stream: bool = True) -> Optional[tuple[bool, tuple]]:
         """Ask ``n`` more experts the policy would use anyway (never one it has
         shut out), not asked yet, if at least half a second of the deadline is
         left; their answers join ``pending`` (one of them streams if ``stream``
-        and it is the only one). Returns whether the deadline
-        passed, or None if nobody was asked."""
+        and it is the only one). Returns (whether the deadline passed, the
+        refs asked), or None if nobody was asked."""
         left = pending.started + deadline_s - self.clock()
         if left <= 0.5:
             return None
@@ -290,7 +289,7 @@ class Coordinator:
         pending.hashes.update(more.hashes)
         if more.stream_key is not None:
             pending.stream_key, pending.streamed = more.stream_key, more.streamed
-        return timed_out
+        return timed_out, chosen
 
     async def _collect(self, pending: _Pending, prompt: wire.PromptBody, domain: str, deadline_s: float) -> bool:
         """Ask everyone in ``pending``; True if the deadline passed first."""
