@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import pytest
@@ -14,6 +13,8 @@ from p2pnet.experts.backend import CancelToken
 from p2pnet.experts.errors import BadQuery
 from p2pnet.experts.llama import LlamaBackend, LlamaSettings, effective_gpu_layers, gpu_devices
 from p2pnet.wire import ChatMessage
+
+from .conftest_net import LoopTicker
 
 pytestmark = pytest.mark.slow
 
@@ -92,25 +93,15 @@ def test_callback_error_is_raised_not_swallowed(backend):
 async def test_trio_loop_keeps_running_during_generation(backend):
     """The first token waits (in the worker thread) until the Trio loop has
     ticked three times: that only happens if the loop runs meanwhile."""
-    ticked = threading.Event()
-    ticks = 0
-
-    async def ticker():  # ticks a few times, then stops (not to compete for the CPU)
-        nonlocal ticks
-        while True:
-            await trio.sleep(0.001)
-            ticks += 1
-            if ticks == 3:
-                ticked.set()
-                return
+    ticker = LoopTicker(3)
 
     def on_token(piece: str) -> None:
-        assert ticked.wait(timeout=60)
+        assert ticker.ticked.wait(timeout=60)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(ticker)
+        nursery.start_soon(ticker.run)
         result = await backend.agenerate(STORY, max_tokens=8, on_token=on_token)
-    assert result.completion_tokens == 8 and ticks >= 3
+    assert result.completion_tokens == 8 and ticker.ticks >= 3
 
 
 async def test_trio_cancellation_stops_the_native_generation(backend):

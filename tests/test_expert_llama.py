@@ -15,6 +15,8 @@ from p2pnet.experts.expert import Expert
 from p2pnet.experts.spec import build_expert, open_expert, parse_expert_spec
 from p2pnet.wire import ChatMessage, PromptBody
 
+from .conftest_net import LoopTicker
+
 pytestmark = pytest.mark.slow
 
 SPEC = parse_expert_spec("model=smollm2-135m,domains=general+geography,price=0.1,concurrency=2")
@@ -77,23 +79,12 @@ async def test_cancel_by_query_id_stops_the_model(expert):
 
 
 async def test_ticker_keeps_ticking_while_the_expert_generates(expert):
-    ticked = threading.Event()
-    ticks = 0
-
-    async def ticker():  # ticks a few times, then stops (not to compete for the CPU)
-        nonlocal ticks
-        while True:
-            await trio.sleep(0.001)
-            ticks += 1
-            if ticks == 5:
-                ticked.set()
-                return
-
+    ticker = LoopTicker(5)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(ticker)
+        nursery.start_soon(ticker.run)
         answer = await expert.answer(b"\x03" * 16, q("Write a story.", 16), timeout=60,
-                                     on_token=lambda piece: ticked.wait(60))
-    assert answer.status == "ok" and ticks >= 5
+                                     on_token=lambda piece: ticker.ticked.wait(60))
+    assert answer.status == "ok" and ticker.ticks >= 5
 
 
 async def test_busy_when_both_slots_generate(expert):
