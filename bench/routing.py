@@ -59,15 +59,16 @@ def main() -> None:
         key = (name, r["policy"], tuple(sorted(params.items())))
         groups.setdefault(key, []).append(r)
     print("| scenario | policy | params | seeds | accuracy after warmup / oracle | last 20% / oracle "
-          "| random / oracle | cost vs best (after warmup) | adversary share (after warmup) "
-          "| queries until adversaries < 5% | respondents / query |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| random / oracle | cost vs best (after warmup) | adversary share of user slots (after warmup) "
+          "| probe slots to adversaries | queries until adversaries < 5% | respondents / query |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, policy, params), rows in groups.items():
         rnd = [{"v": r["tail"]["accuracy_random"] / r["tail"]["accuracy_oracle"]} for r in rows]
         print(f"| {name} | {policy} | {', '.join(f'{k}={v}' for k, v in params) or '-'} | {len(rows)} "
               f"| {_mean(rows, ('after_warmup', 'accuracy_vs_oracle'))} | {_mean(rows, ('accuracy_vs_oracle',))} "
               f"| {_mean(rnd, ('v',))} | {_mean(rows, ('after_warmup', 'cost_vs_best'))} "
               f"| {_mean(rows, ('after_warmup', 'adversary_share'))} "
+              f"| {_mean(rows, ('after_warmup', 'probe_adversary_share'))} "
               f"| {_mean(rows, ('queries_until_adversary_below_5pct',))} "
               f"| {_mean(rows, ('after_warmup', 'mean_respondents'))} |")
     if args.img is not None:

@@ -164,3 +164,23 @@ def test_newcomers_are_explored_price_blind():
     explored = [s.chosen[-1] for s in (policy.select(refs, 1, "math", standing, rng) for _ in range(600))]
     cheap, dear = explored.count(refs[2]), explored.count(refs[3])
     assert cheap + dear == 600 and 0.4 < dear / 600 < 0.6
+
+
+def test_probes_settle_experts_that_user_queries_avoid():
+    """A newcomer with one poor rating, or an expert banned on thin evidence,
+    gets no user traffic; a probe (graded exactly) goes to the least-known of
+    them first, so the first gets a verdict and the second a second chance."""
+    refs = [ref(i) for i in range(5)]
+    standing = table(refs, [(0.9, 30), (0.9, 30), (0.33, 1.0), (0.3, 2.5), (0.2, 10)])
+    policy = ReputationPolicy(explore_share=1.0)
+    rng = random.Random(6)
+    assert share(policy, refs, standing, set(refs[2:]), k=2) == 0.0  # user queries never reach them
+    probes = [policy.select(refs, 1, "math", standing, rng, probe=True) for _ in range(50)]
+    assert all(s.chosen == (refs[2],) and "unsettled" in s.reason for s in probes)
+    # once the newcomer is banned too, the one with less evidence is probed; the
+    # expert banned on plenty of evidence (10 >= recheck_evidence) never is
+    standing = table(refs, [(0.9, 30), (0.9, 30), (0.25, 3.0), (0.3, 2.5), (0.2, 10)])
+    assert {policy.select(refs, 2, "math", standing, rng, probe=True).chosen[0] for _ in range(50)} == {refs[3]}
+    settled = table(refs, [(0.9, 30), (0.9, 30), (0.25, 4.0), (0.3, 4.5), (0.2, 10)])
+    sels = [policy.select(refs, 1, "math", settled, rng, probe=True) for _ in range(50)]
+    assert all(s.chosen[0] in refs[:2] for s in sels)  # nothing unsettled: probes go where users go

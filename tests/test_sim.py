@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from p2pnet.sim import ScenarioError, parse_scenario, run_scenario
+from p2pnet.sim.metrics import QueryRecord, windows
 
 SMALL = """
 name = "small"
@@ -64,6 +65,15 @@ def test_reputation_routes_around_adversaries(small_run):
     assert t["ratings_committed"] > 100 and t["ratings_rejected"] == 0 and t["blocks"] == 60
     assert set(s) >= {"accuracy_vs_oracle", "accuracy_random", "cost_vs_best", "adversary_share",
                       "queries_until_adversary_below_5pct", "series"}
+
+
+def test_adversary_share_counts_user_queries_and_probes_apart():
+    def rec(i, probe, respondents, adversary):
+        return QueryRecord(i, "math", probe, True, 1.0, 0.5, respondents=respondents, adversary=adversary)
+
+    recs = [rec(0, False, 2, 0), rec(1, False, 2, 1), rec(2, True, 1, 1), rec(3, True, 3, 1)]
+    (w,) = windows(recs, 1)
+    assert w["adversary_share"] == 0.25 and w["probe_adversary_share"] == 0.5
 
 
 def test_same_seed_same_json(small_run):

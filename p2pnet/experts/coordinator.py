@@ -201,7 +201,8 @@ class Coordinator:
         k = self.policy.respondents(candidates, domain, self.standing, req.respondents) or self.default_respondents
         if not 1 <= k <= 16:
             raise BadQuery("respondents must be between 1 and 16")
-        selection = self.policy.select(candidates, k, domain, self.standing, self.rng, adapt=not req.respondents)
+        selection = self.policy.select(candidates, k, domain, self.standing, self.rng,
+                                       adapt=not req.respondents, probe=probe is not None)
         deadline_s = req.deadline_s or self.default_deadline_s
         prompt = wire.PromptBody(
             messages=tuple(wire.ChatMessage(r, c) for r, c in req.messages),

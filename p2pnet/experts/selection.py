@@ -48,9 +48,11 @@ class SelectionPolicy(ABC):
 
     def select(self, candidates: Sequence[ExpertRef], k: int, domain: str,
                standing: Standing = no_standing, rng: Optional[random.Random] = None,
-               adapt: bool = False) -> Selection:
+               adapt: bool = False, probe: bool = False) -> Selection:
         """The ``k`` experts to ask. ``adapt``: k came from :meth:`respondents`,
-        and a policy may ask one more when its choice turns out uncertain."""
+        and a policy may ask one more when its choice turns out uncertain.
+        ``probe``: the query is a validator's probe (graded exactly), so a
+        policy may aim it where evidence is missing."""
         rng = rng or random.Random(0)
         if not candidates or k <= 0:
             return Selection((), "no candidates")
@@ -136,6 +138,13 @@ class ReputationPolicy(SelectionPolicy):
     - Adaptive second opinion (``select(..., adapt=True)``, when the request
       left k open): a single pick whose own pessimistic quality ``mean - z *
       sd`` is below ``confident`` is checked by the next established expert.
+    - Probes (``select(..., probe=True)``) measure where the verdict is open:
+      the first slot goes to the *unsettled* expert with the least evidence,
+      a newcomer whose first ratings were poor (mean below the floor) or a
+      banned one with less than ``recheck_evidence``. User queries never go
+      to them, so without probes a newcomer unlucky once would stay neither
+      banned nor trusted, and an early ban would be final. Probes are graded
+      exactly: a bad expert sinks further, an unlucky good one recovers.
     - Second opinions: a query that would ask one expert asks the two best
       sampled ones in ``audit_share`` of cases, since one answer alone earns
       no agreement rating and beliefs would otherwise only move with probes.
@@ -151,14 +160,14 @@ class ReputationPolicy(SelectionPolicy):
     def __init__(self, cost_weight: float = 0.01, explore_share: float = 0.1, floor: float = 0.5,
                  min_evidence: float = 2.0, newcomer_evidence: float = 2.0, confident: float = 0.7,
                  z: float = 1.0, max_k: int = 3, uncertain_k: int = 3, load_weight: float = 0.2,
-                 prior_weight: float = 2.0, audit_share: float = 0.0) -> None:
+                 prior_weight: float = 2.0, audit_share: float = 0.0, recheck_evidence: float = 4.0) -> None:
         if not 0.0 <= explore_share <= 1.0 or not 0.0 <= audit_share <= 1.0:
             raise ValueError("explore_share and audit_share must lie in [0, 1]")
         if not 1 <= max_k <= 16 or not 1 <= uncertain_k <= 16:
             raise ValueError("max_k and uncertain_k must be between 1 and 16")
         for name, v in (("cost_weight", cost_weight), ("min_evidence", min_evidence), ("z", z),
                         ("newcomer_evidence", newcomer_evidence), ("load_weight", load_weight),
-                        ("prior_weight", prior_weight)):
+                        ("prior_weight", prior_weight), ("recheck_evidence", recheck_evidence)):
             if not v >= 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0.0 <= floor <= 1.0 or not 0.0 <= confident <= 1.0:
@@ -167,6 +176,7 @@ class ReputationPolicy(SelectionPolicy):
         self.min_evidence, self.newcomer_evidence, self.confident = min_evidence, newcomer_evidence, confident
         self.z, self.max_k, self.uncertain_k = z, int(max_k), int(uncertain_k)
         self.load_weight, self.prior_weight, self.audit_share = load_weight, prior_weight, audit_share
+        self.recheck_evidence = recheck_evidence
 
     # ------------------------------------------------------------ pure parts
 
@@ -212,14 +222,16 @@ class ReputationPolicy(SelectionPolicy):
                 k = self.uncertain_k
         return max(1, min(k, self.max_k, len(usable)))
 
-    def select(self, candidates, k, domain, standing=no_standing, rng=None, adapt=False) -> Selection:
+    def select(self, candidates, k, domain, standing=no_standing, rng=None, adapt=False,
+               probe=False) -> Selection:
         rng = rng or random.Random(0)
         if not candidates or k <= 0:
             return Selection((), "no candidates")
         # experts below the floor stay out even when they are the only free ones
         eligible = self.eligible(candidates, domain, standing)
-        shut_out = len(candidates) - len(eligible) if eligible else 0
-        usable = eligible or list(candidates)
+        shut_out = len(candidates) - len(eligible) if eligible and not probe else 0
+        # a probe may go to a banned expert: it measures, and is graded exactly
+        usable = list(candidates) if probe else (eligible or list(candidates))
         free = [r for r in usable if r.card.load < r.card.max_concurrency]
         pool = free or usable
         rows = []
@@ -235,11 +247,17 @@ class ReputationPolicy(SelectionPolicy):
         # expensive expert must be tried before the price can be weighed against it
         new = sorted((row for row in ok if self.newcomer(row[2])), key=lambda row: -row[3])
         fresh = [row for row in new if row[2].mean >= self.floor]  # no bad evidence yet
+        poor = [row for row in new if row[2].mean < self.floor]
+        unsettled = poor + [row for row in banned if row[2].evidence < self.recheck_evidence]
         notes = []
-        if est:
+        if probe and unsettled:
+            target = min(unsettled, key=lambda row: (row[2].evidence, -row[3]))
+            chosen = [target] + [row for row in est + fresh + poor if row is not target][:k - 1]
+            notes.append("probing the least-known unsettled expert")
+        elif est:
             chosen = est[:k]
             if len(chosen) < k:  # not enough established experts: newcomers fill in
-                chosen += (fresh + [row for row in new if row not in fresh])[:k - len(chosen)]
+                chosen += (fresh + poor)[:k - len(chosen)]
                 notes.append("newcomers fill in")
             elif fresh and rng.random() < self.explore_share:
                 chosen = (chosen[:k - 1] if k > 1 else chosen) + [fresh[0]]
@@ -251,7 +269,7 @@ class ReputationPolicy(SelectionPolicy):
                 chosen = est[:2]  # a second opinion: one answer alone earns no rating
                 notes.append("second opinion")
         elif new:
-            chosen = (fresh + [row for row in new if row not in fresh])[:k]
+            chosen = (fresh + poor)[:k]
             notes.append("no established expert yet")
         else:
             chosen = banned[:k]

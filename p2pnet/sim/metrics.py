@@ -8,7 +8,10 @@
   analytically: the mean accuracy of the live experts for the domain (not run).
 - cost: each expert asked costs its ``price`` (answers are short and alike);
   probes' costs count against the policy, the oracle never probes.
-- adversary share: asked slots that went to adversary experts, all queries.
+- adversary share: the slots of user queries that went to adversary experts.
+  Probes are the validators' measurements and go on purpose to experts whose
+  verdict is open (adversaries among them); their share is reported apart,
+  as ``probe_adversary_share``, and their cost counts in ``cost``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def _stats(recs: Sequence[QueryRecord]) -> dict:
     users = [r for r in recs if not r.probe]
     n = len(users)
     slots = sum(r.respondents for r in recs)
+    user_slots = sum(r.respondents for r in users)
+    probe_slots = slots - user_slots
     return {
         "queries": len(recs),
         "accuracy": round(sum(r.correct for r in users) / n, 4) if n else None,
@@ -52,7 +57,9 @@ def _stats(recs: Sequence[QueryRecord]) -> dict:
         "accuracy_random": round(sum(r.random_correct for r in users) / n, 4) if n else None,
         "cost": round(sum(r.cost for r in recs), 4),
         "cost_best": round(sum(r.oracle_cost for r in users), 4),
-        "adversary_share": round(sum(r.adversary for r in recs) / slots, 4) if slots else 0.0,
+        "adversary_share": round(sum(r.adversary for r in users) / user_slots, 4) if user_slots else 0.0,
+        "probe_adversary_share": (round(sum(r.adversary for r in recs if r.probe) / probe_slots, 4)
+                                  if probe_slots else 0.0),
         "mean_respondents": round(slots / len(recs), 4) if recs else 0.0,
         "failed": sum(1 for r in recs if r.error),
     }
