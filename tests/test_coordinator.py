@@ -120,6 +120,15 @@ async def test_two_answers_that_differ_are_settled_by_a_third(nursery, tmp_path)
     assert prov["tiebreakers"] == [] and len(prov["respondents"]) == 2
     assert {r["expert_id"]: r["score"] for r in prov["respondents"]} == {"a": 0.0, "b": 0.0}
     assert "no majority" in prov["reason"]
+    # an undecided vote delivers the answer of the expert the ledger rates best;
+    # its ratings stay those of the vote (0.0 each)
+    for trusted, text in ((nodes[1], "Paris."), (nodes[2], "Lyon.")):
+        coordinator.standing = lambda peer, domain, t=trusted.network.peer_id: (0.9, 10.0) if peer == t else (0.4, 10.0)
+        resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=2, domain="geography"))
+        prov = resp.model_extra["p2pnet"]
+        assert resp.choices[0].message.content == text, prov["reason"]
+        assert {r["expert_id"]: r["score"] for r in prov["respondents"]} == {"a": 0.0, "b": 0.0}
+        assert "no majority" in prov["reason"]
 
 
 async def test_prompts_are_sealed_to_the_chosen_respondents(nursery, tmp_path):

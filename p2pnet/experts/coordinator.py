@@ -362,8 +362,11 @@ class Coordinator:
         cands = [pending.answers[k] for k in keys]
         evaluation = self.evaluator.evaluate(cands)
         judging = await self._judge(prompt, domain, keys, cands, judges, req) if judges else None
+        undecided = evaluation.undecided and probe is None and not judging
         evaluation, rated, per_signal = signals.apply_signals(
             cands, evaluation, self.weights, probe=probe, judge_scores=judging and judging["scores"])
+        if undecided:
+            evaluation = self._by_standing(evaluation, keys, cands, domain)
         query_hash = hashlib.sha256(pending.query_id + prompt.pack()).digest()
         self._record_ratings(query_hash, keys, cands, rated, domain, pending)
         if evaluation.chosen is not None and probe is None:
@@ -413,6 +416,22 @@ class Coordinator:
             completion_tokens=best.completion_tokens,
             query_id=pending.query_id.hex(), provenance=provenance,
         )
+
+    def _by_standing(self, evaluation, keys, cands, domain: str):
+        """No majority, even after a tie-break: deliver the answer of the
+        expert the ledger rates best in ``domain`` (ties: the evaluator's
+        choice). Only the delivered answer changes; the ratings stay those of
+        the undecided vote, so standing never rates itself."""
+        usable = [i for i, c in enumerate(cands) if c.status == "ok" and c.text.strip()]
+        if not usable:
+            return evaluation
+        mean = {i: self.standing(keys[i][0], domain)[0] for i in usable}
+        pick = max(usable, key=lambda i: (mean[i], i == evaluation.chosen))
+        if pick == evaluation.chosen:
+            return evaluation
+        return dataclasses.replace(evaluation, chosen=pick, reason=(
+            f"no majority among {len(usable)} answers: the expert with the best standing in "
+            f"{domain!r} ({mean[pick]:.2f})"))
 
     def _record_ratings(self, query_hash, keys, cands, rated, domain, pending) -> None:
         for key, cand, scored in zip(keys, cands, rated):
