@@ -5,9 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import trio
+import trio.testing
 
+from p2pnet.consensus.reputation import state_hash
 from p2pnet.sim import ScenarioError, parse_scenario, run_scenario
 from p2pnet.sim.metrics import QueryRecord, windows
+from p2pnet.sim.run import Driver
 
 SMALL = """
 name = "small"
@@ -98,6 +102,31 @@ def test_user_feedback_becomes_feedback_ratings(small_run):
         parse_scenario(SMALL.replace("probe_rate = 0.2", "probe_rate = 0.2\nfeedback_rate = 1.5"))
 
 
+def test_blocks_come_from_the_real_bft_core():
+    """By default the validators run the real replica (core, mempool,
+    reputation app) over the consensus simulator's network: every validator
+    ends with the same chain and state, and the ratings the coordinators
+    submitted are in it."""
+    sc = parse_scenario(SMALL.replace("queries = 300", "queries = 80"))
+    assert sc.ledger.consensus == "bft"
+    driver = Driver(sc)
+    summary = trio.run(driver.run, clock=trio.testing.MockClock(autojump_threshold=0))
+    ledger = driver.world.sequencer
+    nodes = ledger.bft.nodes
+    assert len(nodes) == 8 and ledger.bft.safety_violation() is None
+    top = min(n.ledger.height() for n in nodes)
+    assert top >= 80 // 5
+    assert len({n.ledger.block(top).hash() for n in nodes}) == 1
+    assert len({state_hash(n.replica.state) for n in nodes if n.ledger.height() == top}) == 1
+    t = summary["totals"]
+    assert t["ratings_committed"] > 20 and t["ratings_rejected"] == 0
+    assert t["ratings_committed"] + t["ratings_pending"] == t["ratings_submitted"]
+    # the one-sequencer ordering is still there, and cheaper with many validators
+    seq = run_scenario(parse_scenario(SMALL.replace("queries = 300", "queries = 80")
+                                      .replace("block_every = 5", "block_every = 5\nconsensus = 'sequencer'")))
+    assert seq["totals"]["ratings_committed"] > 20
+
+
 def test_random_policy_baseline_is_worse(small_run):
     sc = parse_scenario(SMALL).with_policy("random")
     rnd = run_scenario(sc)
@@ -125,6 +154,7 @@ accuracy = 0.9
     ("[policy]\nexplore = 0.1\n", "policy.explore: unknown parameter"),
     ("[ledger]\nparams = { pair_capp = 1 }\n", "ledger.params.pair_capp: unknown key"),
     ("[ledger]\nvalidators = 9\n", "ledger.validators"),
+    ("[ledger]\nconsensus = 'raft'\n", "ledger.consensus: must be one of"),
     ("colour = 'blue'\n", "colour: unknown key"),
 ])
 def test_scenario_errors_name_the_key(extra, message):

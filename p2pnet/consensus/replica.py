@@ -99,9 +99,11 @@ class Replica:
             self._sync.pop(0)
             self._run(head, now_ms, out)
 
-    def tx_in(self, raw: bytes, now_ms: int):
-        """Admit a tx to the mempool; (accepted, reason, actions)."""
-        ok, reason = self.mempool.add(raw)
+    def tx_in(self, raw: bytes, now_ms: int, env=None):
+        """Admit a tx to the mempool; (accepted, reason, actions). ``env``: the
+        same bytes already opened (``wire.open_envelope``), to skip a second
+        signature check."""
+        ok, reason = self.mempool.add(raw, env)
         actions: List[c.Action] = []
         if ok and self.core.round_step == c.WAIT:
             actions = self.step(c.TxsAvailable(), now_ms)

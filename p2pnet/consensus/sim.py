@@ -108,10 +108,15 @@ class Simulation:
                  params: Optional[Params] = None, drop: float = 0.0, dup: float = 0.0,
                  delay_ms: Tuple[int, int] = (1, 30), ledger_factory: Optional[Callable] = None,
                  powers: Optional[Sequence[int]] = None, followers: int = 0,
-                 corrupt_kinds: Sequence[str] = ("state_hash", "tx_root", "last_commit", "future", "bad_tx")
+                 corrupt_kinds: Sequence[str] = ("state_hash", "tx_root", "last_commit", "future", "bad_tx"),
+                 genesis: Optional[Genesis] = None, signers: Optional[Sequence[wire.Signer]] = None
                  ) -> None:
+        """``genesis`` and ``signers`` (one per validator, in the genesis
+        order): run a given validator set instead of ``n`` generated ones."""
+        if (genesis is None) != (signers is None) or (signers is not None and len(signers) != n):
+            raise ValueError("genesis and signers go together, one signer per validator (n)")
         self.rng = random.Random(seed)
-        self.genesis = sim_genesis(n, params, powers)
+        self.genesis = genesis or sim_genesis(n, params, powers)
         self.params = self.genesis.params
         self.drop, self.dup, self.delay_ms = drop, dup, delay_ms
         self.now = 0
@@ -125,10 +130,13 @@ class Simulation:
         byzantine = byzantine or {}
         make_ledger = ledger_factory or (lambda i, g: MemoryLedger(g))
         self.nodes: List[SimNode] = []
-        by_peer = {make_signer(validator_seed(i)).peer_id: i for i in range(n)}
+        def signer_of(i: int) -> wire.Signer:
+            return signers[i] if signers is not None and i < n else make_signer(validator_seed(i))
+
+        by_peer = {signer_of(i).peer_id: i for i in range(n)}
         self.by_peer = by_peer
         for i in range(n + followers):
-            signer = make_signer(validator_seed(i))  # i >= n: not in the genesis, a follower
+            signer = signer_of(i)  # i >= n: not in the genesis, a follower
             by_peer[signer.peer_id] = i
             self.nodes.append(SimNode(i, signer, byzantine.get(i, HONEST), make_ledger(i, self.genesis)))
         self.delivered = 0

@@ -1,14 +1,23 @@
 """The ledger in the simulator: signed rating transactions go through the real
-reputation rules (``decode_tx``, ``check_block_txs``, ``apply_txs``), ordered by
-a single sequencer.
+reputation rules, ordered either by the real BFT consensus (:class:`BftLedger`,
+the default) or by a single sequencer (:class:`Sequencer`, ``[ledger]
+consensus = "sequencer"``).
 
-Consensus ordering itself is not simulated here: the BFT core has its own
-simulator (p2pnet/consensus/sim.py) and tests. The sequencer stands for the
-committed chain: every ``block_every`` queries it cuts a block of the ratings
-received since the last one (at most ``max_ratings_per_rater_per_block`` per
-rater and ``max_block_txs`` in all; the rest wait for the next block), in
-(rater, nonce) order, and applies it. Coordinators read standings from the
-latest state, as a real node reads its committed state."""
+- :class:`BftLedger`: the scenario's validators run the real replica (core,
+  mempool, reputation app, in-memory ledger) over the consensus simulator's
+  network (p2pnet/consensus/sim.py: its own virtual milliseconds, seeded
+  delays). A rating reaches every validator's mempool at once (gossip is not
+  modelled for txs); every ``block_every`` queries the validators run until
+  they all commit the next height, and the state of validator 0 is what
+  coordinators read.
+- :class:`Sequencer`: every ``block_every`` queries it cuts a block of the
+  ratings received since the last one (at most
+  ``max_ratings_per_rater_per_block`` per rater and ``max_block_txs`` in all;
+  the rest wait), in (rater, nonce) order, and applies it with
+  ``check_block_txs`` and ``apply_txs``. Much cheaper with many validators.
+
+Coordinators read standings from the latest committed state, as a real node
+does."""
 
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ from collections import Counter
 
 from p2pnet import wire
 from p2pnet.consensus.genesis import Genesis
+from p2pnet.consensus.sim import Simulation
 from p2pnet.consensus.reputation import (
     FP, RatingTx, apply_txs, check_block_txs, decode_tx, genesis_state, standings,
 )
@@ -87,3 +97,53 @@ class Sequencer:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+
+class BftLedger(Sequencer):
+    """The same interface as :class:`Sequencer`; blocks come from the real BFT
+    core. ``signers``: the validators' signers, one per genesis validator."""
+
+    def __init__(self, genesis: Genesis, signers, seed: int, stall_ms: int = 600_000) -> None:
+        super().__init__(genesis)
+        self.bft = Simulation(seed, n=len(signers), genesis=genesis, signers=signers)
+        self.stall_ms = stall_ms
+        self.refused: Counter = Counter()
+        self._counted = 0  # committed heights whose txs are counted
+
+    def submit(self, raw: bytes) -> None:
+        self.submitted += 1
+        try:
+            env = wire.open_envelope(raw, max_bytes=self.params.max_tx_bytes)
+            tx = decode_tx(raw, self.params.max_tx_bytes, env)
+        except (wire.WireError, ValueError):
+            self.rejected += 1
+            return
+        self.by_signal[tx.rating.signal] += 1
+        admitted = False
+        for node in self.bft.nodes:
+            ok, reason, actions = node.replica.tx_in(raw, self.bft.now, env)
+            admitted = admitted or ok
+            if not ok:
+                self.refused[reason.split(":", 1)[0]] += 1
+            self.bft._handle(node, actions)
+        if not admitted:
+            self.rejected += 1
+
+    def cut_block(self) -> int:
+        """Run the validators until all of them committed the next height;
+        returns how many ratings that block held."""
+        node = self.bft.nodes[0]
+        target = node.ledger.height() + 1
+        if not self.bft.run_until_height(target, self.bft.now + self.stall_ms):
+            raise RuntimeError(f"simulated consensus stalled before height {target}")
+        top = node.ledger.height()
+        held = sum(len(node.ledger.block(h).txs) for h in range(self._counted + 1, top + 1))
+        self._counted = top
+        self.committed += held
+        self.state = node.replica.state
+        self._refresh()
+        return held
+
+    @property
+    def pending(self) -> int:
+        return len(self.bft.nodes[0].replica.mempool)

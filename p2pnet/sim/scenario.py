@@ -45,6 +45,7 @@ class NetworkSpec:
 class LedgerSpec:
     validators: int = 4
     block_every: int = 10
+    consensus: str = "bft"  # "bft": the real BFT core orders blocks; "sequencer": one sequencer
     params: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -272,6 +273,7 @@ def scenario_from_obj(obj: Any, default_name: str = "scenario") -> Scenario:
     ledger = LedgerSpec(
         validators=t.number("validators", 4, 1, 200, integer=True),
         block_every=t.number("block_every", 10, 1, 1_000_000, integer=True),
+        consensus=t.string("consensus", "bft", ("bft", "sequencer")),
         params=_ledger_params(t.table("params")),
     )
     t.done()

@@ -25,7 +25,7 @@ from p2pnet.experts.responder import Responder
 from p2pnet.experts.scripted import ScriptedBackend
 from p2pnet.gossip import topics
 from p2pnet.identity import Identity
-from p2pnet.sim.ledger import Sequencer
+from p2pnet.sim.ledger import BftLedger, Sequencer
 from p2pnet.sim.net import SimNetwork, SimTransport
 from p2pnet.sim.scenario import (
     ADVERSARIAL, COLLUDING, DISHONEST_RATERS, LAZY, SYBIL, ExpertGroup, Scenario, make_policy,
@@ -125,7 +125,12 @@ class World:
         validators = [p.identity.public_key for p in self.peers if p.validator]
         params = Params(**dict(sc.ledger.params))
         self.genesis = generate_genesis(validators, chain_id="p2pnet-sim", genesis_time_ms=0, params=params)
-        self.sequencer = Sequencer(self.genesis)
+        if sc.ledger.consensus == "bft":
+            # the validators' consensus keys (a fixed clock: vote signatures do not depend on it)
+            signers = [wire.Signer(p.identity.seed, clock=lambda: 1000.0) for p in self.peers if p.validator]
+            self.sequencer = BftLedger(self.genesis, signers, seed=int.from_bytes(_seed(sc.seed, "bft")[:8], "big"))
+        else:
+            self.sequencer = Sequencer(self.genesis)
         self.net.announce_sink = self.peers[0].peer_id
         for g in sc.experts:
             self.rings[g.name] = frozenset(p.peer_id for p in self.peers if p.group is g)
