@@ -123,7 +123,8 @@ async def test_two_answers_that_differ_are_settled_by_a_third(nursery, tmp_path)
     # an undecided vote delivers the answer of the expert the ledger rates best;
     # its ratings stay those of the vote (0.0 each)
     for trusted, text in ((nodes[1], "Paris."), (nodes[2], "Lyon.")):
-        coordinator.standing = lambda peer, domain, t=trusted.network.peer_id: (0.9, 10.0) if peer == t else (0.4, 10.0)
+        favoured = trusted.network.peer_id
+        coordinator.standing = lambda peer, domain, t=favoured: (0.9, 10.0) if peer == t else (0.4, 10.0)
         resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=2, domain="geography"))
         prov = resp.model_extra["p2pnet"]
         assert resp.choices[0].message.content == text, prov["reason"]

@@ -121,7 +121,7 @@ def test_blocks_come_from_the_real_bft_core():
     t = summary["totals"]
     assert t["ratings_committed"] > 20 and t["ratings_rejected"] == 0
     assert t["ratings_committed"] + t["ratings_pending"] == t["ratings_submitted"]
-    # the one-sequencer ordering is still there, and cheaper with many validators
+    # the one-sequencer ordering still runs
     seq = run_scenario(parse_scenario(SMALL.replace("queries = 300", "queries = 80")
                                       .replace("block_every = 5", "block_every = 5\nconsensus = 'sequencer'")))
     assert seq["totals"]["ratings_committed"] > 20

@@ -256,6 +256,20 @@ class Simulation:
         self._handle(node, actions)
         return ok, reason
 
+    def offer_tx(self, raw: bytes, env=None) -> List[Tuple[bool, str]]:
+        """Hand a tx to every alive node's mempool at once (gossip already
+        done; ``env``: the bytes opened once, see ``Replica.tx_in``); returns
+        each node's (accepted, reason)."""
+        out = []
+        for node in self.nodes:
+            if not node.alive:
+                out.append((False, "down"))
+                continue
+            ok, reason, actions = node.replica.tx_in(raw, self.now, env)
+            self._handle(node, actions)
+            out.append((ok, reason))
+        return out
+
     def partition(self, *groups: Sequence[int]) -> None:
         self.cut = {(a, b) for g1 in groups for g2 in groups if g1 is not g2 for a in g1 for b in g2}
 

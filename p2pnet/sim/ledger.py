@@ -107,7 +107,6 @@ class BftLedger(Sequencer):
         super().__init__(genesis)
         self.bft = Simulation(seed, n=len(signers), genesis=genesis, signers=signers)
         self.stall_ms = stall_ms
-        self.refused: Counter = Counter()
         self._counted = 0  # committed heights whose txs are counted
 
     def submit(self, raw: bytes) -> None:
@@ -119,14 +118,7 @@ class BftLedger(Sequencer):
             self.rejected += 1
             return
         self.by_signal[tx.rating.signal] += 1
-        admitted = False
-        for node in self.bft.nodes:
-            ok, reason, actions = node.replica.tx_in(raw, self.bft.now, env)
-            admitted = admitted or ok
-            if not ok:
-                self.refused[reason.split(":", 1)[0]] += 1
-            self.bft._handle(node, actions)
-        if not admitted:
+        if not any(ok for ok, _reason in self.bft.offer_tx(raw, env)):
             self.rejected += 1
 
     def cut_block(self) -> int:
