@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +37,16 @@ def sim_command(scenario: Path, seed, policy_name, json_out, plot_out) -> None:
 
         require_matplotlib()  # before the run, not after it
     started = time.monotonic()
-    summary = run_scenario(sc, seed=seed)
+    # a bar on a terminal only (click hides it otherwise), on stderr so --json - stays clean
+    with click.progressbar(length=sc.workload.queries, label=f"simulating {sc.name}",
+                           file=sys.stderr) as bar:
+        done = [0]
+
+        def progress(n: int) -> None:
+            bar.update(n - done[0])
+            done[0] = n
+
+        summary = run_scenario(sc, seed=seed, progress=progress)
     wall = time.monotonic() - started
     if json_out is not None:
         text = json.dumps(summary, indent=1, sort_keys=True) + "\n"
@@ -54,7 +64,8 @@ def sim_command(scenario: Path, seed, policy_name, json_out, plot_out) -> None:
         f"  last 20%: accuracy {t['accuracy']} vs oracle {t['accuracy_oracle']} "
         f"(ratio {summary['accuracy_vs_oracle']}), random {summary['accuracy_random']}",
         f"  cost vs always-best {summary['cost_vs_best']}, respondents/query {t['mean_respondents']}, "
-        f"adversary share {summary['adversary_share']}"
+        f"adversary share of user slots {summary['adversary_share']} "
+        f"(of probe slots {t['probe_adversary_share']})"
         + ("" if below is None else f", below 5% after {below} queries"),
     ]
     click.echo("\n".join(lines), err=str(json_out) == "-")

@@ -177,6 +177,12 @@ def test_expert_group_errors(group, message):
         parse_scenario(text)
 
 
+def test_progress_is_reported_up_to_the_last_query():
+    seen = []
+    run_scenario(parse_scenario(BASE + "[workload]\nqueries = 250\n"), progress=seen.append)
+    assert seen[0] == 0 and seen[-1] == 250 and seen == sorted(seen) and len(seen) == 126  # every 2nd query, then the end
+
+
 def test_cli_reports_a_bad_scenario_in_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(BASE + "[workload]\nwindows = 0\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import trio
 import trio.testing
@@ -37,8 +37,12 @@ class _Planned:
 
 
 class Driver:
-    def __init__(self, sc: Scenario) -> None:
+    """``progress(done)``, if given, is called with the number of queries
+    issued so far, every 1% of the workload and at the end."""
+
+    def __init__(self, sc: Scenario, progress: Optional[Callable[[int], None]] = None) -> None:
         self.sc = sc
+        self.progress = progress
         self.rng = random.Random(_seed(sc.seed, "workload"))
         self.records: list[QueryRecord] = []
         self.blocks = 0
@@ -61,7 +65,10 @@ class Driver:
             await trio.sleep(SETTLE_S)
             start = trio.current_time()
             t = 0.0
+            step = max(1, sc.workload.queries // 100)
             for i in range(sc.workload.queries):
+                if self.progress is not None and i % step == 0:
+                    self.progress(i)
                 if i:
                     world.events_at(i)
                 if i and i % sc.ledger.block_every == 0:
@@ -79,6 +86,8 @@ class Driver:
                 nursery.start_soon(self._query, world, issuer, plan, record)
         world.sequencer.cut_block()
         self.blocks += 1
+        if self.progress is not None:
+            self.progress(sc.workload.queries)
         return summarize(self.records, sc, extra=self._totals(world))
 
     def _record(self, world: World, plan: _Planned) -> QueryRecord:
@@ -131,8 +140,10 @@ class Driver:
         }
 
 
-def run_scenario(sc: Scenario, seed: Optional[int] = None) -> dict:
-    """Run one scenario to completion in virtual time; returns the summary JSON."""
+def run_scenario(sc: Scenario, seed: Optional[int] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> dict:
+    """Run one scenario to completion in virtual time; returns the summary JSON.
+    ``progress``: see :class:`Driver`."""
     sc = sc.with_seed(seed)
-    driver = Driver(sc)
+    driver = Driver(sc, progress)
     return trio.run(driver.run, clock=trio.testing.MockClock(autojump_threshold=0))
