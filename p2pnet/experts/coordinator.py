@@ -30,7 +30,9 @@ from p2pnet.api.types import ChatRequest, ChatResult
 from p2pnet.experts.directory import Directory, ExpertRef
 from p2pnet.experts.errors import BadQuery, DeadlineExceeded, NoExpertAvailable, UnknownModel
 from p2pnet.experts import signals
-from p2pnet.experts.evaluation import FEEDBACK, AgreementEvaluator, Candidate, Evaluator, SignalWeights
+from p2pnet.experts.evaluation import (
+    FEEDBACK, AgreementEvaluator, Candidate, Evaluator, SignalWeights, is_usable,
+)
 from p2pnet.experts.streaming import answer_streaming
 from p2pnet.experts.selection import SelectionPolicy, Standing, UcbCostPolicy, no_standing
 from p2pnet.gossip import topics
@@ -422,7 +424,7 @@ class Coordinator:
         expert the ledger rates best in ``domain`` (ties: the evaluator's
         choice). Only the delivered answer changes; the ratings stay those of
         the undecided vote, so standing never rates itself."""
-        usable = [i for i, c in enumerate(cands) if c.status == "ok" and c.text.strip()]
+        usable = [i for i, c in enumerate(cands) if is_usable(c)]
         if not usable:
             return evaluation
         mean = {i: self.standing(keys[i][0], domain)[0] for i in usable}
@@ -454,7 +456,7 @@ class Coordinator:
         """Ask up to ``n`` experts that wrote none of the answers to pick the
         best usable one, authors hidden and order shuffled; each vote weighs
         the judge's standing. {"scores": {index: share} or None, "judges": [...]}."""
-        usable = [i for i, c in enumerate(cands) if c.status == "ok" and c.text.strip()]
+        usable = [i for i, c in enumerate(cands) if is_usable(c)]
         authors = {k[0] for k in keys}
         pool = [r for r in self.directory.candidates(self.clock(), domain, None) if r.peer not in authors]
         if len(usable) < 2 or not pool:

@@ -165,7 +165,8 @@ def agreement(a: str, b: str) -> float:
 
 # ------------------------------------------------------------- evaluators
 
-def _usable(c: Candidate) -> bool:
+def is_usable(c: Candidate) -> bool:
+    """An answer that can be compared and delivered: ok and not blank."""
     return c.status == "ok" and bool(c.text.strip())
 
 
@@ -194,7 +195,7 @@ class AgreementEvaluator(Evaluator):
     Failed answers (error, timeout, invalid) score 0; busy ones are not rated."""
 
     def evaluate(self, candidates: Sequence[Candidate]) -> Evaluation:
-        usable = [i for i, c in enumerate(candidates) if _usable(c)]
+        usable = [i for i, c in enumerate(candidates) if is_usable(c)]
         scores = failure_scores(candidates)
         if not usable:
             return Evaluation(None, tuple(scores), "no usable answer")
@@ -230,7 +231,7 @@ class FastestEvaluator(Evaluator):
     """The first usable answer wins; nothing is rated but failures."""
 
     def evaluate(self, candidates: Sequence[Candidate]) -> Evaluation:
-        usable = [i for i, c in enumerate(candidates) if _usable(c)]
+        usable = [i for i, c in enumerate(candidates) if is_usable(c)]
         scores = tuple(failure_scores(candidates))
         if not usable:
             return Evaluation(None, scores, "no usable answer")

@@ -19,6 +19,7 @@ import trio
 from p2pnet.experts.errors import QueryError
 from p2pnet.experts.evaluation import (
     AGREEMENT, FAILURE, JUDGE, PROBE, Candidate, Evaluation, SignalWeights, combine, contains_phrase,
+    is_usable,
 )
 
 log = logging.getLogger("p2pnet.experts.signals")
@@ -252,7 +253,7 @@ def apply_signals(cands: Sequence[Candidate], evaluation: Evaluation, weights: S
     Usable answers get "agreement" from ``evaluation`` (or the ``probe``
     grade instead) and "judge" from ``judge_scores``; failed ones keep the
     evaluator's 0.0 as signal "failure"."""
-    usable = [i for i, c in enumerate(cands) if c.status == "ok" and c.text.strip()]
+    usable = [i for i, c in enumerate(cands) if is_usable(c)]
     per_signal: list[dict] = [{} for _ in cands]
     for i in usable:
         if probe is not None:
