@@ -22,6 +22,7 @@ does."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Optional
 
 from p2pnet import wire
 from p2pnet.consensus.genesis import Genesis
@@ -46,14 +47,22 @@ class Sequencer:
 
     def submit(self, raw: bytes) -> None:
         """Take one signed rating envelope (a coordinator's ``submit_rating``)."""
+        opened = self._open(raw)
+        if opened is not None:
+            self._pending.append(opened[0])
+
+    def _open(self, raw: bytes) -> Optional[tuple[RatingTx, wire.Envelope]]:
+        """Count one submitted rating and check it; (tx, its envelope), or None
+        (counted as rejected)."""
         self.submitted += 1
         try:
-            tx = decode_tx(raw, self.params.max_tx_bytes)
-        except ValueError:
+            env = wire.open_envelope(raw, max_bytes=self.params.max_tx_bytes)
+            tx = decode_tx(raw, self.params.max_tx_bytes, env)
+        except (wire.WireError, ValueError):
             self.rejected += 1
-            return
-        self._pending.append(tx)
+            return None
         self.by_signal[tx.rating.signal] += 1
+        return tx, env
 
     def cut_block(self) -> int:
         """Apply one block of pending ratings; returns how many it held."""
@@ -110,15 +119,8 @@ class BftLedger(Sequencer):
         self._counted = 0  # committed heights whose txs are counted
 
     def submit(self, raw: bytes) -> None:
-        self.submitted += 1
-        try:
-            env = wire.open_envelope(raw, max_bytes=self.params.max_tx_bytes)
-            tx = decode_tx(raw, self.params.max_tx_bytes, env)
-        except (wire.WireError, ValueError):
-            self.rejected += 1
-            return
-        self.by_signal[tx.rating.signal] += 1
-        if not any(ok for ok, _reason in self.bft.offer_tx(raw, env)):
+        opened = self._open(raw)
+        if opened is not None and not any(ok for ok, _reason in self.bft.offer_tx(raw, opened[1])):
             self.rejected += 1
 
     def cut_block(self) -> int:
