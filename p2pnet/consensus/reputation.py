@@ -90,32 +90,72 @@ def decay_factor(ppm: int, epochs: int) -> int:
     return result
 
 
+def _array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` items."""
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+class _Packed:
+    """Packed rows of the state's nested tables, kept per outer key while the
+    inner dict is the same object. States share unchanged inner dicts with
+    their parent (see :func:`apply_txs`), so a block re-packs only the
+    respondents and raters it touched; the bytes are those of packing the
+    whole table at once."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows: Dict[tuple, Tuple[dict, int, bytes]] = {}
+
+    def table(self, name: str, table: Dict[bytes, dict]) -> bytes:
+        parts, count = [], 0
+        for outer in sorted(table):
+            inner = table[outer]
+            hit = self.rows.get((name, outer))
+            if hit is None or hit[0] is not inner:
+                packed = b"".join(wire.packb([outer, *(key if isinstance(key, tuple) else (key,)), *inner[key]])
+                                  for key in sorted(inner))
+                hit = self.rows[(name, outer)] = (inner, len(inner), packed)
+            parts.append(hit[2])
+            count += hit[1]
+        return _array_header(count) + b"".join(parts)
+
+
 class ReputationState:
     """Immutable reputation state. Treat the dicts as read-only; :func:`apply_block`
     returns a new state sharing unchanged parts."""
 
-    __slots__ = ("rules", "height", "nonces", "records", "pairs", "_hash")
+    __slots__ = ("rules", "height", "nonces", "records", "pairs", "_hash", "_bytes", "_packed")
 
     def __init__(self, rules: Rules, height: int = 0,
                  nonces: Optional[Dict[bytes, int]] = None,
                  records: Optional[Dict[bytes, Dict[str, Record]]] = None,
-                 pairs: Optional[Dict[bytes, Dict[Tuple[bytes, str], PairUse]]] = None) -> None:
+                 pairs: Optional[Dict[bytes, Dict[Tuple[bytes, str], PairUse]]] = None,
+                 packed: Optional[_Packed] = None) -> None:
         self.rules = rules
         self.height = height
         self.nonces = nonces if nonces is not None else {}
         self.records = records if records is not None else {}
         self.pairs = pairs if pairs is not None else {}
         self._hash: Optional[bytes] = None
+        self._bytes: Optional[bytes] = None
+        self._packed = packed if packed is not None else _Packed()
 
     # ---- canonical bytes
     def to_bytes(self) -> bytes:
-        return wire.packb([
-            STATE_VERSION,
-            self.height,
-            [[k, self.nonces[k]] for k in sorted(self.nonces)],
-            [[r, d, *self.records[r][d]] for r in sorted(self.records) for d in sorted(self.records[r])],
-            [[x, r, d, *self.pairs[x][(r, d)]] for x in sorted(self.pairs) for (r, d) in sorted(self.pairs[x])],
-        ])
+        """msgpack of ``[STATE_VERSION, height, [[rater, nonce]...],
+        [[respondent, domain, *record]...], [[rater, respondent, domain,
+        *pair_use]...]]``, every list sorted by its keys."""
+        if self._bytes is None:
+            self._bytes = (_array_header(5) + wire.packb(STATE_VERSION) + wire.packb(self.height)
+                           + wire.packb([[k, self.nonces[k]] for k in sorted(self.nonces)])
+                           + self._packed.table("records", self.records)
+                           + self._packed.table("pairs", self.pairs))
+        return self._bytes
 
     @classmethod
     def from_bytes(cls, rules: Rules, data: bytes) -> "ReputationState":
@@ -226,7 +266,8 @@ def apply_txs(state: ReputationState, height: int, txs: Sequence[RatingTx]) -> R
     if height != state.height + 1:
         raise ValueError(f"block {height} does not follow state height {state.height}")
     p = state.rules.params
-    new = ReputationState(state.rules, height, dict(state.nonces), dict(state.records), dict(state.pairs))
+    new = ReputationState(state.rules, height, dict(state.nonces), dict(state.records), dict(state.pairs),
+                          packed=state._packed)
     epoch = new.epoch
     weights: Dict[bytes, Tuple[int, bool]] = {}
     copied_r: set = set()
