@@ -354,6 +354,20 @@ MAX_LEDGER_VALIDATORS = 200
 MAX_BLOCK_TXS = 10_000
 
 
+RATING_SIGNALS = ("probe", "judge", "agreement", "feedback", "failure")
+"""What a rating's score rests on. Several signals that scored one answer
+together are joined with "+" ("judge+agreement")."""
+
+
+def signal_parts(signal: str) -> Tuple[str, ...]:
+    """The signals named in a Rating's ``signal``; WireError unless each is
+    one of RATING_SIGNALS, named once."""
+    parts = tuple(signal.split("+"))
+    _check(all(p in RATING_SIGNALS for p in parts) and len(set(parts)) == len(parts),
+           f"signal must be one of {', '.join(RATING_SIGNALS)}, or several joined by '+'")
+    return parts
+
+
 @dataclass(frozen=True)
 class Rating(Message):
     """A coordinator's rating of one answer. As a ledger transaction it travels
@@ -373,6 +387,7 @@ class Rating(Message):
         _check(len(self.query_hash) == 32 and len(self.answer_hash) in (0, 32), "hash lengths")
         _check(0.0 <= self.score <= 1.0, "score must lie in [0, 1]")
         _check(0 < len(self.domain) <= 64 and len(self.expert_id) <= 64, "domain/expert_id")
+        signal_parts(self.signal)
         public_key_from_peer_id(self.respondent)
 
 

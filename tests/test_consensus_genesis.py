@@ -35,6 +35,7 @@ def test_generate_roundtrip(tmp_path):
     (lambda o: o["validators"][0].__setitem__("peer_id", o["validators"][1]["peer_id"]), "validators[0].peer_id"),
     (lambda o: o["params"].__setitem__("timeout_propose_ms", -1), "params.timeout_propose_ms"),
     (lambda o: o["params"].__setitem__("bogus", 1), "params.bogus"),
+    (lambda o: o["params"].__setitem__("weight_probe_ppm", 10_000_001), "params.weight_probe_ppm"),
     (lambda o: o.__setitem__("extra", 1), "extra"),
 ])
 def test_bad_genesis_names_the_key(mutate, key):

@@ -2,6 +2,8 @@ import dataclasses
 import hashlib
 import random
 
+import pytest
+
 from hypothesis import given, settings, strategies as st
 
 from p2pnet import wire
@@ -18,9 +20,9 @@ OTHER = make_signer(b"O" * 32)
 GENESIS = generate_genesis([v.public_key for v in VALIDATORS], chain_id="rep", genesis_time_ms=0)
 
 
-def rate(signer, respondent, s, domain="code", k=0):
+def rate(signer, respondent, s, domain="code", k=0, signal="agreement"):
     r = wire.Rating(query_hash=hashlib.sha256(b"%d" % k).digest(), respondent=respondent.peer_id,
-                    expert_id="x", domain=domain, answer_hash=b"", score=s)
+                    expert_id="x", domain=domain, answer_hash=b"", score=s, signal=signal)
     return decode_tx(signer.seal(r, ts_ms=0), 1024)
 
 
@@ -112,6 +114,40 @@ def test_one_rater_influence_is_capped_per_pair():
     ta, tb = s.records[EXPERT.peer_id]["code"][:2]
     assert ta + tb <= p.pair_cap  # 320 ratings, at most pair_cap of evidence
     assert score(s, EXPERT.peer_id, "code") >= 0.2  # prior (1, 1) + at most 3 counts against
+
+
+def test_signal_weights_scale_the_evidence_a_rating_adds():
+    params = dataclasses.replace(GENESIS.params, weight_probe_ppm=3_000_000, weight_agreement_ppm=500_000,
+                                 weight_feedback_ppm=0)
+    weighted = dataclasses.replace(GENESIS, params=params)
+
+    def evidence(signal, genesis=weighted, n=1):
+        s = run([[rate(v, EXPERT, 1.0, k=i * 10 + j, signal=signal) for j, v in enumerate(VALIDATORS)]
+                 for i in range(n)], genesis_state(genesis))
+        ta, tb, na, nb, count, _ = s.records[EXPERT.peer_id]["code"]
+        return ta + tb + na + nb, count
+
+    assert evidence("agreement", GENESIS) == (4 * FP, 4)  # the default: every signal counts 1.0
+    assert evidence("probe") == (12 * FP, 4)
+    assert evidence("agreement") == (2 * FP, 4)
+    assert evidence("judge+agreement") == (4 * FP, 4)  # the heaviest signal named: judge, 1.0
+    assert evidence("feedback") == (0, 4)  # counted as ratings, no evidence
+    # a rater's budget on one record stays pair_cap times its weight, whatever the signal
+    assert evidence("probe", n=3) == (4 * GENESIS.params.pair_cap, 12)
+    assert score(run([[rate(VALIDATORS[0], EXPERT, 0.0, k=1, signal="probe")]], genesis_state(weighted)),
+                 EXPERT.peer_id, "code") == 0.2  # (1 + 0) / (2 + 3)
+
+
+def test_a_rating_naming_an_unknown_signal_is_not_a_transaction():
+    for signal in ("vibes", "probe+probe", "", "agreement+"):
+        r = wire.Rating(query_hash=bytes(32), respondent=EXPERT.peer_id, expert_id="x", domain="code",
+                        answer_hash=b"", score=1.0, signal=signal)
+        with pytest.raises(ValueError, match="signal must be one of"):
+            decode_tx(VALIDATORS[0].seal(r, ts_ms=0), 1024)
+    for signal in ("probe", "judge+agreement", "feedback", "failure"):
+        r = wire.Rating(query_hash=bytes(32), respondent=EXPERT.peer_id, expert_id="x", domain="code",
+                        answer_hash=b"", score=1.0, signal=signal)
+        assert decode_tx(VALIDATORS[0].seal(r, ts_ms=0), 1024).rating.signal == signal
 
 
 def test_rater_cap_per_block_and_nonce_order_enforced():

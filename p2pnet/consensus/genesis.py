@@ -22,6 +22,7 @@ from p2pnet.consensus.errors import GenesisError
 
 MAX_TOTAL_POWER = 100_000
 MAX_VALIDATORS = 200
+MAX_SIGNAL_WEIGHT = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,13 @@ class Params:
     pair_cap: int = 3_000_000
     decay_epoch_blocks: int = 1000
     decay_per_epoch_ppm: int = 990_000
+    # how much a rating counts, by the signal it rests on (a rating naming
+    # several signals counts as the heaviest of them)
+    weight_probe_ppm: int = 1_000_000
+    weight_judge_ppm: int = 1_000_000
+    weight_agreement_ppm: int = 1_000_000
+    weight_feedback_ppm: int = 1_000_000
+    weight_failure_ppm: int = 1_000_000
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -70,6 +78,14 @@ class Params:
         for name in ("newcomer_weight", "max_rater_weight", "validator_weight"):
             if getattr(self, name) > 1_000_000:
                 raise GenesisError(f"params.{name}: at most 1000000 (1.0)")
+        for signal in wire.RATING_SIGNALS:
+            if self.signal_weight(signal) > MAX_SIGNAL_WEIGHT:
+                raise GenesisError(f"params.weight_{signal}_ppm: at most {MAX_SIGNAL_WEIGHT} "
+                                   f"({MAX_SIGNAL_WEIGHT // 1_000_000}.0)")
+
+    def signal_weight(self, signal: str) -> int:
+        """How much a rating resting on ``signal`` counts (fixed point, 1e6 = 1.0)."""
+        return max(getattr(self, f"weight_{part}_ppm") for part in wire.signal_parts(signal))
 
     def timeout_ms(self, step: str, round_: int) -> int:
         base = getattr(self, f"timeout_{step}_ms")

@@ -291,7 +291,8 @@ def apply_txs(state: ReputationState, height: int, txs: Sequence[RatingTx]) -> R
             copied_p.add(tx.rater)
         used, pe = new.pairs[tx.rater].get((resp, domain), (0, epoch))
         used = used * decay_factor(p.decay_per_epoch_ppm, epoch - pe) // FP
-        eff = max(0, min(weight, p.pair_cap * weight // FP - used))
+        # the signal scales what the rating adds, not the rater's budget
+        eff = max(0, min(weight * p.signal_weight(tx.rating.signal) // FP, p.pair_cap * weight // FP - used))
         new.pairs[tx.rater][(resp, domain)] = (used + eff, epoch)
         # the record
         if resp not in copied_r:

@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Mapping, Optional, Sequence
 
+from p2pnet import wire
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -46,7 +48,7 @@ class Evaluator(ABC):
 
 # ------------------------------------------------------------------ signals
 
-AGREEMENT, JUDGE, PROBE, FEEDBACK, FAILURE = "agreement", "judge", "probe", "feedback", "failure"
+PROBE, JUDGE, AGREEMENT, FEEDBACK, FAILURE = wire.RATING_SIGNALS
 MIXED_SIGNALS = (PROBE, JUDGE, AGREEMENT)
 """Signals that can score the same answer, in the order their names are joined."""
 
@@ -58,7 +60,9 @@ class SignalWeights:
     ``agreement`` and ``judge`` are mixed into one score per answer (weighted
     mean of the signals present). A ``probe`` grade, when present, is the
     score by itself (a known answer beats any opinion). ``feedback`` records
-    stand alone: a weight of 0 stops them from being recorded."""
+    stand alone: a weight of 0 stops them from being recorded. How much a
+    record counts in reputation is the chain's ``weight_<signal>_ppm``
+    (consensus.genesis.Params), not this."""
 
     agreement: float = 1.0
     judge: float = 2.0
