@@ -52,16 +52,22 @@ def _with_gpu(spec, layers):
 
 
 class _OpenAIService:
-    def __init__(self, coordinator) -> None:
+    """The OpenAI-compatible routes over the coordinator, with the cascade
+    (a hosted model answers first) for requests that ask for it."""
+
+    def __init__(self, coordinator, experts) -> None:
+        from p2pnet.experts.cascade import CascadingService
+
         self.coordinator = coordinator
+        self.queries = CascadingService(coordinator, experts)
 
     def mount(self, router) -> None:
         from p2pnet.api.openai import mount_openai
 
-        mount_openai(router, self.coordinator)
+        mount_openai(router, self.queries)
 
     def status(self) -> dict:
-        return self.coordinator.status()
+        return {**self.coordinator.status(), **self.queries.status()}
 
 
 async def build_services(node, nursery, preset_experts=None) -> list:
@@ -94,7 +100,7 @@ async def build_services(node, nursery, preset_experts=None) -> list:
     )
     if ledger is not None:
         ledger.coordinator = coordinator
-    services.append(_OpenAIService(coordinator))
+    services.append(_OpenAIService(coordinator, experts))
     services.append(FeedbackRoutes(coordinator))
     if settings.probe_interval_s > 0:
         prober = Prober(coordinator, interval_s=settings.probe_interval_s)

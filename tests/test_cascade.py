@@ -5,6 +5,7 @@ none at 0, and --local-only never publishing a Query."""
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 import trio
@@ -14,12 +15,12 @@ from p2pnet.api.types import ChatRequest, ChatResult
 from p2pnet.experts import scripted
 from p2pnet.experts.backend import Backend, GenerationResult, ModelInfo
 from p2pnet.experts.cascade import (
-    LOCAL, LOGPROB, NETWORK, SELF_AGREEMENT, Cascade, CascadeSettings, ScoringLlamaBackend,
+    LOCAL, LOGPROB, NETWORK, SELF_AGREEMENT, Cascade, CascadeSettings,
     confidence_from_logprobs, should_escalate,
 )
 from p2pnet.experts.errors import NoExpertAvailable
 from p2pnet.experts.expert import Expert
-from p2pnet.experts.llama import LlamaSettings
+from p2pnet.experts.llama import LlamaBackend, LlamaSettings
 from p2pnet.node import Node
 
 from .conftest_net import wait_for
@@ -30,7 +31,7 @@ TWO = ChatRequest("p2pnet", (("user", "What is 2+2?"),), max_tokens=8)
 
 @pytest.fixture(scope="module")
 def smol(smollm2_path):
-    backend = ScoringLlamaBackend(smollm2_path, LlamaSettings(n_threads=2, n_ctx=512))
+    backend = LlamaBackend(smollm2_path, LlamaSettings(n_threads=2, n_ctx=512))
     backend.load()
     yield backend
     backend.close()
@@ -151,3 +152,106 @@ def test_cli_cascade_local_only(model_cache, smollm2_path, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
     assert "answered by: local (local confidence" in out.stderr and "local only" in out.stderr
+
+
+# ------------------------------------------------------- the cascade over HTTP
+
+async def _node(nursery, tmp_path, name, expert=None, boot=()):
+    cfg = config.build(None, data_dir=tmp_path / name, listen=("/ip4/127.0.0.1/tcp/0",), api_port=0,
+                       bootstrap=boot, announce_interval_s=0.5)
+    experts = []
+    if expert is not None:
+        await expert.start()
+        experts.append(expert)
+    node = Node(cfg, experts=experts)
+    await nursery.start(node.run)
+    return node
+
+
+async def test_http_cascade_answers_locally_escalates_and_refuses(nursery, tmp_path):
+    """The coordinating node hosts a (scripted) model that answers "Lyon";
+    the network's one expert answers "Paris" in the query's domain."""
+    from p2pnet.api import client
+    from p2pnet.api.errors import HttpError
+
+    question = "What is the capital of France?"
+    local = Expert("local", scripted.ScriptedBackend({question: "Lyon."}), domains=("general",))
+    coord = await _node(nursery, tmp_path, "coord", local)
+    remote = Expert("remote", scripted.ScriptedBackend({question: "Paris."}), domains=("geography",))
+    other = await _node(nursery, tmp_path, "n1", remote, (coord.network.listen_addrs[0],))
+    co = next(s.coordinator for s in coord.services if hasattr(s, "coordinator"))
+    await wait_for(lambda: any(r.peer == other.network.peer_id for r in co.directory.all(co.clock())), 30,
+                   "the remote expert's announcement")
+    published = []
+    real_publish = coord.network.publish_nowait
+
+    def spy(topic, message):
+        published.append(message)
+        return real_publish(topic, message)
+
+    coord.network.publish_nowait = spy
+
+    def ask(api, **extra):
+        body = {"model": "p2pnet", "domain": "geography", "max_tokens": 8,
+                "messages": [{"role": "user", "content": question}], **extra}
+        return client.post_json(api + "/v1/chat/completions", body)
+
+    async def post(api, **extra):
+        return await trio.to_thread.run_sync(lambda: ask(api, **extra))
+
+    # confident (the scripted model always agrees with itself): answered here, nothing sent
+    out = await post(coord.api_url, cascade=True)
+    info = out["p2pnet"]["cascade"]
+    assert out["choices"][0]["message"]["content"] == "Lyon."
+    assert (info["path"], info["method"], info["confidence"], info["threshold"]) == (LOCAL, SELF_AGREEMENT, 1.0, 0.5)
+    assert not any(isinstance(m, wire.Query) for m in published)
+    # a threshold of 1 always asks the network: the remote expert's answer, with its provenance
+    out = await post(coord.api_url, cascade_threshold=1.0)
+    assert out["choices"][0]["message"]["content"] == "Paris."
+    assert out["p2pnet"]["cascade"]["path"] == NETWORK and out["p2pnet"]["cascade"]["local_text"] == "Lyon."
+    assert out["p2pnet"]["chosen"]["peer_id"] == other.peer_id
+    assert sum(isinstance(m, wire.Query) for m in published) == 1
+    # local only: never sent, whatever the threshold
+    out = await post(coord.api_url, local_only=True, cascade_threshold=1.0)
+    assert out["choices"][0]["message"]["content"] == "Lyon."
+    assert "local only" in out["p2pnet"]["cascade"]["reason"]
+    assert sum(isinstance(m, wire.Query) for m in published) == 1
+    # without the cascade keys the request is an ordinary network query
+    out = await post(coord.api_url)
+    assert out["choices"][0]["message"]["content"] == "Paris." and "cascade" not in out["p2pnet"]
+    # bad values, and a node that hosts no model
+    bare = await _node(nursery, tmp_path, "bare", None, (coord.network.listen_addrs[0],))
+    for api, extra, status, code in ((coord.api_url, {"cascade": "yes"}, 400, "invalid_type"),
+                                     (coord.api_url, {"cascade_threshold": 1.5}, 400, "invalid_value"),
+                                     (bare.api_url, {"cascade": True}, 400, "cascade_unavailable")):
+        with pytest.raises(HttpError) as exc:
+            await post(api, **extra)
+        assert (exc.value.status, exc.value.code) == (status, code), exc.value
+
+
+async def test_cascade_service_says_busy_when_its_local_slots_are_full():
+    from p2pnet.experts.cascade import CascadingService
+    from p2pnet.experts.errors import Busy
+
+    release = trio.Event()
+
+    class Slow(scripted.ScriptedBackend):
+        async def agenerate(self, *args, **kwargs):
+            await release.wait()
+            return await super().agenerate(*args, **kwargs)
+
+    expert = Expert("slow", Slow({"What is 2+2?": "4"}), domains=("general",))
+    service = CascadingService(types.SimpleNamespace(chat=Network()), [expert], max_local=1)
+    req = ChatRequest("p2pnet", (("user", "What is 2+2?"),), max_tokens=8, cascade=True)
+    results = []
+    async with trio.open_nursery() as nursery:
+        async def first():
+            results.append(await service.chat(req))
+
+        nursery.start_soon(first)
+        await wait_for(lambda: service.running == 1, 10, "the first cascade answer to start")
+        with pytest.raises(Busy), trio.fail_after(10):  # without the bound it would wait: fail, not hang
+            await service.chat(req)
+        release.set()
+    assert results[0].text == "4" and service.status()["cascade_answered_locally"] == 1
+    assert service.running == 0

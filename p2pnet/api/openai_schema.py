@@ -28,6 +28,7 @@ _SUPPORTED = frozenset(
     {
         "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "stream",
         "stream_options", "n", "user", "domain", "respondents", "deadline_s", "judges",
+        "cascade", "cascade_threshold", "local_only",
     }
 )
 _MESSAGE_KEYS = frozenset({"role", "content", "name"})
@@ -177,6 +178,9 @@ def parse_chat_request(body: Any, limits: ChatLimits = ChatLimits()) -> tuple[Ch
         deadline_s=_optional_number(body, "deadline_s", 0.0, limits.max_deadline_s, low_open=True),
         user=_optional_str(body, "user", limits.max_name_chars),
         judges=_optional_int(body, "judges", 0, limits.max_respondents),
+        cascade=bool(_optional_bool(body, "cascade")),
+        cascade_threshold=_optional_number(body, "cascade_threshold", 0.0, 1.0),
+        local_only=bool(_optional_bool(body, "local_only")),
     )
     return request, include_usage
 

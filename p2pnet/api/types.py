@@ -24,6 +24,9 @@ class ChatRequest:
     deadline_s: float | None = None
     user: str | None = None
     judges: int | None = None  # how many other experts rank the answers (peer judging)
+    cascade: bool = False  # answer with this node's model first; ask the network if it is not confident
+    cascade_threshold: float | None = None  # the confidence (0..1) below which it asks; implies cascade
+    local_only: bool = False  # answer with this node's model only; the prompt never leaves the node
 
 
 @dataclass(frozen=True)

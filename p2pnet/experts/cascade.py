@@ -3,7 +3,7 @@ when the local answer's confidence is below a threshold.
 
 Confidence is the geometric mean of the answer's token probabilities
 (``exp(mean logprob)``) when the backend reports log-probabilities (the
-xllamacpp backend does, through :class:`ScoringLlamaBackend`); otherwise it is
+xllamacpp backend does: ``LlamaBackend.generate_scored``); otherwise it is
 the self-agreement of a greedy answer with a few sampled ones. Either way it
 lies in [0, 1]. The rule: escalate iff ``threshold >= 1`` or ``confidence <
 threshold``; so 0 never escalates and 1 always does. With ``local_only`` the
@@ -11,17 +11,19 @@ prompt never leaves the process. See docs/evaluation.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Optional, Sequence
 
 import trio
 
 from p2pnet.api.errors import ApiError
 from p2pnet.api.types import ChatRequest, ChatResult
-from p2pnet.experts.backend import Backend, CancelToken, GenerationResult, Message
-from p2pnet.experts.errors import BadQuery, ExpertsError, ModelError, QueryError
+from p2pnet.experts.backend import Backend
+from p2pnet.experts.errors import Busy, ExpertsError, ModelError, QueryError
 from p2pnet.experts.evaluation import agreement
 from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT
 from p2pnet.experts.llama import LlamaBackend, LlamaSettings
@@ -54,48 +56,8 @@ def should_escalate(confidence: float, threshold: float) -> bool:
     return threshold >= 1.0 or confidence < threshold
 
 
-class ScoringLlamaBackend(LlamaBackend):
-    """The xllamacpp backend, plus a generation that returns each token's log-probability."""
-
-    def generate_scored(self, messages: Sequence[Message], *, max_tokens: int,
-                        temperature: float = 0.0) -> tuple[GenerationResult, Optional[list[float]]]:
-        """(result, logprobs of the generated tokens, or None if the build gives none)."""
-        request = {
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "max_tokens": max_tokens, "temperature": temperature, "logprobs": True, "cache_prompt": False,
-        }
-        token = CancelToken()
-        with self._lock:
-            if self._server is None:
-                raise ModelError(f"{self.path}: model not loaded")
-            server = self._server
-            self._active.add(token)  # close() waits for us
-        try:
-            out = server.handle_chat_completions(request)
-        finally:
-            with self._lock:
-                self._active.discard(token)
-                self._idle.notify_all()
-        if "error" in out or not out.get("choices"):
-            error = out.get("error") or {}
-            message = str(error.get("message", error) if isinstance(error, dict) else error)
-            raise (BadQuery if isinstance(error, dict) and error.get("code") == 400 else QueryError)(
-                f"llama.cpp: {message}")
-        choice = out["choices"][0]
-        usage, timings = out.get("usage") or {}, out.get("timings") or {}
-        content = (choice.get("logprobs") or {}).get("content")
-        logprobs = [float(t["logprob"]) for t in content] if content else None
-        result = GenerationResult(
-            text=(choice.get("message") or {}).get("content") or "",
-            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", len(content or ()))),
-            prompt_ms=float(timings.get("prompt_ms", 0.0)), gen_ms=float(timings.get("predicted_ms", 0.0)))
-        return result, logprobs
-
-
 def open_local_model(store: Path, *, model: Optional[str] = None, n_threads: int = 0,
-                     n_ctx: int = 2048) -> ScoringLlamaBackend:
+                     n_ctx: int = 2048) -> LlamaBackend:
     """The stored default model (or ``model``), loaded. ModelError if not pulled."""
     from p2pnet.experts import modelstore
 
@@ -104,7 +66,7 @@ def open_local_model(store: Path, *, model: Optional[str] = None, n_threads: int
     if stored is None:
         raise ModelError(f"model {name} is not stored in {modelstore.models_dir(store)}; "
                          f"run `p2pnet models pull {name}` first")
-    backend = ScoringLlamaBackend(stored.path, LlamaSettings(n_threads=n_threads, n_ctx=n_ctx),
+    backend = LlamaBackend(stored.path, LlamaSettings(n_threads=n_threads, n_ctx=n_ctx),
                                   sha256=stored.sha256, model_name=name)
     backend.load()
     return backend
@@ -135,6 +97,8 @@ class LocalAnswer:
     method: str  # logprob | self-agreement | failed
     completion_tokens: int = 0
     error: str = ""
+    prompt_tokens: int = 0
+    finish_reason: str = "stop"  # stop | length
 
 
 @dataclass(frozen=True)
@@ -179,12 +143,13 @@ class Cascade:
         messages = self._messages(req)
         max_tokens = req.max_tokens or self.settings.max_tokens
         try:
-            if isinstance(self.backend, ScoringLlamaBackend):
+            if isinstance(self.backend, LlamaBackend):
                 result, logprobs = await trio.to_thread.run_sync(
                     lambda: self.backend.generate_scored(messages, max_tokens=max_tokens))
                 if logprobs is not None:
                     return LocalAnswer(result.text, confidence_from_logprobs(logprobs), LOGPROB,
-                                       result.completion_tokens)
+                                       result.completion_tokens, prompt_tokens=result.prompt_tokens,
+                                       finish_reason=_finish(result.finish_reason))
             else:
                 result = await self.backend.agenerate(messages, max_tokens=max_tokens)
             samples = []
@@ -193,7 +158,8 @@ class Cascade:
                                                        temperature=self.settings.sample_temperature)
                 samples.append(sampled.text)
             return LocalAnswer(result.text, self_agreement(result.text, samples), SELF_AGREEMENT,
-                               result.completion_tokens)
+                               result.completion_tokens, prompt_tokens=result.prompt_tokens,
+                               finish_reason=_finish(result.finish_reason))
         except ExpertsError as exc:
             return LocalAnswer("", 0.0, FAILED, error=str(exc))
 
@@ -220,3 +186,73 @@ class Cascade:
                                  f"{why}; the network failed ({exc}), kept the local answer")
         return CascadeResult(remote.text, NETWORK, local, s.threshold, f"{why}: escalated to the network",
                              network=remote)
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+# ------------------------------------------------- the cascade in the HTTP API
+
+class CascadeUnavailable(QueryError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "cascade_unavailable"
+
+
+class CascadingService:
+    """The node's QueryService (the coordinator), with requests that ask for
+    the cascade (``cascade``, ``cascade_threshold``, ``local_only``) answered by a
+    model this node hosts first, and escalated to ``inner`` when it is not
+    confident enough. Other requests go to ``inner`` unchanged.
+
+    The local model is the backend of the first hosted expert on a GGUF model
+    (log-probability confidence), else of the first hosted expert of any kind
+    (self-agreement). Its generations run beside the expert's network queries
+    and do not count in the expert's advertised load; at most ``max_local`` run
+    at once, and further cascade requests are answered "busy" (503)."""
+
+    def __init__(self, inner, experts: Sequence[Any] = (), *, settings: CascadeSettings = CascadeSettings(),
+                 max_local: int = 2) -> None:
+        self.inner = inner
+        backends = [e.backend for e in experts]
+        self.backend: Optional[Backend] = next((b for b in backends if isinstance(b, LlamaBackend)),
+                                               backends[0] if backends else None)
+        self.settings = settings
+        self.max_local = max_local
+        self.running = 0
+        self.answered = {LOCAL: 0, NETWORK: 0}
+
+    def list_models(self) -> list[dict]:
+        return self.inner.list_models()
+
+    async def chat(self, req: ChatRequest, on_delta=None) -> ChatResult:
+        if not (req.cascade or req.local_only or req.cascade_threshold is not None):
+            return await self.inner.chat(req, on_delta)
+        if self.backend is None:
+            raise CascadeUnavailable("this node hosts no model to answer locally first: start it with an "
+                                     "expert (without --no-experts it hosts the default model), or leave "
+                                     "out 'cascade', 'cascade_threshold' and 'local_only'")
+        if self.running >= self.max_local:
+            raise Busy(f"{self.max_local} cascade answers are being generated on this node; try again shortly")
+        plain = dataclasses.replace(req, cascade=False, cascade_threshold=None, local_only=False)
+        threshold = self.settings.threshold if req.cascade_threshold is None else req.cascade_threshold
+        settings = dataclasses.replace(self.settings, threshold=threshold, local_only=req.local_only)
+        self.running += 1
+        try:
+            result = await Cascade(self.backend, None if req.local_only else self.inner.chat, settings).ask(plain)
+        finally:
+            self.running -= 1
+        self.answered[result.path] += 1
+        info = {k: v for k, v in result.to_json().items() if k not in ("text", "network")}
+        if result.network is not None:
+            net = result.network
+            return dataclasses.replace(net, provenance={**net.provenance, "cascade": info})
+        local = result.local
+        return ChatResult(text=result.text, finish_reason=local.finish_reason, prompt_tokens=local.prompt_tokens,
+                          completion_tokens=local.completion_tokens, query_id=os.urandom(16).hex(),
+                          provenance={"cascade": info})
+
+    def status(self) -> dict:
+        return {"cascade_running": self.running, "cascade_answered_locally": self.answered[LOCAL],
+                "cascade_escalated": self.answered[NETWORK]}
