@@ -67,7 +67,7 @@ def open_local_model(store: Path, *, model: Optional[str] = None, n_threads: int
         raise ModelError(f"model {name} is not stored in {modelstore.models_dir(store)}; "
                          f"run `p2pnet models pull {name}` first")
     backend = LlamaBackend(stored.path, LlamaSettings(n_threads=n_threads, n_ctx=n_ctx),
-                                  sha256=stored.sha256, model_name=name)
+                           sha256=stored.sha256, model_name=name)
     backend.load()
     return backend
 
