@@ -108,26 +108,12 @@ async def test_self_agreement_without_logprobs():
 
 
 async def test_local_only_publishes_no_query(nursery, tmp_path, smol, model_cache):
-    def cfg(name, boot=()):
-        return config.build(None, data_dir=tmp_path / name, listen=("/ip4/127.0.0.1/tcp/0",), api_port=0,
-                            bootstrap=boot, announce_interval_s=0.5)
-
-    coord = Node(cfg("coord"))
-    await nursery.start(coord.run)
+    coord = await _node(nursery, tmp_path, "coord")
     expert = Expert("scripted", scripted.ScriptedBackend({"What is 2+2?": "2 + 2 = 4"}), domains=("general",))
-    await expert.start()
-    other = Node(cfg("n1", (coord.network.listen_addrs[0],)), experts=[expert])
-    await nursery.start(other.run)
+    await _node(nursery, tmp_path, "n1", expert, (coord.network.listen_addrs[0],))
     co = next(s.coordinator for s in coord.services if hasattr(s, "coordinator"))
     await wait_for(lambda: len(co.directory.all(co.clock())) == 1, 30, "the expert's announcement")
-    published = []
-    real_publish = coord.network.publish_nowait
-
-    def spy(topic, message):
-        published.append(message)
-        return real_publish(topic, message)
-
-    coord.network.publish_nowait = spy
+    published = _spy_publish(coord)
     local = await Cascade(smol, co.chat, CascadeSettings(threshold=1.0, local_only=True)).ask(TWO)
     assert local.path == LOCAL and "local only" in local.reason
     assert not any(isinstance(m, wire.Query) for m in published)
@@ -168,6 +154,19 @@ async def _node(nursery, tmp_path, name, expert=None, boot=()):
     return node
 
 
+def _spy_publish(node) -> list:
+    """Every message ``node`` publishes from now on, in order."""
+    published = []
+    real_publish = node.network.publish_nowait
+
+    def spy(topic, message):
+        published.append(message)
+        return real_publish(topic, message)
+
+    node.network.publish_nowait = spy
+    return published
+
+
 async def test_http_cascade_answers_locally_escalates_and_refuses(nursery, tmp_path):
     """The coordinating node hosts a (scripted) model that answers "Lyon";
     the network's one expert answers "Paris" in the query's domain."""
@@ -182,14 +181,7 @@ async def test_http_cascade_answers_locally_escalates_and_refuses(nursery, tmp_p
     co = next(s.coordinator for s in coord.services if hasattr(s, "coordinator"))
     await wait_for(lambda: any(r.peer == other.network.peer_id for r in co.directory.all(co.clock())), 30,
                    "the remote expert's announcement")
-    published = []
-    real_publish = coord.network.publish_nowait
-
-    def spy(topic, message):
-        published.append(message)
-        return real_publish(topic, message)
-
-    coord.network.publish_nowait = spy
+    published = _spy_publish(coord)
 
     def ask(api, **extra):
         body = {"model": "p2pnet", "domain": "geography", "max_tokens": 8,
