@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from p2pnet_cli.main import cli
-from p2pnet_cli.util import api_base, emit, post_json
+from p2pnet_cli.util import api_base, emit, local_model_store, post_json
 
 
 @cli.command()
@@ -87,10 +87,9 @@ def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_jso
     import trio
 
     from p2pnet.api.types import ChatRequest, ChatResult
-    from p2pnet.config import default_data_dir
     from p2pnet.experts.cascade import NETWORK, Cascade, CascadeSettings, open_local_model
 
-    store = model_store or data_dir or default_data_dir()
+    store = local_model_store(model_store, data_dir)
     req = ChatRequest(model=body["model"], messages=tuple((m["role"], m["content"]) for m in body["messages"]),
                       max_tokens=body.get("max_tokens"))
     base_box: list = []

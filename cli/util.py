@@ -30,6 +30,21 @@ def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
     return info["api"].rstrip("/")
 
 
+def local_model_store(model_store: Optional[Path], data_dir: Optional[Path]) -> Path:
+    """Where the cascade's local model is stored: --model-store, else the data
+    dir; with neither given, the default data dir, or the local swarm's
+    directory when only the swarm has pulled the default model."""
+    if model_store or data_dir:
+        return Path(model_store or data_dir)
+    from p2pnet.experts import modelstore
+
+    home, swarm = default_data_dir(), default_data_dir() / "swarm"
+    if modelstore.stored(modelstore.DEFAULT_MODEL, home) is None and \
+            modelstore.stored(modelstore.DEFAULT_MODEL, swarm) is not None:
+        return swarm
+    return home
+
+
 def get_json(url: str, timeout: float = 10.0) -> dict:
     import os
 

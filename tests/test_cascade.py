@@ -140,6 +140,22 @@ def test_cli_cascade_local_only(model_cache, smollm2_path, tmp_path):
     assert "answered by: local (local confidence" in out.stderr and "local only" in out.stderr
 
 
+def test_cli_cascade_finds_the_model_the_local_swarm_pulled(model_cache, smollm2_path, tmp_path):
+    """After the README's main command the default model lies in the swarm's
+    directory only; `ask --cascade` with no store given finds it there."""
+    import os
+
+    env = {**os.environ, "P2PNET_HOME": str(tmp_path)}
+    run = [sys.executable, "-c", RUN, "ask", "--local-only", "--max-tokens", "8", "What is 2+2?"]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 1 and "is not stored in" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "swarm").mkdir()
+    (tmp_path / "swarm" / "models").symlink_to(model_cache / "models", target_is_directory=True)
+    out = subprocess.run(run, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() and "answered by: local" in out.stderr
+
+
 # ------------------------------------------------------- the cascade over HTTP
 
 async def _node(nursery, tmp_path, name, expert=None, boot=()):
