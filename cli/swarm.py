@@ -6,16 +6,15 @@ from pathlib import Path
 
 import click
 
-from p2pnet.config import default_data_dir
 from p2pnet_cli.main import cli
-from p2pnet_cli.util import emit
+from p2pnet_cli.util import default_swarm_dir, emit
 
 dir_option = click.option("--dir", "swarm_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                           help="Swarm directory (default: $P2PNET_HOME/swarm).")
 
 
 def _dir(swarm_dir):
-    return swarm_dir or default_data_dir() / "swarm"
+    return swarm_dir or default_swarm_dir()
 
 
 @cli.group()

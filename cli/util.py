@@ -12,6 +12,11 @@ import click
 from p2pnet.config import default_data_dir
 
 
+def default_swarm_dir() -> Path:
+    """Where `p2pnet swarm` keeps its nodes unless told: $P2PNET_HOME/swarm."""
+    return default_data_dir() / "swarm"
+
+
 def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
     """The API URL to talk to: --api, else the running node of the data dir."""
     if api:
@@ -22,7 +27,7 @@ def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
     info = read_runtime(d)
     if (not info or not info.get("api")) and data_dir is None:
         # no node of its own: use the local swarm's first node, if one runs
-        info = read_runtime(default_data_dir() / "swarm" / "node0")
+        info = read_runtime(default_swarm_dir() / "node0")
     if not info or not info.get("api"):
         raise click.ClickException(
             f"no running node found for data dir {d} (start one with `p2pnet node start`, or pass --api URL)"
@@ -38,7 +43,7 @@ def local_model_store(model_store: Optional[Path], data_dir: Optional[Path]) -> 
         return Path(model_store or data_dir)
     from p2pnet.experts import modelstore
 
-    home, swarm = default_data_dir(), default_data_dir() / "swarm"
+    home, swarm = default_data_dir(), default_swarm_dir()
     if modelstore.stored(modelstore.DEFAULT_MODEL, home) is None and \
             modelstore.stored(modelstore.DEFAULT_MODEL, swarm) is not None:
         return swarm
