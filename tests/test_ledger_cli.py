@@ -84,6 +84,25 @@ def test_verify_ok_then_tampered(data_dir, tmp_path):
     assert p.returncode == 1 and "INCONSISTENT: block 2" in p.stdout
 
 
+def test_a_ledger_of_another_state_format_is_one_line(data_dir, tmp_path):
+    """A ledger written by a release with another reputation rule (format 1:
+    a cumulative per-pair budget) is refused on open, not misread."""
+    import shutil
+    copy = tmp_path / "old"
+    shutil.copytree(data_dir, copy)
+    env = lmdb.open(str(copy / "ledger"), max_dbs=8)
+    db = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        state = bytes(txn.get(b"app_state", db=db))
+        assert state[:2] == b"\x95\x02"
+        txn.put(b"app_state", b"\x95\x01" + state[2:], db=db)
+    env.close()
+    for args in (("reputation",), ("ledger", "verify")):
+        p = p2pnet(*args, "--data-dir", str(copy))
+        assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "reputation state of format 1" in p.stderr and "move the directory aside" in p.stderr
+
+
 def test_missing_data_dir_is_one_line(tmp_path):
     p = p2pnet("ledger", "verify", "--data-dir", str(tmp_path / "none"))
     assert p.returncode == 1 and "no ledger" in p.stderr and len(p.stderr.strip().splitlines()) == 1

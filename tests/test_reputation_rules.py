@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from p2pnet import wire
 from p2pnet.consensus.genesis import generate_genesis
 from p2pnet.consensus.reputation import (
-    FP, ReputationState, Rules, apply_txs, check_block_txs, decay_factor, decode_tx, genesis_state,
+    FP, STATE_VERSION, ReputationState, Rules, apply_txs, check_block_txs, decay_factor, decode_tx, genesis_state,
     rater_weight, score, standings, state_hash,
 )
 from p2pnet.consensus.sim import make_signer
@@ -46,7 +46,7 @@ def test_replays_are_byte_identical_and_roundtrip():
 def _packed_whole(state):
     """The canonical bytes packed in one go, as the format defines them."""
     return wire.packb([
-        1, state.height,
+        STATE_VERSION, state.height,
         [[k, state.nonces[k]] for k in sorted(state.nonces)],
         [[r, d, *state.records[r][d]] for r in sorted(state.records) for d in sorted(state.records[r])],
         [[x, r, d, *state.pairs[x][(r, d)]] for x in sorted(state.pairs) for (r, d) in sorted(state.pairs[x])],
@@ -114,6 +114,68 @@ def test_one_rater_influence_is_capped_per_pair():
     ta, tb = s.records[EXPERT.peer_id]["code"][:2]
     assert ta + tb <= p.pair_cap  # 320 ratings, at most pair_cap of evidence
     assert score(s, EXPERT.peer_id, "code") >= 0.2  # prior (1, 1) + at most 3 counts against
+
+
+def test_a_raters_say_follows_its_latest_ratings():
+    """A validator that praised an expert can later sink it: once its say is
+    full (pair_cap), each new rating fades its older ones in proportion."""
+    v, p = VALIDATORS[0], GENESIS.params
+    praised = run([[rate(v, EXPERT, 1.0, k=i)] for i in range(3)])
+    assert score(praised, EXPERT.peer_id, "code") == 0.8  # (1 + 3) / (2 + 3)
+    once = run([[rate(v, EXPERT, 0.0, k=3)]], praised)
+    assert score(once, EXPERT.peer_id, "code") == 0.6  # 2 of the 3 praises kept: (1 + 2) / (2 + 3)
+    sunk = run([[rate(v, EXPERT, 0.0, k=3 + i)] for i in range(1, 12)], once)
+    ta, tb = sunk.records[EXPERT.peer_id]["code"][:2]
+    assert p.pair_cap - 20 <= ta + tb <= p.pair_cap  # integer rounding only
+    assert score(sunk, EXPERT.peer_id, "code") < 0.22
+    assert sunk.pairs[v.peer_id][(EXPERT.peer_id, "code")][:2] == (ta, tb)
+    # other raters' evidence is untouched by it
+    both = run([[rate(VALIDATORS[1], EXPERT, 1.0, k=100)]], sunk)
+    assert both.records[EXPERT.peer_id]["code"][:2] == (ta + FP, tb)
+
+
+def test_a_rater_that_earns_standing_leaves_the_newcomer_pool():
+    """A rater's say sits in the newcomer or the trusted pool; when it becomes
+    trusted, its next rating takes its newcomer say out of the record."""
+    p = GENESIS.params
+    s = run([[rate(OTHER, EXPERT, 0.0, k=0)]])
+    assert s.records[EXPERT.peer_id]["code"][:4] == (0, 0, 0, p.newcomer_weight)
+    s = run([[rate(v, OTHER, 1.0, k=i) for v in VALIDATORS] for i in range(1, 31)], s)
+    w, trusted = rater_weight(s, OTHER.peer_id)
+    assert trusted
+    s = run([[rate(OTHER, EXPERT, 1.0, k=31)]], s)
+    assert s.records[EXPERT.peer_id]["code"][:4] == (w, 0, 0, 0)
+    assert s.pairs[OTHER.peer_id][(EXPERT.peer_id, "code")] == (w, 0, s.epoch, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.integers(0, 4),
+                                   st.sampled_from(["probe", "agreement", "feedback"])), max_size=10),
+                max_size=25))
+def test_every_record_is_the_sum_of_its_raters_says(blocks):
+    """Whatever the ratings, each record's pools hold exactly its raters' says
+    (no decay within 1000 blocks), and no say exceeds pair_cap times the weight."""
+    params = dataclasses.replace(GENESIS.params, weight_probe_ppm=2_500_000, weight_feedback_ppm=0)
+    genesis = dataclasses.replace(GENESIS, params=params)
+    raters = [VALIDATORS[0], VALIDATORS[1], OTHER, make_signer(b"N" * 32)]
+    experts = [EXPERT, OTHER, make_signer(b"Q" * 32)]
+    state, k = genesis_state(genesis), 0
+    for block in blocks:
+        txs = []
+        for r, e, sc, signal in block:
+            if raters[r] is experts[e]:
+                continue
+            k += 1
+            txs.append(rate(raters[r], experts[e], sc / 4, k=k, signal=signal))
+        txs = [t for t in txs if sum(u.rater == t.rater for u in txs[:txs.index(t) + 1])
+               <= params.max_ratings_per_rater_per_block]
+        state = run([txs], state)
+    for resp, recs in state.records.items():
+        for domain, (ta, tb, na, nb, _, _) in recs.items():
+            says = [x[(resp, domain)] for x in state.pairs.values() if (resp, domain) in x]
+            assert (ta, tb) == (sum(a for a, b, _, t in says if t), sum(b for a, b, _, t in says if t))
+            assert (na, nb) == (sum(a for a, b, _, t in says if not t), sum(b for a, b, _, t in says if not t))
+            assert all(a + b <= params.pair_cap for a, b, _, _ in says)
 
 
 def test_signal_weights_scale_the_evidence_a_rating_adds():

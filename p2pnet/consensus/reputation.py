@@ -18,14 +18,17 @@ from p2pnet import wire
 from p2pnet.consensus.genesis import Genesis, Params
 
 FP = 1_000_000
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2: a rater's say on a record is its latest ratings (:data:`PairSay`); 1 was a
+cumulative budget that only decay freed."""
 TX_KINDS = frozenset({wire.Rating.KIND})
 """Message kinds that may be ledger transactions."""
 
 Record = Tuple[int, int, int, int, int, int]
 """(trusted_alpha, trusted_beta, newcomer_alpha, newcomer_beta, count, epoch)"""
-PairUse = Tuple[int, int]
-"""(weight used, epoch)"""
+PairSay = Tuple[int, int, int, int]
+"""One rater's say on one (respondent, domain) record: (alpha, beta, epoch, trusted),
+the evidence its ratings still hold in the record's trusted (1) or newcomer (0) pool."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ class ReputationState:
     def __init__(self, rules: Rules, height: int = 0,
                  nonces: Optional[Dict[bytes, int]] = None,
                  records: Optional[Dict[bytes, Dict[str, Record]]] = None,
-                 pairs: Optional[Dict[bytes, Dict[Tuple[bytes, str], PairUse]]] = None,
+                 pairs: Optional[Dict[bytes, Dict[Tuple[bytes, str], PairSay]]] = None,
                  packed: Optional[_Packed] = None) -> None:
         self.rules = rules
         self.height = height
@@ -149,7 +152,7 @@ class ReputationState:
     def to_bytes(self) -> bytes:
         """msgpack of ``[STATE_VERSION, height, [[rater, nonce]...],
         [[respondent, domain, *record]...], [[rater, respondent, domain,
-        *pair_use]...]]``, every list sorted by its keys."""
+        *say]...]]``, every list sorted by its keys."""
         if self._bytes is None:
             self._bytes = (_array_header(5) + wire.packb(STATE_VERSION) + wire.packb(self.height)
                            + wire.packb([[k, self.nonces[k]] for k in sorted(self.nonces)])
@@ -157,16 +160,26 @@ class ReputationState:
                            + self._packed.table("pairs", self.pairs))
         return self._bytes
 
+    @staticmethod
+    def version_of(data: bytes) -> object:
+        """The format (``STATE_VERSION``) that state bytes start with, read from
+        the 2nd byte (every format so far is a small positive int) without
+        decoding the rest; None if the bytes do not start like a state."""
+        return data[1] if len(data) > 1 and data[0] == 0x95 and data[1] < 0x80 else None
+
     @classmethod
     def from_bytes(cls, rules: Rules, data: bytes) -> "ReputationState":
         obj = wire.unpackb(data, max_bytes=1 << 40)
-        if not isinstance(obj, list) or len(obj) != 5 or obj[0] != STATE_VERSION:
+        if not isinstance(obj, list) or len(obj) != 5:
             raise ValueError("not a reputation state")
+        if obj[0] != STATE_VERSION:
+            raise ValueError(f"reputation state of format {obj[0]!r}, written by another release of p2pnet "
+                             f"(this one reads format {STATE_VERSION})")
         _, height, nonces, records, pairs = obj
         recs: Dict[bytes, Dict[str, Record]] = {}
         for r, d, *vals in records:
             recs.setdefault(r, {})[d] = tuple(vals)
-        prs: Dict[bytes, Dict[Tuple[bytes, str], PairUse]] = {}
+        prs: Dict[bytes, Dict[Tuple[bytes, str], PairSay]] = {}
         for x, r, d, *vals in pairs:
             prs.setdefault(x, {})[(r, d)] = tuple(vals)
         return cls(rules, height, {k: v for k, v in nonces}, recs, prs)
@@ -202,6 +215,29 @@ def _decay_record(rec: Record, epoch: int, ppm: int) -> Record:
         return rec
     f = decay_factor(ppm, epoch - e)
     return (ta * f // FP, tb * f // FP, na * f // FP, nb * f // FP, count, epoch)
+
+
+def _fade_say(say: Optional[PairSay], epoch: int, ppm: int, room: int, trusted: int,
+              pools: List[List[int]]) -> Tuple[int, int]:
+    """What a rater's earlier say on a record keeps before its next rating:
+    all of it (decayed) if it fits in ``room``, else scaled down to ``room``
+    (the older ratings fade first, in proportion), and nothing if the rater
+    changed pool (newcomer <-> trusted). What it loses leaves ``pools[pool]``
+    (``[[newcomer alpha, beta], [trusted alpha, beta]]``, updated in place)."""
+    if say is None:
+        return 0, 0
+    sa, sb, se, st = say
+    f = decay_factor(ppm, epoch - se)
+    sa, sb = sa * f // FP, sb * f // FP
+    keep_a, keep_b = sa, sb
+    if st != trusted:
+        keep_a = keep_b = 0
+    elif sa + sb > room:
+        keep_a, keep_b = sa * room // (sa + sb), sb * room // (sa + sb)
+    pool = pools[st]
+    # the record decays apart from the say, so rounding may leave it a little short
+    pool[0], pool[1] = max(0, pool[0] - (sa - keep_a)), max(0, pool[1] - (sb - keep_b))
+    return keep_a, keep_b
 
 
 def _effective(rec: Record, p: Params) -> Tuple[int, int]:
@@ -285,27 +321,26 @@ def apply_txs(state: ReputationState, height: int, txs: Sequence[RatingTx]) -> R
             weights[tx.rater] = rater_weight(state, tx.rater)
         weight, trusted = weights[tx.rater]
         resp, domain = tx.rating.respondent, tx.rating.domain
-        # the rater's remaining budget on this (respondent, domain)
         if tx.rater not in copied_p:
             new.pairs[tx.rater] = dict(new.pairs.get(tx.rater, {}))
             copied_p.add(tx.rater)
-        used, pe = new.pairs[tx.rater].get((resp, domain), (0, epoch))
-        used = used * decay_factor(p.decay_per_epoch_ppm, epoch - pe) // FP
-        # the signal scales what the rating adds, not the rater's budget
-        eff = max(0, min(weight * p.signal_weight(tx.rating.signal) // FP, p.pair_cap * weight // FP - used))
-        new.pairs[tx.rater][(resp, domain)] = (used + eff, epoch)
-        # the record
         if resp not in copied_r:
             new.records[resp] = dict(new.records.get(resp, {}))
             copied_r.add(resp)
         rec = new.records[resp].get(domain, (0, 0, 0, 0, 0, epoch))
         ta, tb, na, nb, count, _ = _decay_record(rec, epoch, p.decay_per_epoch_ppm)
+        pools = [[na, nb], [ta, tb]]  # [newcomer, trusted]
+        say = new.pairs[tx.rater].get((resp, domain))
+        # the signal scales what the rating adds; the rater's say stays within pair_cap * weight
+        cap = p.pair_cap * weight // FP
+        eff = min(weight * p.signal_weight(tx.rating.signal) // FP, cap)
+        sa, sb = _fade_say(say, epoch, p.decay_per_epoch_ppm, cap - eff, int(trusted), pools)
         s = score_fp(tx.rating.score)
         da, db = eff * s // FP, eff * (FP - s) // FP
-        if trusted:
-            ta, tb = ta + da, tb + db
-        else:
-            na, nb = na + da, nb + db
+        new.pairs[tx.rater][(resp, domain)] = (sa + da, sb + db, epoch, int(trusted))
+        pool = pools[int(trusted)]
+        pool[0], pool[1] = pool[0] + da, pool[1] + db
+        (na, nb), (ta, tb) = pools
         new.records[resp][domain] = (ta, tb, na, nb, count + 1, epoch)
     return new
 

@@ -15,7 +15,7 @@ from p2pnet import wire
 from p2pnet.consensus.core import SignState, Tip
 from p2pnet.consensus.errors import LedgerError
 from p2pnet.consensus.genesis import Genesis, genesis_from_json
-from p2pnet.consensus.reputation import ReputationState, Rules, apply_block, genesis_state, tx_hash
+from p2pnet.consensus.reputation import STATE_VERSION, ReputationState, Rules, apply_block, genesis_state, tx_hash
 from p2pnet.consensus.validators import ValidatorSet, commit_hash, tx_root
 
 _BIG = 1 << 30
@@ -138,6 +138,13 @@ class MemoryLedger(_LedgerReads):
         pass
 
 
+def _stored_state(env: lmdb.Environment, dbs: dict) -> Optional[bytes]:
+    """The reputation state bytes an LMDB ledger holds, if any."""
+    with env.begin() as txn:
+        v = txn.get(_META_STATE, db=dbs["meta"])
+    return bytes(v) if v is not None else None
+
+
 class Ledger(_LedgerReads):
     """The ledger in an LMDB environment at ``<data_dir>/ledger/``.
 
@@ -178,6 +185,13 @@ class Ledger(_LedgerReads):
                 env.close()
                 raise LedgerError(f"ledger at {path} belongs to another genesis (chain {stored_genesis.chain_id})")
             genesis = stored_genesis
+            state = _stored_state(env, dbs)
+            version = ReputationState.version_of(state) if state else STATE_VERSION
+            if version != STATE_VERSION:
+                env.close()
+                raise LedgerError(f"ledger at {path} holds a reputation state of format {version}, written by "
+                                  f"another release of p2pnet (this one reads format {STATE_VERSION}); "
+                                  f"move the directory aside to start a new ledger")
         elif not readonly:
             if genesis is None:
                 env.close()
