@@ -71,6 +71,7 @@ def main() -> None:
               f"| {_mean(rows, ('after_warmup', 'probe_adversary_share'))} "
               f"| {_mean(rows, ('queries_until_adversary_below_5pct',))} "
               f"| {_mean(rows, ('after_warmup', 'mean_respondents'))} |")
+    _print_moving_groups(results)
     if args.img is not None:
         from p2pnet.sim.plot import plot_summary
 
@@ -85,6 +86,30 @@ def main() -> None:
                 plot_summary(r, args.img / f"sim-{name}-random.png")
             elif params.get("cost_weight") == 0.015:
                 plot_summary(r, args.img / f"sim-{name}.png")
+
+
+def _print_moving_groups(results) -> None:
+    """How traffic follows an expert whose quality changes mid-run (mixed-threats:
+    one that degrades, one that joins late): each group's share of the user
+    slots per window, mean over the seeds."""
+    from p2pnet.sim import load_scenario
+    from p2pnet.sim.scenario import DEGRADES_AT, JOINS_LATE
+
+    sc = load_scenario(SCENARIOS / "mixed-threats.toml")
+    moving = {g.name: (g.degrades_at if g.behaviour == DEGRADES_AT else g.joins_at)
+              for g in sc.experts if g.behaviour in (DEGRADES_AT, JOINS_LATE)}
+    runs = [r for (name, _, policy, _), r in results if name == "mixed-threats" and policy is None]
+    if not moving or not runs:
+        return
+    ends = [w["end"] for w in runs[0]["series"]]
+    print()
+    print("mixed-threats, share of user slots per window (mean over seeds): "
+          + ", ".join(f"{g} changes at query {at}" for g, at in moving.items()))
+    print("| window ending at query | " + " | ".join(moving) + " |")
+    print("|---|" + "---|" * len(moving))
+    for i, end in enumerate(ends):
+        cells = [statistics.mean(r["series"][i]["group_share"].get(g, 0.0) for r in runs) for g in moving]
+        print(f"| {end} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":

@@ -72,12 +72,15 @@ def test_reputation_routes_around_adversaries(small_run):
 
 
 def test_adversary_share_counts_user_queries_and_probes_apart():
-    def rec(i, probe, respondents, adversary):
-        return QueryRecord(i, "math", probe, True, 1.0, 0.5, respondents=respondents, adversary=adversary)
+    def rec(i, probe, groups, adversary):
+        return QueryRecord(i, "math", probe, True, 1.0, 0.5, respondents=len(groups), adversary=adversary,
+                           groups=groups)
 
-    recs = [rec(0, False, 2, 0), rec(1, False, 2, 1), rec(2, True, 1, 1), rec(3, True, 3, 1)]
+    recs = [rec(0, False, ("good", "good"), 0), rec(1, False, ("good", "liar"), 1), rec(2, True, ("liar",), 1),
+            rec(3, True, ("liar", "good", "good"), 1)]
     (w,) = windows(recs, 1)
     assert w["adversary_share"] == 0.25 and w["probe_adversary_share"] == 0.5
+    assert w["group_share"] == {"good": 0.75, "liar": 0.25}  # user slots only
 
 
 def test_same_seed_same_json(small_run):

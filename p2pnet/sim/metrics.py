@@ -76,12 +76,23 @@ def traffic(recs: Sequence[QueryRecord]) -> dict:
     return {k: round(v / total, 4) for k, v in sorted(counts.items())}
 
 
+def group_share(recs: Sequence[QueryRecord]) -> dict:
+    """Share of user queries' respondent slots per expert group (probes excluded)."""
+    counts: dict = {}
+    for r in recs:
+        if not r.probe:
+            for g in r.groups:
+                counts[g] = counts.get(g, 0) + 1
+    total = sum(counts.values()) or 1
+    return {g: round(v / total, 4) for g, v in sorted(counts.items())}
+
+
 def windows(records: Sequence[QueryRecord], count: int) -> list[dict]:
     size = max(1, -(-len(records) // count))
     out = []
     for start in range(0, len(records), size):
         chunk = records[start:start + size]
-        out.append({"end": start + len(chunk), **_stats(chunk)})
+        out.append({"end": start + len(chunk), **_stats(chunk), "group_share": group_share(chunk)})
     return out
 
 
