@@ -23,9 +23,15 @@ def _ledger_dir(data_dir: Optional[str]) -> Path:
 
 
 def _open(data_dir: Optional[str]):
+    from p2pnet.consensus.errors import LedgerError
     from p2pnet.consensus.store import Ledger
 
-    return Ledger.open(_ledger_dir(data_dir), readonly=True)
+    path = _ledger_dir(data_dir)
+    if not (path / "data.mdb").exists():
+        raise LedgerError(
+            f"no ledger at {path}; pass --data-dir DIR of a node that keeps one, or --api URL to ask a "
+            f"running node (a local swarm keeps a ledger when started with --validators N)")
+    return Ledger.open(path, readonly=True)
 
 
 def _get(api: str, path: str, params: dict) -> dict:

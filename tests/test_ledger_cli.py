@@ -106,6 +106,7 @@ def test_a_ledger_of_another_state_format_is_one_line(data_dir, tmp_path):
 def test_missing_data_dir_is_one_line(tmp_path):
     p = p2pnet("ledger", "verify", "--data-dir", str(tmp_path / "none"))
     assert p.returncode == 1 and "no ledger" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert "--api URL" in p.stderr  # it says where else to look
 
 
 def test_api_mode_gets_the_same_json(data_dir):
