@@ -138,13 +138,6 @@ class MemoryLedger(_LedgerReads):
         pass
 
 
-def _stored_state(env: lmdb.Environment, dbs: dict) -> Optional[bytes]:
-    """The reputation state bytes an LMDB ledger holds, if any."""
-    with env.begin() as txn:
-        v = txn.get(_META_STATE, db=dbs["meta"])
-    return bytes(v) if v is not None else None
-
-
 class Ledger(_LedgerReads):
     """The ledger in an LMDB environment at ``<data_dir>/ledger/``.
 
@@ -185,20 +178,21 @@ class Ledger(_LedgerReads):
                 env.close()
                 raise LedgerError(f"ledger at {path} belongs to another genesis (chain {stored_genesis.chain_id})")
             genesis = stored_genesis
-            state = _stored_state(env, dbs)
-            version = ReputationState.version_of(state) if state else STATE_VERSION
-            if version != STATE_VERSION:
-                env.close()
-                raise LedgerError(f"ledger at {path} holds a reputation state of format {version}, written by "
-                                  f"another release of p2pnet (this one reads format {STATE_VERSION}); "
-                                  f"move the directory aside to start a new ledger")
         elif not readonly:
             if genesis is None:
                 env.close()
                 raise LedgerError(f"new ledger at {path} needs a genesis")
             with env.begin(write=True) as txn:
                 txn.put(_META_GENESIS, genesis.canonical_bytes(), db=dbs["meta"])
-        return cls(env, dbs, genesis, readonly)
+        led = cls(env, dbs, genesis, readonly)
+        state = led.app_state_bytes()
+        version = ReputationState.version_of(state) if state else STATE_VERSION
+        if version != STATE_VERSION:
+            led.close()
+            raise LedgerError(f"ledger at {path} holds a reputation state of format {version}, written by "
+                              f"another release of p2pnet (this one reads format {STATE_VERSION}); "
+                              f"move the directory aside to start a new ledger")
+        return led
 
     def close(self) -> None:
         self.env.close()

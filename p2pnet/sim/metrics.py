@@ -65,26 +65,23 @@ def _stats(recs: Sequence[QueryRecord]) -> dict:
     }
 
 
-def traffic(recs: Sequence[QueryRecord]) -> dict:
-    """Share of respondent slots per expert group and domain."""
+def _shares(keys) -> dict:
+    """Each key's share of all the keys given (one per respondent slot), sorted by key."""
     counts: dict = {}
-    for r in recs:
-        for g in r.groups:
-            key = f"{r.domain}/{g}"
-            counts[key] = counts.get(key, 0) + 1
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
     total = sum(counts.values()) or 1
     return {k: round(v / total, 4) for k, v in sorted(counts.items())}
 
 
+def traffic(recs: Sequence[QueryRecord]) -> dict:
+    """Share of respondent slots per expert group and domain."""
+    return _shares(f"{r.domain}/{g}" for r in recs for g in r.groups)
+
+
 def group_share(recs: Sequence[QueryRecord]) -> dict:
     """Share of user queries' respondent slots per expert group (probes excluded)."""
-    counts: dict = {}
-    for r in recs:
-        if not r.probe:
-            for g in r.groups:
-                counts[g] = counts.get(g, 0) + 1
-    total = sum(counts.values()) or 1
-    return {g: round(v / total, 4) for g, v in sorted(counts.items())}
+    return _shares(g for r in recs if not r.probe for g in r.groups)
 
 
 def windows(records: Sequence[QueryRecord], count: int) -> list[dict]:
