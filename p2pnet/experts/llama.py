@@ -13,9 +13,10 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from p2pnet.experts.backend import (
     CANCELLED, DEADLINE, LENGTH, STOP, Backend, CancelToken, GenerationResult, Message, ModelInfo,
@@ -195,18 +196,8 @@ class LlamaBackend(Backend):
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "max_tokens": max_tokens, "temperature": temperature, "logprobs": True, "cache_prompt": False,
         }
-        token = CancelToken()
-        with self._lock:
-            if self._server is None:
-                raise ModelError(f"{self.path}: model not loaded")
-            server = self._server
-            self._active.add(token)  # close() waits for us
-        try:
+        with self._serving(CancelToken()) as server:
             out = server.handle_chat_completions(request)
-        finally:
-            with self._lock:
-                self._active.discard(token)
-                self._idle.notify_all()
         if "error" in out or not out.get("choices"):
             error = out.get("error") or {}
             message = str(error.get("message", error) if isinstance(error, dict) else error)
@@ -224,21 +215,27 @@ class LlamaBackend(Backend):
             prompt_ms=float(timings.get("prompt_ms", 0.0)), gen_ms=float(timings.get("predicted_ms", 0.0)))
         return result, logprobs
 
-    def _stream(self, request: dict, token: CancelToken, deadline: Optional[float],
-                on_token: Optional[OnToken]) -> GenerationResult:
+    @contextmanager
+    def _serving(self, token: CancelToken) -> Iterator[Any]:
+        """The loaded server, for one generation that close() waits for."""
         with self._lock:
             if self._server is None:
                 raise ModelError(f"{self.path}: model not loaded" if not self._closed
                                  else f"{self.path}: backend is closed")
             server = self._server
             self._active.add(token)
-        state = _StreamState(token, deadline, on_token)
         try:
-            server.handle_chat_completions(request, state.on_chunk)
+            yield server
         finally:
             with self._lock:
                 self._active.discard(token)
                 self._idle.notify_all()
+
+    def _stream(self, request: dict, token: CancelToken, deadline: Optional[float],
+                on_token: Optional[OnToken]) -> GenerationResult:
+        state = _StreamState(token, deadline, on_token)
+        with self._serving(token) as server:
+            server.handle_chat_completions(request, state.on_chunk)
         return state.result()
 
 
