@@ -2,6 +2,7 @@
 token log-probabilities): confidence in [0, 1], escalation at threshold 1,
 none at 0, and --local-only never publishing a Query."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -237,8 +238,12 @@ async def test_http_cascade_answers_locally_escalates_and_refuses(nursery, tmp_p
         assert (exc.value.status, exc.value.code) == (status, code), exc.value
 
 
-async def test_cascade_service_says_busy_when_its_local_slots_are_full():
-    from p2pnet.experts.cascade import CascadingService
+async def test_cascade_answers_take_a_slot_of_the_hosted_expert():
+    """A cascade's local generation counts in the expert's advertised load and
+    its concurrency limit: a network query meanwhile is turned away busy, a
+    second cascade request goes straight to the network, a local-only one is busy."""
+    from p2pnet.experts.backend import Speed
+    from p2pnet.experts.cascade import BUSY, CascadingService
     from p2pnet.experts.errors import Busy
 
     release = trio.Event()
@@ -248,8 +253,10 @@ async def test_cascade_service_says_busy_when_its_local_slots_are_full():
             await release.wait()
             return await super().agenerate(*args, **kwargs)
 
-    expert = Expert("slow", Slow({"What is 2+2?": "4"}), domains=("general",))
-    service = CascadingService(types.SimpleNamespace(chat=Network()), [expert], max_local=1)
+    expert = Expert("slow", Slow({"What is 2+2?": "4"}), domains=("general",), max_concurrency=1)
+    await expert.start(Speed(100.0, 10.0))
+    network = Network()
+    service = CascadingService(types.SimpleNamespace(chat=network), [expert])
     req = ChatRequest("p2pnet", (("user", "What is 2+2?"),), max_tokens=8, cascade=True)
     results = []
     async with trio.open_nursery() as nursery:
@@ -257,9 +264,21 @@ async def test_cascade_service_says_busy_when_its_local_slots_are_full():
             results.append(await service.chat(req))
 
         nursery.start_soon(first)
-        await wait_for(lambda: service.running == 1, 10, "the first cascade answer to start")
-        with pytest.raises(Busy), trio.fail_after(10):  # without the bound it would wait: fail, not hang
-            await service.chat(req)
+        await wait_for(lambda: expert.load == 1, 10, "the first cascade answer to start")
+        assert expert.card().load == 1 and service.running == 1
+        prompt = wire.PromptBody((wire.ChatMessage("user", "What is 2+2?"),), max_tokens=8)
+        with trio.fail_after(10):  # without the bounds a regression would wait: fail, not hang
+            turned_away = await expert.answer(b"q" * 16, prompt, timeout=5.0)
+            escalated = await service.chat(req)
+        assert turned_away.status == "busy", turned_away
+        cascade = escalated.provenance["cascade"]
+        assert (escalated.text, cascade["path"], cascade["method"]) == ("4", NETWORK, BUSY), cascade
+        assert "local model busy" in cascade["reason"] and len(network.calls) == 1
+        with pytest.raises(Busy), trio.fail_after(10):
+            await service.chat(dataclasses.replace(req, local_only=True))
+        assert len(network.calls) == 1  # local-only never reaches the network
         release.set()
-    assert results[0].text == "4" and service.status()["cascade_answered_locally"] == 1
-    assert service.running == 0
+    assert results[0].text == "4" and results[0].provenance["cascade"]["path"] == LOCAL
+    assert service.status()["cascade_answered_locally"] == 1 and service.status()["cascade_escalated"] == 1
+    assert service.running == 0 and expert.load == 0
+    await expert.aclose()

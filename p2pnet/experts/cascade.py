@@ -11,12 +11,13 @@ prompt never leaves the process. See docs/evaluation.md."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, ContextManager, Optional, Sequence
 
 import trio
 
@@ -29,7 +30,7 @@ from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT
 from p2pnet.experts.llama import LlamaBackend, LlamaSettings
 from p2pnet.wire import ChatMessage
 
-LOGPROB, SELF_AGREEMENT, FAILED = "logprob", "self-agreement", "failed"
+LOGPROB, SELF_AGREEMENT, FAILED, BUSY = "logprob", "self-agreement", "failed", "busy"
 LOCAL, NETWORK = "local", "network"
 
 Escalate = Callable[[ChatRequest], Awaitable[ChatResult]]
@@ -94,7 +95,7 @@ class CascadeSettings:
 class LocalAnswer:
     text: str
     confidence: float  # in [0, 1]
-    method: str  # logprob | self-agreement | failed
+    method: str  # logprob | self-agreement | failed | busy (not generated: no free slot)
     completion_tokens: int = 0
     error: str = ""
     prompt_tokens: int = 0
@@ -128,10 +129,12 @@ class Cascade:
     coordinator, or its HTTP API) when the local answer is not confident enough."""
 
     def __init__(self, backend: Backend, escalate: Optional[Escalate] = None,
-                 settings: CascadeSettings = CascadeSettings()) -> None:
+                 settings: CascadeSettings = CascadeSettings(),
+                 slot: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
         self.backend = backend
         self.escalate = escalate
         self.settings = settings
+        self.slot = slot  # held while the local model generates (Expert.occupy); may raise Busy
 
     def _messages(self, req: ChatRequest) -> tuple[ChatMessage, ...]:
         msgs = tuple(ChatMessage(r, c) for r, c in req.messages)
@@ -140,6 +143,12 @@ class Cascade:
         return (ChatMessage("system", self.settings.system_prompt),) + msgs
 
     async def answer_locally(self, req: ChatRequest) -> LocalAnswer:
+        """The local answer and its confidence. Busy (not caught) when the
+        local model's slots are all taken."""
+        with self.slot():
+            return await self._generate(req)
+
+    async def _generate(self, req: ChatRequest) -> LocalAnswer:
         messages = self._messages(req)
         max_tokens = req.max_tokens or self.settings.max_tokens
         try:
@@ -165,12 +174,18 @@ class Cascade:
 
     async def ask(self, req: ChatRequest) -> CascadeResult:
         s = self.settings
-        local = await self.answer_locally(req)
+        try:
+            local = await self.answer_locally(req)
+        except Busy as exc:
+            if s.local_only or self.escalate is None:
+                raise
+            local = LocalAnswer("", 0.0, BUSY, error=str(exc))
         usable = bool(local.text.strip())
         if usable and not should_escalate(local.confidence, s.threshold):
             return CascadeResult(local.text, LOCAL, local, s.threshold,
                                  f"local confidence {local.confidence:.2f} >= threshold {s.threshold:.2f}")
         why = (f"local model failed ({local.error})" if local.method == FAILED else
+               f"local model busy ({local.error})" if local.method == BUSY else
                f"local confidence {local.confidence:.2f} below threshold {s.threshold:.2f}"
                if local.confidence < s.threshold else f"threshold {s.threshold:.2f} always asks the network")
         if s.local_only or self.escalate is None:
@@ -208,18 +223,18 @@ class CascadingService:
 
     The local model is the backend of the first hosted expert on a GGUF model
     (log-probability confidence), else of the first hosted expert of any kind
-    (self-agreement). Its generations run beside the expert's network queries
-    and do not count in the expert's advertised load; at most ``max_local`` run
-    at once, and further cascade requests are answered "busy" (503)."""
+    (self-agreement). Its generations take one of that expert's slots
+    (:meth:`Expert.occupy`): they count in the load its card advertises, and
+    network queries and cascade answers share its ``max_concurrency``. With
+    every slot taken a cascade request goes straight to the network, and a
+    ``local_only`` one is answered "busy" (503)."""
 
-    def __init__(self, inner, experts: Sequence[Any] = (), *, settings: CascadeSettings = CascadeSettings(),
-                 max_local: int = 2) -> None:
+    def __init__(self, inner, experts: Sequence[Any] = (), *,
+                 settings: CascadeSettings = CascadeSettings()) -> None:
         self.inner = inner
-        backends = [e.backend for e in experts]
-        self.backend: Optional[Backend] = next((b for b in backends if isinstance(b, LlamaBackend)),
-                                               backends[0] if backends else None)
+        self.expert = next((e for e in experts if isinstance(e.backend, LlamaBackend)),
+                           experts[0] if experts else None)
         self.settings = settings
-        self.max_local = max_local
         self.running = 0
         self.answered = {LOCAL: 0, NETWORK: 0}
 
@@ -229,18 +244,18 @@ class CascadingService:
     async def chat(self, req: ChatRequest, on_delta=None) -> ChatResult:
         if not (req.cascade or req.local_only or req.cascade_threshold is not None):
             return await self.inner.chat(req, on_delta)
-        if self.backend is None:
+        if self.expert is None:
             raise CascadeUnavailable("this node hosts no model to answer locally first: start it with an "
                                      "expert (without --no-experts it hosts the default model), or leave "
                                      "out 'cascade', 'cascade_threshold' and 'local_only'")
-        if self.running >= self.max_local:
-            raise Busy(f"{self.max_local} cascade answers are being generated on this node; try again shortly")
         plain = dataclasses.replace(req, cascade=False, cascade_threshold=None, local_only=False)
         threshold = self.settings.threshold if req.cascade_threshold is None else req.cascade_threshold
         settings = dataclasses.replace(self.settings, threshold=threshold, local_only=req.local_only)
         self.running += 1
         try:
-            result = await Cascade(self.backend, None if req.local_only else self.inner.chat, settings).ask(plain)
+            cascade = Cascade(self.expert.backend, None if req.local_only else self.inner.chat, settings,
+                              slot=lambda: self.expert.occupy(os.urandom(16)))
+            result = await cascade.ask(plain)
         finally:
             self.running -= 1
         self.answered[result.path] += 1

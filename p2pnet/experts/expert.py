@@ -8,9 +8,10 @@ threads, so the Trio loop stays responsive.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import trio
 
@@ -114,6 +115,22 @@ class Expert:
             price_per_1k=float(self.price_per_1k), load=self.load if load is None else load,
             max_concurrency=self.max_concurrency, backend=info.backend, gpu_layers=info.gpu_layers,
         )
+
+    @contextlib.contextmanager
+    def occupy(self, key: bytes) -> Iterator[None]:
+        """Count work done with this expert's backend outside :meth:`answer`
+        (a cascade's local answer) in its load and its concurrency limit, so
+        the card the network sees says how busy the model is. Raises Busy at
+        once when ``max_concurrency`` generations are running."""
+        if not self._started:
+            raise ExpertsError(f"expert {self.expert_id} is not started")
+        if len(self._running) >= self.max_concurrency or key in self._running:
+            raise Busy(f"expert {self.expert_id} is busy ({self.max_concurrency} generations running)")
+        self._running[key] = _Running(trio.CancelScope(), CancelToken())
+        try:
+            yield
+        finally:
+            del self._running[key]
 
     def cancel(self, query_id: bytes) -> bool:
         """Stop the generation of ``query_id``; its ``answer`` returns status
