@@ -226,10 +226,30 @@ async def test_unknown_path_is_404_and_wrong_method_405(nursery):
 
 async def test_bad_json_body_is_400(nursery):
     _, port = await start(nursery)
-    for body in (b"{", b"\xff\xfe", b"NaN", b"[" * 100_000):
+    # the last three: lone UTF-16 surrogates, as a value, a key and deep in a list
+    for body in (b"{", b"\xff\xfe", b"NaN", b"[" * 100_000, b'{"a": "\\ud800"}', b'{"\\udc00": 1}',
+                 b'[1, [{"b": ["x\\uDBFFy"]}]]'):
         head, answer = await request_once(port, "POST", "/echo", body)
         assert head.status_code == 400, body[:10]
         assert json.loads(answer)["error"]["code"] == "invalid_json"
+    # a surrogate pair is one character and stays welcome
+    head, answer = await request_once(port, "POST", "/echo", b'{"a": "\\ud83d\\ude00"}')
+    assert (head.status_code, json.loads(answer)) == (200, {"got": {"a": "\U0001F600"}})
+
+
+async def test_head_is_get_without_the_body(nursery):
+    _, port = await start(nursery)
+    client = HttpClient(await connect(port))
+    async with client.stream:  # one keep-alive connection: each answer must end cleanly
+        head, body = await client.request("HEAD", "/hello")
+        assert (head.status_code, body) == (200, b"")
+        assert int(header(head, "content-length")) == len(b'{"hello":"world"}')
+        head, body = await client.request("HEAD", "/echo")  # a POST-only route
+        assert (head.status_code, body, header(head, "allow")) == (405, b"", "POST")
+        head, body = await client.request("HEAD", "/nope")
+        assert (head.status_code, body) == (404, b"")
+        head, body = await client.request("GET", "/hello")
+        assert (head.status_code, json.loads(body)) == (200, {"hello": "world"})
 
 
 def test_router_refuses_a_route_twice():

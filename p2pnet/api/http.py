@@ -6,6 +6,7 @@ No I/O here; the server (server.py) drives these over h11.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -33,11 +34,39 @@ def decode_json(body: bytes) -> Any:
     if not body:
         raise HttpError(400, "the request body must be JSON; it is empty", code="invalid_json")
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+        text = body.decode("utf-8")
+        obj = json.loads(text, parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise HttpError(400, "the request body is not UTF-8", code="invalid_json") from None
     except (ValueError, RecursionError) as exc:
         raise HttpError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(obj):
+        raise HttpError(400, "the request body holds a \\u escape of a lone UTF-16 surrogate, "
+                             "which is not a character", code="invalid_json")
+    return obj
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""Only such an escape can put a lone surrogate into a string that json.loads returns."""
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    """Whether any string (key or value) in a parsed JSON value is not valid
+    Unicode text (a lone surrogate, which UTF-8 cannot encode)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 @dataclass(frozen=True)

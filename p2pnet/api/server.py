@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import logging
 from collections import Counter
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
@@ -222,11 +223,13 @@ class HttpServer:
 
     async def _serve_request(self, conn: h11.Connection, stream: trio.SocketStream, client: tuple) -> None:
         deadline = trio.current_time() + self._read_timeout_s
+        head_only = False  # a HEAD request: the answer has headers and no body
         try:
             event = await self._receive_event(conn, stream, deadline)
             if isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, h11.Request), event
+            head_only = event.method == b"HEAD"
             request = await self._read_request(conn, stream, event, client, deadline)
         except _ReadTimeout:
             if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
@@ -241,7 +244,7 @@ class HttpServer:
         else:
             await self._respond(conn, stream, request)
             return
-        await self._send_response(conn, stream, Response.error(error))
+        await self._send_response(conn, stream, Response.error(error), head_only)
 
     async def _receive_event(self, conn: h11.Connection, stream: trio.SocketStream, deadline: float) -> Any:
         while True:
@@ -314,11 +317,16 @@ class HttpServer:
         """Run the handler (and a streaming body's writer) while watching the
         client: if it leaves, they are cancelled."""
         pending: Response | None = None  # the response still to send, if any
+        head_only = request.method == "HEAD"
         with trio.CancelScope() as client_gone:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_for_disconnect, conn, stream, client_gone)
-                response = await self._call_handler(request)
-                if isinstance(response, StreamingResponse):
+                # HEAD is GET without the body
+                response = await self._call_handler(replace(request, method="GET") if head_only else request)
+                if isinstance(response, StreamingResponse) and head_only:
+                    pending = Response.error(HttpError(405, f"HEAD is not allowed on {request.path}: "
+                                                            "its answer is a stream", code="method_not_allowed"))
+                elif isinstance(response, StreamingResponse):
                     pending = await self._send_streaming(conn, stream, request, response, client_gone)
                 else:
                     pending = response
@@ -327,7 +335,7 @@ class HttpServer:
             self._abandoned += 1
             raise _Closed
         if pending is not None:
-            await self._send_response(conn, stream, pending)
+            await self._send_response(conn, stream, pending, head_only)
 
     async def _call_handler(self, request: Request) -> Response | StreamingResponse:
         try:
@@ -361,10 +369,11 @@ class HttpServer:
         self._responses[status] += 1
         return h11.Response(status_code=status, headers=_encode_headers(headers), reason=_reason(status))
 
-    async def _send_response(self, conn: h11.Connection, stream: trio.SocketStream, response: Response) -> None:
+    async def _send_response(self, conn: h11.Connection, stream: trio.SocketStream, response: Response,
+                             head_only: bool = False) -> None:
         headers = (*response.headers, ("content-length", str(len(response.body))))
         head = self._head(conn, response.status, headers)
-        if response.body:
+        if response.body and not head_only:
             await self._send(conn, stream, head, h11.Data(data=response.body), h11.EndOfMessage())
         else:
             await self._send(conn, stream, head, h11.EndOfMessage())
