@@ -314,7 +314,7 @@ class Answer(Message):
     KIND: ClassVar[str] = "answer"
     query_id: bytes
     expert_id: str
-    status: str  # ok | busy | error | cancelled | timeout
+    status: str  # ok | busy | error | cancelled | timeout | rejected (the prompt itself, e.g. too long)
     box: bytes
     answer_hash: bytes
     prompt_tokens: int = 0
@@ -322,7 +322,7 @@ class Answer(Message):
     gen_ms: int = 0
     error: str = ""
 
-    STATUSES: ClassVar[tuple] = ("ok", "busy", "error", "cancelled", "timeout")
+    STATUSES: ClassVar[tuple] = ("ok", "busy", "error", "cancelled", "timeout", "rejected")
 
     def validate(self) -> None:
         _check(len(self.query_id) == 16, "query_id must have 16 bytes")

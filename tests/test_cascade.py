@@ -100,6 +100,18 @@ class Alternating(Backend):
         return GenerationResult("Paris." if self.n % 2 else "Lyon.", "stop", 3, 2)
 
 
+async def test_a_prompt_longer_than_the_local_context(smol):
+    """local-only: 400 (the prompt is at fault), not 500; a cascade escalates it instead."""
+    from p2pnet.experts.errors import BadQuery
+
+    long = ChatRequest("p2pnet", (("user", "hello " * 600),), max_tokens=8)  # the fixture's n_ctx is 512
+    with pytest.raises(BadQuery, match="context"):
+        await Cascade(smol, None, CascadeSettings(local_only=True)).ask(long)
+    network = Network()
+    out = await Cascade(smol, network, CascadeSettings()).ask(long)
+    assert (out.path, len(network.calls)) == (NETWORK, 1) and out.local.refused
+
+
 async def test_self_agreement_without_logprobs():
     result = await Cascade(Alternating(), Network(), CascadeSettings(threshold=0.0, samples=3)).ask(TWO)
     assert (result.local.method, result.confidence) == (SELF_AGREEMENT, 0.5)

@@ -154,6 +154,26 @@ async def test_all_respondents_busy_is_503(nursery, tmp_path):
     assert exc.value.body["code"] == "no_expert_available"
 
 
+class _ContextTooSmall(scripted.ScriptedBackend):
+    """Refuses every prompt the way llama.cpp refuses one longer than its context."""
+
+    async def agenerate(self, *args, **kwargs):
+        from p2pnet.experts.errors import BadQuery
+        raise BadQuery("request (9026 tokens) exceeds the available context size (2048 tokens)")
+
+
+async def test_a_prompt_every_expert_refuses_is_400_and_rates_nobody(nursery, tmp_path):
+    """Not 503 'try again': the prompt itself is at fault (e.g. too long for the
+    model), and a refusal says nothing about the experts' quality."""
+    nodes = await start_cluster(nursery, tmp_path, [_ContextTooSmall({}), paris(failure=scripted.BUSY)])
+    with pytest.raises(openai.APIStatusError) as exc:
+        await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, respondents=2))
+    assert exc.value.status_code == 400 and exc.value.body["code"] == "invalid_request", exc.value.body
+    assert "1 of 2 experts cannot answer this prompt" in exc.value.body["message"]
+    assert "exceeds the available context size" in exc.value.body["message"]
+    assert list(coordinator_of(nodes[0]).ratings.pending()) == [], "a refusal must not be rated"
+
+
 async def test_respondent_dies_mid_answer(nursery, tmp_path):
     """One respondent's node goes away while it generates: the coordinator
     still answers from the other, after cancelling the straggler at the deadline."""

@@ -24,7 +24,7 @@ import trio
 from p2pnet.api.errors import ApiError
 from p2pnet.api.types import ChatRequest, ChatResult
 from p2pnet.experts.backend import Backend
-from p2pnet.experts.errors import Busy, ExpertsError, ModelError, QueryError
+from p2pnet.experts.errors import BadQuery, Busy, ExpertsError, ModelError, QueryError
 from p2pnet.experts.evaluation import agreement
 from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT
 from p2pnet.experts.llama import LlamaBackend, LlamaSettings
@@ -100,6 +100,7 @@ class LocalAnswer:
     error: str = ""
     prompt_tokens: int = 0
     finish_reason: str = "stop"  # stop | length
+    refused: bool = False  # failed because of the prompt itself (BadQuery, e.g. longer than the context)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class Cascade:
                                result.completion_tokens, prompt_tokens=result.prompt_tokens,
                                finish_reason=_finish(result.finish_reason))
         except ExpertsError as exc:
-            return LocalAnswer("", 0.0, FAILED, error=str(exc))
+            return LocalAnswer("", 0.0, FAILED, error=str(exc), refused=isinstance(exc, BadQuery))
 
     async def ask(self, req: ChatRequest) -> CascadeResult:
         s = self.settings
@@ -190,7 +191,7 @@ class Cascade:
                if local.confidence < s.threshold else f"threshold {s.threshold:.2f} always asks the network")
         if s.local_only or self.escalate is None:
             if not usable:
-                raise QueryError(f"{why}, and the network may not be asked")
+                raise (BadQuery if local.refused else QueryError)(f"{why}, and the network may not be asked")
             return CascadeResult(local.text, LOCAL, local, s.threshold, f"{why}; local only: not escalated")
         try:
             remote = await self.escalate(req)

@@ -400,6 +400,10 @@ class Coordinator:
         if evaluation.chosen is None:
             self.failed += 1
             statuses = sorted({c.status for c in cands})
+            refusals = [pending.hashes[k].get("error", "") for k, c in zip(keys, cands) if c.status == "rejected"]
+            if refusals and not timed_out:  # the prompt is at fault: asking again will not help
+                raise BadQuery(f"{len(refusals)} of {len(cands)} experts cannot answer this prompt: "
+                               f"{refusals[0] or 'no reason given'}")
             if timed_out or "timeout" in statuses:
                 raise DeadlineExceeded(f"no answer before the deadline (respondents: {', '.join(statuses)})")
             raise NoExpertAvailable(f"no usable answer (respondents: {', '.join(statuses)})")

@@ -18,7 +18,7 @@ import trio
 from p2pnet.experts.backend import (
     CANCELLED, DEADLINE, Backend, CancelToken, OnToken, Speed,
 )
-from p2pnet.experts.errors import Busy, DeadlineExceeded, ExpertsError, QueryError
+from p2pnet.experts.errors import BadQuery, Busy, DeadlineExceeded, ExpertsError, QueryError
 from p2pnet.wire import ChatMessage, ModelCard, PromptBody
 
 log = logging.getLogger("p2pnet.experts.expert")
@@ -28,8 +28,10 @@ HARD_STOP_GRACE = 2.0
 """Seconds past the timeout after which a generation is cancelled outright
 (the backend is first asked to stop at the timeout, keeping its partial text)."""
 
-# ExpertAnswer statuses: the same strings as wire.Answer.status
-OK, BUSY, ERROR, CANCELLED_STATUS, TIMEOUT = "ok", "busy", "error", "cancelled", "timeout"
+# ExpertAnswer statuses: the same strings as wire.Answer.status. REJECTED: the
+# prompt cannot be answered by this model at all (e.g. longer than its context);
+# asking again will not help, and it says nothing about the expert's quality.
+OK, BUSY, ERROR, CANCELLED_STATUS, TIMEOUT, REJECTED = "ok", "busy", "error", "cancelled", "timeout", "rejected"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class ExpertAnswer:
             raise Busy(self.error or "expert is busy")
         if self.status == TIMEOUT:
             raise DeadlineExceeded(self.error or "the expert did not answer in time")
+        if self.status == REJECTED:
+            raise BadQuery(self.error or "the expert cannot answer this prompt")
         raise QueryError(self.error or self.status)
 
 
@@ -179,6 +183,8 @@ class Expert:
                     cancel=token)
         except Busy as exc:
             return ExpertAnswer(BUSY, error=str(exc))
+        except BadQuery as exc:
+            return ExpertAnswer(REJECTED, error=str(exc))
         except ExpertsError as exc:
             return ExpertAnswer(ERROR, error=str(exc))
         except Exception as exc:  # a backend bug must not take the node down
