@@ -244,6 +244,8 @@ async def test_http_cascade_answers_locally_escalates_and_refuses(nursery, tmp_p
     bare = await _node(nursery, tmp_path, "bare", None, (coord.network.listen_addrs[0],))
     for api, extra, status, code in ((coord.api_url, {"cascade": "yes"}, 400, "invalid_type"),
                                      (coord.api_url, {"cascade_threshold": 1.5}, 400, "invalid_value"),
+                                     (coord.api_url, {"model": "nope", "local_only": True}, 404,
+                                      "model_not_found"),
                                      (bare.api_url, {"cascade": True}, 400, "cascade_unavailable")):
         with pytest.raises(HttpError) as exc:
             await post(api, **extra)
@@ -268,7 +270,7 @@ async def test_cascade_answers_take_a_slot_of_the_hosted_expert():
     expert = Expert("slow", Slow({"What is 2+2?": "4"}), domains=("general",), max_concurrency=1)
     await expert.start(Speed(100.0, 10.0))
     network = Network()
-    service = CascadingService(types.SimpleNamespace(chat=network), [expert])
+    service = CascadingService(types.SimpleNamespace(chat=network, requested_model=lambda req: None), [expert])
     req = ChatRequest("p2pnet", (("user", "What is 2+2?"),), max_tokens=8, cascade=True)
     results = []
     async with trio.open_nursery() as nursery:

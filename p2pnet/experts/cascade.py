@@ -249,6 +249,7 @@ class CascadingService:
             raise CascadeUnavailable("this node hosts no model to answer locally first: start it with an "
                                      "expert (without --no-experts it hosts the default model), or leave "
                                      "out 'cascade', 'cascade_threshold' and 'local_only'")
+        self.inner.requested_model(req)  # an unknown model is 404 here too, as without the cascade
         plain = dataclasses.replace(req, cascade=False, cascade_threshold=None, local_only=False)
         threshold = self.settings.threshold if req.cascade_threshold is None else req.cascade_threshold
         settings = dataclasses.replace(self.settings, threshold=threshold, local_only=req.local_only)

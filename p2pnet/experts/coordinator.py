@@ -190,12 +190,8 @@ class Coordinator:
             from p2pnet.experts.errors import Busy
 
             raise Busy(f"{self.max_pending} queries in flight on this node; try again shortly")
-        self._refresh_local()
         now = self.clock()
-        model = None if req.model in (AUTO_MODEL, "auto", "") else req.model
-        if model is not None and model not in self.directory.models(now):
-            raise UnknownModel(f"no expert in the network serves model {req.model!r} "
-                               f"(GET /v1/models lists them)")
+        model = self.requested_model(req)
         domain = (req.domain or "general").lower()
         candidates = self.directory.candidates(now, domain, model)
         if not candidates:
@@ -438,6 +434,16 @@ class Coordinator:
         return dataclasses.replace(evaluation, chosen=pick, reason=(
             f"no majority among {len(usable)} answers: the expert with the best standing in "
             f"{domain!r} ({mean[pick]:.2f})"))
+
+    def requested_model(self, req: ChatRequest) -> Optional[str]:
+        """The model ``req`` names, None for any; UnknownModel if no expert
+        known to this node (its own included) serves it."""
+        self._refresh_local()
+        model = None if req.model in (AUTO_MODEL, "auto", "") else req.model
+        if model is not None and model not in self.directory.models(self.clock()):
+            raise UnknownModel(f"no expert in the network serves model {req.model!r} "
+                               f"(GET /v1/models lists them)")
+        return model
 
     def _record_ratings(self, query_hash, keys, cands, rated, domain, pending) -> None:
         for key, cand, scored in zip(keys, cands, rated):
