@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from p2pnet.config import MAX_JUDGES
 from p2pnet_cli.main import cli
 from p2pnet_cli.util import api_base, emit, local_model_store, post_json
 
@@ -24,7 +25,7 @@ from p2pnet_cli.util import api_base, emit, local_model_store, post_json
 @click.option("--system", default=None, help="A system prompt.")
 @click.option("--stream/--no-stream", default=None, help="Print the answer as it arrives (default: on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole response as JSON.")
-@click.option("--judges", type=click.IntRange(0, 16), default=None,
+@click.option("--judges", type=click.IntRange(0, MAX_JUDGES), default=None,
               help="How many other experts rank the answers (peer judging; costs extra generations).")
 @click.option("--cascade", is_flag=True,
               help="Answer with the local small model first; ask the network only if it is not confident.")
@@ -42,6 +43,12 @@ def ask(question, api, data_dir, domain, respondents, model, max_tokens, deadlin
 
     from p2pnet.api import client
 
+    if not question.strip():
+        raise click.BadParameter("is empty: ask something", param_hint="QUESTION")
+    _check_utf8(question, "QUESTION")
+    _check_utf8(system or "", "--system")
+    if api:
+        api = api_base(api, data_dir)  # a bad --api fails now, before a local model loads
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
     body = {"model": model, "messages": messages}
     for key, value in (("domain", domain), ("respondents", respondents), ("max_tokens", max_tokens),
@@ -80,6 +87,15 @@ def ask(question, api, data_dir, domain, respondents, model, max_tokens, deadlin
         _print_provenance(out.get("p2pnet") or {})
     if with_feedback:
         _ask_feedback(base, (out.get("p2pnet") or {}).get("query_id"))
+
+
+def _check_utf8(text: str, name: str) -> None:
+    """Refuse text that is not UTF-8 (such argv bytes arrive as lone surrogates)
+    before anything is sent or loaded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.BadParameter("is not valid UTF-8 text", param_hint=name) from None
 
 
 def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_json, with_feedback) -> None:
@@ -128,9 +144,17 @@ def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_jso
 def _ask_feedback(base: str, query_id) -> None:
     if not query_id:
         return
-    verdict = click.prompt("accept this answer? [a]ccept / [r]eject / [s]kip", err=True,
-                           type=click.Choice(["a", "r", "s", "accept", "reject", "skip"]), default="s",
-                           show_choices=False, show_default=False)
+    try:
+        verdict = click.prompt("accept this answer? [a]ccept / [r]eject / [s]kip", err=True,
+                               type=click.Choice(["a", "r", "s", "accept", "reject", "skip"]), default="s",
+                               show_choices=False, show_default=False)
+    except click.exceptions.Abort:
+        if sys.stdin.isatty():
+            raise
+        # stdin is a pipe or a file (a verdict may come from it): its end skips the feedback
+        click.echo(f"\nno verdict on stdin: feedback skipped (later: p2pnet feedback {query_id} accept|reject)",
+                   err=True)
+        return
     if verdict[0] == "s":
         return
     _send_feedback(base, query_id, verdict[0] == "a")

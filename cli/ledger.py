@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
@@ -35,16 +33,20 @@ def _open(data_dir: Optional[str]):
 
 
 def _get(api: str, path: str, params: dict) -> dict:
+    """GET a ledger route of the node at --api (with $P2PNET_API_KEY, no proxy)."""
+    from p2pnet.api.errors import HttpError
+    from p2pnet_cli.util import api_url, get_json
+
+    base = api_url(api)
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-    url = api.rstrip("/") + path + (f"?{query}" if query else "")
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace").strip().splitlines()
-        raise click.ClickException(f"{url}: HTTP {exc.code} {detail[0] if detail else ''}".strip()) from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise click.ClickException(f"{url}: {getattr(exc, 'reason', exc)}") from None
+        return get_json(base + path + (f"?{query}" if query else ""))
+    except HttpError as exc:
+        if exc.status == 404 and exc.message.startswith("no such path"):  # the route, not a block, is missing
+            message = f"the node at {base} keeps no ledger (it was started without --genesis)"
+        else:
+            message = f"the node at {base} answered {exc.status}: {exc.message}"
+        raise click.ClickException(message) from None
 
 
 def _echo_json(obj: dict) -> None:

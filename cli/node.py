@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from p2pnet.config import default_data_dir
+from p2pnet.config import MAX_JUDGES, default_data_dir
 from p2pnet_cli.main import cli
 from p2pnet_cli.util import api_base, emit, get_json, post_json
 
@@ -48,7 +48,8 @@ def node() -> None:
 @click.option("--genesis", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Genesis file.")
 @click.option("--probe-interval", "probe_interval_s", type=float, default=None,
               help="Seconds between probe queries with known answers (default: 300 on validators, else off).")
-@click.option("--judges", type=int, default=None, help="Experts asked to rank each query's answers (default 0).")
+@click.option("--judges", type=click.IntRange(0, MAX_JUDGES), default=None,
+              help="Experts asked to rank each query's answers (default 0).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 def node_start(data_dir, config_file, **flags) -> None:
     """Start a node in the foreground (Ctrl-C stops it cleanly)."""
@@ -64,6 +65,7 @@ def node_start(data_dir, config_file, **flags) -> None:
         raise click.ClickException(
             f"a node (pid {running['pid']}) is already running with data dir {cfg.data_dir}"
         )
+    _check_before_start(cfg)
     node_obj = Node(cfg, handle_signals=True)
     click.echo(f"p2pnet node {node_obj.peer_id} starting (data dir {cfg.data_dir})", err=True)
     trio.run(node_obj.run)
@@ -149,6 +151,22 @@ def messages(data_dir, api, as_json, since) -> None:
         return
     for m in out["messages"]:
         click.echo(f"#{m['n']} {m['from'][:16]}…: {m['text']}")
+
+
+def _check_before_start(cfg) -> None:
+    """Fail before any startup work on what the node would fail on later:
+    each --expert spec and its model, the --genesis file."""
+    from p2pnet.consensus import load_genesis
+    from p2pnet.experts import modelstore
+    from p2pnet.experts.spec import SCRIPTED_PREFIX, parse_expert_spec
+
+    store = cfg.model_store or cfg.data_dir
+    for text in () if cfg.no_experts else cfg.experts:
+        spec = parse_expert_spec(text)
+        if not spec.model.startswith(SCRIPTED_PREFIX) and spec.model not in modelstore.default_registry():
+            modelstore.resolve(spec.model, store)  # a known name is pulled at start; others must exist
+    if cfg.genesis is not None:
+        load_genesis(cfg.genesis)
 
 
 def _pid_alive(pid) -> bool:

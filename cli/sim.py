@@ -26,7 +26,10 @@ def sim_command(scenario: Path, seed, policy_name, json_out, plot_out) -> None:
     the real coordinator, selection, evaluation and reputation code."""
     from p2pnet.experts.selection import POLICIES
     from p2pnet.sim import load_scenario, run_scenario
+    from p2pnet.sim.scenario import MAX_SEED
 
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise click.BadParameter(f"{seed} is not in [0, {MAX_SEED}] (as a scenario's seed)", param_hint="--seed")
     sc = load_scenario(scenario)
     if policy_name is not None:
         if policy_name not in POLICIES:

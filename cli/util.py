@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit
 
 import click
 
@@ -20,7 +21,7 @@ def default_swarm_dir() -> Path:
 def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
     """The API URL to talk to: --api, else the running node of the data dir."""
     if api:
-        return api.rstrip("/")
+        return api_url(api)
     from p2pnet.node import read_runtime
 
     d = Path(data_dir) if data_dir else default_data_dir()
@@ -33,6 +34,21 @@ def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
             f"no running node found for data dir {d} (start one with `p2pnet node start`, or pass --api URL)"
         )
     return info["api"].rstrip("/")
+
+
+def api_url(api: str) -> str:
+    """--api checked as an http(s) URL with a host; the base URL without a
+    trailing slash or /v1 (an OpenAI-style base URL names the same node)."""
+    try:
+        parts = urlsplit(api)
+        parts.port  # a port that is not a number raises here
+    except ValueError as exc:
+        raise click.BadParameter(f"{api!r} is not a URL ({exc})", param_hint="--api") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{api!r} is not an http:// or https:// URL with a host, e.g. "
+                                 "http://127.0.0.1:8700", param_hint="--api")
+    base = api.rstrip("/")
+    return base[:-len("/v1")].rstrip("/") if base.endswith("/v1") else base
 
 
 def local_model_store(model_store: Optional[Path], data_dir: Optional[Path]) -> Path:

@@ -29,6 +29,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_JUDGES = 16
+"""The most experts asked to rank one query's answers (the --judges bound)."""
+
+
 class ConfigError(P2PNetError):
     """A configuration file or flag has a bad value."""
 
@@ -86,6 +91,8 @@ class NodeConfig:
             raise ConfigError("validator: a validator needs --genesis FILE")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: {self.log_level!r} is not debug/info/warning/error")
+        if not 0 <= self.judges <= MAX_JUDGES:
+            raise ConfigError(f"judges: {self.judges} is not between 0 and {MAX_JUDGES}")
         if self.threads < 0 or self.gpu_layers < 0:
             raise ConfigError("threads/gpu_layers must not be negative")
         return self
@@ -128,9 +135,17 @@ def _coerce(key: str, value: Any) -> Any:
 def load_file(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
+            data = fh.read(MAX_CONFIG_BYTES + 1)  # bounded: the path may name a device or a huge file
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB, not a config file")
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text, not a TOML config file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     out = {}

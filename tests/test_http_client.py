@@ -116,6 +116,14 @@ def test_no_node_answering_says_how_to_start_one():
     assert isinstance(info.value, ApiError)
 
 
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1/status", "ftp://127.0.0.1:1/status",
+                                 "http://127.0.0.1:port/status", "http://127.0.0.1:1/a b"])
+def test_an_unusable_url_is_a_client_error(url):
+    for call_it in (lambda: get_json(url), lambda: post_json(url, {}), lambda: list(stream_json(url, {}))):
+        with pytest.raises(ApiError, match="is not a usable node URL"):
+            call_it()
+
+
 async def test_a_node_that_does_not_answer_in_time(node):
     url, _ = node
     with pytest.raises(NodeUnreachable) as info:

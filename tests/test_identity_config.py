@@ -65,6 +65,8 @@ def test_config_file_then_flags(tmp_path):
     ("bootstrap = ['/ip4/127.0.0.1/tcp/1']\n", "bootstrap"),
     ("validator = true\n", "validator"),
     ("api_port = [\n", "node.toml"),
+    ("judges = 17\n", "judges"),
+    ("judges = -1\n", "judges"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, key):
     f = tmp_path / "node.toml"
@@ -78,3 +80,16 @@ def test_api_beyond_loopback_needs_a_key(tmp_path, monkeypatch):
     with pytest.raises(config.ConfigError, match="api_key"):
         config.build(None, data_dir=tmp_path, api_host="0.0.0.0")
     assert config.build(None, data_dir=tmp_path, api_host="0.0.0.0", api_key="k").api_key == "k"
+
+
+def test_config_file_not_text_or_too_large_names_the_file(tmp_path):
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(config.ConfigError, match="bin.toml is not UTF-8 text"):
+        config.build(binary, data_dir=tmp_path)
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (config.MAX_CONFIG_BYTES + 1))  # a comment: valid TOML but for its size
+    with pytest.raises(config.ConfigError, match="big.toml is larger than 1 MiB"):
+        config.build(big, data_dir=tmp_path)
+    big.write_bytes(b"#" * config.MAX_CONFIG_BYTES)
+    assert config.build(big, data_dir=tmp_path).api_port == 8700

@@ -17,8 +17,8 @@ from p2pnet.consensus.views import block_json, ledger_state, reputation_json, ve
 RUN = "import sys; from p2pnet_cli.main import main; main(sys.argv[1:])"
 
 
-def p2pnet(*args):
-    return subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, timeout=120)
+def p2pnet(*args, env=None):
+    return subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -145,4 +145,38 @@ def test_api_mode_gets_the_same_json(data_dir):
         server.shutdown()
         server.server_close()
         thread.join()
+        led.close()
+
+
+async def test_api_mode_sends_the_api_key_without_proxy_and_explains_a_missing_ledger(data_dir, nursery):
+    import os
+
+    import trio
+
+    from p2pnet.api.http import Response, Router
+    from p2pnet.api.server import HttpServer
+
+    led = Ledger.open(data_dir / "ledger", readonly=True)
+
+    async def standings(request):
+        return Response.json(200, reputation_json(ledger_state(led), request.arg("domain")))
+
+    with_ledger, without = Router(), Router()
+    with_ledger.add("GET", "/reputation", standings)
+    api = await nursery.start(HttpServer(with_ledger, api_key="key").run)
+    bare = await nursery.start(HttpServer(without, api_key="key").run)
+    env = {**os.environ, "P2PNET_API_KEY": "key", "http_proxy": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
+    try:
+        ok = await trio.to_thread.run_sync(lambda: p2pnet("reputation", "--json", "--api", api, env=env))
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout) == reputation_json(ledger_state(led), None)
+        for args in (("reputation",), ("ledger", "show"), ("ledger", "verify")):
+            p = await trio.to_thread.run_sync(lambda: p2pnet(*args, "--api", bare, env=env))
+            assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+                f"p2pnet: the node at {bare} keeps no ledger (it was started without --genesis)"]
+        env["P2PNET_API_KEY"] = "wrong"
+        p = await trio.to_thread.run_sync(lambda: p2pnet("reputation", "--api", api, env=env))
+        assert p.returncode == 1 and p.stderr.startswith(f"p2pnet: the node at {api} answered 401: ")
+    finally:
         led.close()

@@ -196,6 +196,34 @@ def test_cli_reports_a_bad_scenario_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == ["p2pnet: error: workload.windows: must lie in [1, 1000], got 0"]
 
 
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999999"])
+def test_cli_seed_out_of_the_scenario_range_is_refused(tmp_path, seed):
+    sc = tmp_path / "tiny.toml"
+    sc.write_text(BASE)
+    code = "import sys; from p2pnet_cli import main, sim; main.main(sys.argv[1:])"
+    proc = subprocess.run([sys.executable, "-c", code, "sim", str(sc), "--seed", seed], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"p2pnet: Invalid value for --seed: {seed} is not in [0, {2**63 - 1}] (as a scenario's seed)"]
+
+
+def test_a_scenario_file_that_is_not_text_or_too_large_names_the_file(tmp_path):
+    from p2pnet.sim import load_scenario
+    from p2pnet.sim.scenario import MAX_SCENARIO_BYTES
+
+    garbage = tmp_path / "garbage.toml"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ScenarioError, match="garbage.toml is not UTF-8 text"):
+        load_scenario(garbage)
+    big = tmp_path / "big.toml"
+    big.write_bytes(BASE.encode() + b"#" * MAX_SCENARIO_BYTES)
+    with pytest.raises(ScenarioError, match="big.toml is larger than 1 MiB, not a scenario file"):
+        load_scenario(big)
+    big.write_bytes(BASE.encode())
+    assert load_scenario(big).name == "big"
+
+
 def test_cli_writes_json(tmp_path):
     sc = tmp_path / "tiny.toml"
     sc.write_text(BASE + "[workload]\nqueries = 40\n")

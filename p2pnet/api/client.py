@@ -23,7 +23,17 @@ def _base(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def _bad_url(url: str, reason: Any) -> ApiError:
+    return ApiError(f"{url!r} is not a usable node URL ({reason}); give one like http://127.0.0.1:8700")
+
+
 def _request(url: str, obj: Any, api_key: str | None, accept: str) -> urllib.request.Request:
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:
+        raise _bad_url(url, exc) from None
+    if scheme not in ("http", "https"):
+        raise _bad_url(url, "not http:// or https://")
     headers = {"Accept": accept}
     data = None
     if obj is not None:
@@ -72,6 +82,8 @@ def _open(request: urllib.request.Request, timeout: float):
         raise NodeUnreachable(f"the node at {_base(url)} did not answer within {timeout} s") from None
     except (ConnectionError, OSError) as exc:
         raise NodeUnreachable(f"the connection to {_base(url)} failed: {exc}") from None
+    except (ValueError, http.client.InvalidURL) as exc:  # a port that is no number, control characters
+        raise _bad_url(url, exc) from None
 
 
 def _read_json(response, url: str, timeout: float) -> Any:

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import trio
 
 from p2pnet import sealing, wire
+from p2pnet.config import MAX_JUDGES
 from p2pnet.api.types import ChatRequest, ChatResult
 from p2pnet.experts.directory import Directory, ExpertRef
 from p2pnet.experts.errors import BadQuery, DeadlineExceeded, NoExpertAvailable, UnknownModel
@@ -212,8 +213,8 @@ class Coordinator:
         except wire.WireError as exc:
             raise BadQuery(str(exc)) from None
         judges = 0 if probe is not None else (req.judges if req.judges is not None else self.default_judges)
-        if not 0 <= judges <= 16:
-            raise BadQuery("judges must be between 0 and 16")
+        if not 0 <= judges <= MAX_JUDGES:
+            raise BadQuery(f"judges must be between 0 and {MAX_JUDGES}")
         query_id = os.urandom(16)
         self._recent.append(tuple(ref.peer_str for ref in selection.chosen))
         pending = _Pending(query_id, now, {ref.key: ref for ref in selection.chosen})

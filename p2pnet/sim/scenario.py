@@ -27,6 +27,8 @@ BEHAVIOURS = (HONEST, LAZY, RANDOM, ADVERSARIAL, COLLUDING, SYBIL, JOINS_LATE, D
 DISHONEST_RATERS = (ADVERSARIAL, COLLUDING, SYBIL)
 """Behaviours whose ratings are rewritten: their ring 1.0, everyone else 0.0."""
 MAX_PEERS = 100_000
+MAX_SEED = 2**63 - 1
+MAX_SCENARIO_BYTES = 1 << 20
 
 
 class ScenarioError(P2PNetError):
@@ -223,7 +225,7 @@ def _expert(obj: Any, i: int, queries: int) -> ExpertGroup:
 def scenario_from_obj(obj: Any, default_name: str = "scenario") -> Scenario:
     top = _Table(obj, "")
     name = top.string("name", default_name)
-    seed = top.number("seed", 1, 0, 2**63 - 1, integer=True)
+    seed = top.number("seed", 1, 0, MAX_SEED, integer=True)
 
     t = top.table("workload")
     wl_queries = t.number("queries", 300, 1, 10_000_000, integer=True)
@@ -340,9 +342,16 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and check a scenario file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SCENARIO_BYTES + 1)  # bounded: the path may name a device or a huge file
     except OSError as exc:
         raise ScenarioError(f"scenario {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(f"scenario {path} is larger than {MAX_SCENARIO_BYTES >> 20} MiB, not a scenario file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ScenarioError(f"scenario {path} is not UTF-8 text, not a scenario file") from None
     return parse_scenario(text, path.stem)
 
 
