@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from p2pnet.experts.backend import Backend
-from p2pnet.experts.errors import Busy, DeadlineExceeded, QueryError
+from p2pnet.experts.errors import BadQuery, Busy, DeadlineExceeded, QueryError
 from p2pnet.experts.expert import HARD_STOP_GRACE, Expert
 from p2pnet.experts.scripted import ScriptedBackend
 from p2pnet.wire import ChatMessage, ModelCard, PromptBody
@@ -162,6 +162,27 @@ async def test_cancel_by_query_id_through_a_worker_thread():
         assert expert.load == 1
         expert.cancel(qid(1))
     assert results[0].status == "cancelled" and expert.load == 0
+
+
+@pytest.mark.parametrize("error, status", [
+    (BadQuery("request (9026 tokens) exceeds the available context size (2048 tokens)"), "rejected"),
+    (Busy("the model server is busy"), "busy"),
+    (QueryError("llama.cpp: failed"), "error"),
+])
+async def test_backend_errors_from_a_worker_thread_become_statuses(error, status, caplog):
+    """A thread-based backend's error reaches Expert.answer as itself (not
+    wrapped in an exception group by the nursery that watches for
+    cancellation), so it gets its status and no 'generation failed' traceback."""
+
+    class Failing(_Threaded):
+        def generate(self, *args, **kwargs):
+            raise error
+
+    expert = await started(Failing(ANSWERS))
+    answer = await expert.answer(qid(1), prompt(), timeout=10)
+    assert (answer.status, answer.error) == (status, str(error))
+    assert not [r for r in caplog.records if "generation failed" in r.getMessage()]
+    assert expert.load == 0
 
 
 async def test_card():

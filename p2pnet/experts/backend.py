@@ -167,13 +167,19 @@ async def run_cancellable(fn: Callable[[], object], token: CancelToken):
             if not done:
                 token.cancel()
 
+    value, error = None, None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(signal_on_cancel)
         try:
-            return await trio.to_thread.run_sync(fn)
+            value = await trio.to_thread.run_sync(fn)
+        except Exception as exc:  # raised below, not from the nursery (which would wrap it in a group)
+            error = exc
         finally:
             done = True
             nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return value
 
 
 def _rate(tokens: int, ms: float) -> float:
