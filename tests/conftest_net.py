@@ -1,7 +1,11 @@
-"""Waiting on conditions with a bounded deadline (never a fixed sleep), and a
-ticker that shows the Trio loop runs while a worker thread generates."""
+"""Waiting on conditions with a bounded deadline (never a fixed sleep), a
+ticker that shows the Trio loop runs while a worker thread generates, and a
+throwaway JSON server for CLI tests."""
 
+import contextlib
+import json
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import trio
 
@@ -33,3 +37,39 @@ class LoopTicker:
             if self.ticks == self.n:
                 self.ticked.set()
                 return
+
+
+@contextlib.contextmanager
+def json_server(respond):
+    """An HTTP server on 127.0.0.1 in a thread, for a CLI run in a subprocess to
+    talk to: ``respond(method, path, body)`` (path with its query; body the
+    parsed JSON of a POST, else None) returns the object answered with 200.
+    Yields the base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, body) -> None:
+            data = json.dumps(respond(self.command, self.path, body)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._answer(None)
+
+        def do_POST(self):
+            self._answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -1,12 +1,9 @@
 """The CLI on bad input: one clear line on stderr and a non-zero exit, never
 a traceback or an "internal error"."""
 
-import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import click
 import pytest
@@ -15,6 +12,8 @@ from p2pnet.config import ConfigError
 from p2pnet.consensus import generate_genesis
 from p2pnet_cli import main as main_mod
 from p2pnet_cli.util import api_url
+
+from .conftest_net import json_server
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup
@@ -129,32 +128,15 @@ def fake_node():
     """A node API answering every question; it records the requests."""
     seen = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.path, body))
-            if self.path == "/v1/chat/completions":
-                out = {"choices": [{"message": {"role": "assistant", "content": "Paris."}}],
-                       "p2pnet": {"query_id": "ab" * 16}}
-            else:
-                out = {"recorded": True, "expert_id": "e", "respondent": "p" * 20}
-            data = json.dumps(out).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def respond(method, path, body):
+        seen.append((path, body))
+        if path == "/v1/chat/completions":
+            return {"choices": [{"message": {"role": "assistant", "content": "Paris."}}],
+                    "p2pnet": {"query_id": "ab" * 16}}
+        return {"recorded": True, "expert_id": "e", "respondent": "p" * 20}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with json_server(respond) as url:
+        yield url, seen
 
 
 def test_feedback_with_stdin_at_its_end_is_skipped(tmp_path, fake_node):

@@ -2,8 +2,6 @@ import json
 import struct
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import lmdb
@@ -13,6 +11,8 @@ from p2pnet.consensus.replica import Replica
 from p2pnet.consensus.sim import Simulation, scenario_txs
 from p2pnet.consensus.store import Ledger
 from p2pnet.consensus.views import block_json, ledger_state, reputation_json, verify_json
+
+from .conftest_net import json_server
 
 RUN = "import sys; from p2pnet_cli.main import main; main(sys.argv[1:])"
 
@@ -112,39 +112,23 @@ def test_missing_data_dir_is_one_line(tmp_path):
 def test_api_mode_gets_the_same_json(data_dir):
     led = Ledger.open(data_dir / "ledger", readonly=True)
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            url = urlparse(self.path)
-            q = {k: v[0] for k, v in parse_qs(url.query).items()}
-            if url.path == "/ledger/block":
-                body = block_json(led, int(q["height"]) if "height" in q else None)
-            elif url.path == "/ledger/verify":
-                body = verify_json(led)
-            else:
-                body = reputation_json(ledger_state(led), q.get("domain"))
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def respond(method, path, body):
+        url = urlparse(path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path == "/ledger/block":
+            return block_json(led, int(q["height"]) if "height" in q else None)
+        if url.path == "/ledger/verify":
+            return verify_json(led)
+        return reputation_json(ledger_state(led), q.get("domain"))
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        api = f"http://127.0.0.1:{server.server_address[1]}"
-        via_api = json.loads(p2pnet("ledger", "show", "2", "--json", "--api", api).stdout)
-        assert via_api == block_json(led, 2)
-        rep = json.loads(p2pnet("reputation", "--json", "--api", api, "--domain", "code").stdout)
-        assert rep == reputation_json(ledger_state(led), "code")
-        assert p2pnet("ledger", "verify", "--api", api).stdout.startswith("OK")
+        with json_server(respond) as api:
+            via_api = json.loads(p2pnet("ledger", "show", "2", "--json", "--api", api).stdout)
+            assert via_api == block_json(led, 2)
+            rep = json.loads(p2pnet("reputation", "--json", "--api", api, "--domain", "code").stdout)
+            assert rep == reputation_json(ledger_state(led), "code")
+            assert p2pnet("ledger", "verify", "--api", api).stdout.startswith("OK")
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
         led.close()
 
 
