@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from p2pnet.errors import P2PNetError
+from p2pnet.files import SmallFileError, read_small_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,7 +30,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-MAX_CONFIG_BYTES = 1 << 20
 MAX_JUDGES = 16
 """The most experts asked to rank one query's answers (the --judges bound)."""
 
@@ -134,18 +134,13 @@ def _coerce(key: str, value: Any) -> Any:
 
 def load_file(path: Path) -> dict:
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)  # bounded: the path may name a device or a huge file
+        raw = tomllib.loads(read_small_text(path, "a TOML config file"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB, not a config file")
-    try:
-        raw = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text, not a TOML config file") from None
+    except SmallFileError as exc:
+        raise ConfigError(f"config file {path} {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     out = {}

@@ -51,6 +51,19 @@ def test_missing_file_is_one_clear_error(tmp_path):
         load_genesis(tmp_path / "nope.json")
 
 
+def test_a_genesis_file_that_is_not_text_or_too_large_names_the_file(tmp_path):
+    from p2pnet.files import SMALL_FILE_BYTES
+
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(GenesisError, match="bin.json is not UTF-8 text, not a genesis file"):
+        load_genesis(binary)
+    big = tmp_path / "big.json"  # read no further than the bound: the path may name a device
+    big.write_bytes(b" " * SMALL_FILE_BYTES + generate_genesis([b"k" * 32]).to_json().encode())
+    with pytest.raises(GenesisError, match="big.json is larger than 1 MiB, not a genesis file"):
+        load_genesis(big)
+
+
 def test_block_must_fit_a_message():
     with pytest.raises(GenesisError, match="max_block_txs"):
         Params(max_block_txs=10_000, max_tx_bytes=1024).validate()

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from p2pnet import config, identity
+from p2pnet.files import SMALL_FILE_BYTES
 
 
 def test_key_created_0600_and_stable(tmp_path):
@@ -88,8 +89,8 @@ def test_config_file_not_text_or_too_large_names_the_file(tmp_path):
     with pytest.raises(config.ConfigError, match="bin.toml is not UTF-8 text"):
         config.build(binary, data_dir=tmp_path)
     big = tmp_path / "big.toml"
-    big.write_bytes(b"#" * (config.MAX_CONFIG_BYTES + 1))  # a comment: valid TOML but for its size
+    big.write_bytes(b"#" * (SMALL_FILE_BYTES + 1))  # a comment: valid TOML but for its size
     with pytest.raises(config.ConfigError, match="big.toml is larger than 1 MiB"):
         config.build(big, data_dir=tmp_path)
-    big.write_bytes(b"#" * config.MAX_CONFIG_BYTES)
+    big.write_bytes(b"#" * SMALL_FILE_BYTES)
     assert config.build(big, data_dir=tmp_path).api_port == 8700

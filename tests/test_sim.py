@@ -210,14 +210,14 @@ def test_cli_seed_out_of_the_scenario_range_is_refused(tmp_path, seed):
 
 def test_a_scenario_file_that_is_not_text_or_too_large_names_the_file(tmp_path):
     from p2pnet.sim import load_scenario
-    from p2pnet.sim.scenario import MAX_SCENARIO_BYTES
+    from p2pnet.files import SMALL_FILE_BYTES
 
     garbage = tmp_path / "garbage.toml"
     garbage.write_bytes(bytes(range(256)) * 4)
     with pytest.raises(ScenarioError, match="garbage.toml is not UTF-8 text"):
         load_scenario(garbage)
     big = tmp_path / "big.toml"
-    big.write_bytes(BASE.encode() + b"#" * MAX_SCENARIO_BYTES)
+    big.write_bytes(BASE.encode() + b"#" * SMALL_FILE_BYTES)
     with pytest.raises(ScenarioError, match="big.toml is larger than 1 MiB, not a scenario file"):
         load_scenario(big)
     big.write_bytes(BASE.encode())

@@ -19,6 +19,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 
 from p2pnet import wire
 from p2pnet.consensus.errors import GenesisError
+from p2pnet.files import SmallFileError, read_small_text
 
 MAX_TOTAL_POWER = 100_000
 MAX_VALIDATORS = 200
@@ -209,9 +210,11 @@ def genesis_from_json(text: str | bytes) -> Genesis:
 def load_genesis(path: str | Path) -> Genesis:
     """Read and check a genesis file; GenesisError naming the bad key."""
     try:
-        text = Path(path).read_bytes()
+        text = read_small_text(path, "a genesis file")
     except OSError as exc:
         raise GenesisError(f"genesis {path}: {exc.strerror or exc}") from None
+    except SmallFileError as exc:
+        raise GenesisError(f"genesis {path} {exc}") from None
     return genesis_from_json(text)
 
 

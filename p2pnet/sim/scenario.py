@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from p2pnet.errors import P2PNetError
+from p2pnet.files import SmallFileError, read_small_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +29,6 @@ DISHONEST_RATERS = (ADVERSARIAL, COLLUDING, SYBIL)
 """Behaviours whose ratings are rewritten: their ring 1.0, everyone else 0.0."""
 MAX_PEERS = 100_000
 MAX_SEED = 2**63 - 1
-MAX_SCENARIO_BYTES = 1 << 20
 
 
 class ScenarioError(P2PNetError):
@@ -342,16 +342,11 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and check a scenario file."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_SCENARIO_BYTES + 1)  # bounded: the path may name a device or a huge file
+        text = read_small_text(path, "a scenario file")
     except OSError as exc:
         raise ScenarioError(f"scenario {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_SCENARIO_BYTES:
-        raise ScenarioError(f"scenario {path} is larger than {MAX_SCENARIO_BYTES >> 20} MiB, not a scenario file")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ScenarioError(f"scenario {path} is not UTF-8 text, not a scenario file") from None
+    except SmallFileError as exc:
+        raise ScenarioError(f"scenario {path} {exc}") from None
     return parse_scenario(text, path.stem)
 
 
