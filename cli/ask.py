@@ -11,6 +11,11 @@ from p2pnet.config import MAX_JUDGES
 from p2pnet_cli.main import cli
 from p2pnet_cli.util import api_base, emit, local_model_store, post_json
 
+ACCEPT = ("a", "accept", "y", "yes")
+REJECT = ("r", "reject", "n", "no")
+SKIP = ("s", "skip")
+VERDICTS = ACCEPT + REJECT + SKIP
+
 
 @cli.command()
 @click.argument("question")
@@ -146,8 +151,8 @@ def _ask_feedback(base: str, query_id) -> None:
         return
     try:
         verdict = click.prompt("accept this answer? [a]ccept / [r]eject / [s]kip", err=True,
-                               type=click.Choice(["a", "r", "s", "accept", "reject", "skip"]), default="s",
-                               show_choices=False, show_default=False)
+                               type=click.Choice(VERDICTS, case_sensitive=False), default="s",
+                               show_choices=False, show_default=False).lower()
     except click.exceptions.Abort:
         if sys.stdin.isatty():
             raise
@@ -155,14 +160,16 @@ def _ask_feedback(base: str, query_id) -> None:
         click.echo(f"\nno verdict on stdin: feedback skipped (later: p2pnet feedback {query_id} accept|reject)",
                    err=True)
         return
-    if verdict[0] == "s":
+    if verdict in SKIP:
         return
-    _send_feedback(base, query_id, verdict[0] == "a")
+    _send_feedback(base, query_id, verdict in ACCEPT)
 
 
 def _send_feedback(base: str, query_id: str, accept: bool) -> dict:
     out = post_json(base + "/v1/feedback", {"query_id": query_id, "accept": accept})
     note = "recorded" if out.get("recorded") else f"not recorded: {out.get('reason', '')}"
+    if out.get("note"):
+        note += f" ({out['note']})"
     click.echo(f"feedback {'accept' if accept else 'reject'} for {out.get('expert_id')} "
                f"on {str(out.get('respondent', ''))[:16]}…: {note}", err=True)
     return out

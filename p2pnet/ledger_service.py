@@ -25,6 +25,8 @@ from p2pnet.gossip import topics
 log = logging.getLogger("p2pnet.ledger")
 
 RESUBMIT_INTERVAL_S = 5.0
+TX_WRAP_AGE_MS = wire.MAX_STALENESS_MS // 4
+"""A rating older than this is gossiped inside a fresh wire.Tx (see _Net.publish_tx)."""
 
 
 class _Net:
@@ -37,7 +39,23 @@ class _Net:
         await self.network.publish(topics.CONSENSUS, message)
 
     async def publish_tx(self, envelope: bytes) -> None:
-        self.network.publish_raw_nowait(topics.TXS, envelope)
+        """Gossip a rating. One stamped so long ago that receivers would drop
+        it as stale (queued across a restart, or through a stalled chain)
+        travels inside a fresh ``wire.Tx``: their staleness and replay checks
+        apply to that wrapper, and the ledger's nonce rule still lets the
+        rating itself commit at most once (re-signing it instead would give
+        it a second nonce)."""
+        if self._aged(envelope):
+            await self.network.publish(topics.TXS, wire.Tx(envelope))
+        else:
+            self.network.publish_raw_nowait(topics.TXS, envelope)
+
+    def _aged(self, envelope: bytes) -> bool:
+        try:
+            env = wire.open_envelope(envelope)
+        except wire.WireError:
+            return False  # not ours to judge here: receivers drop it and say why
+        return self.network.clock() * 1000 - env.ts_ms > TX_WRAP_AGE_MS
 
     async def request(self, peer: bytes, message: wire.Message) -> wire.Message:
         return await self.network.request(peer, message)

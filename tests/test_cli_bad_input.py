@@ -148,9 +148,10 @@ def test_feedback_with_stdin_at_its_end_is_skipped(tmp_path, fake_node):
     assert [path for path, _ in seen] == ["/v1/chat/completions"]  # the /v1 base URL reached the right path
 
 
-def test_feedback_verdict_from_a_pipe_is_still_read(tmp_path, fake_node):
+@pytest.mark.parametrize("typed, accept", [("a", True), ("Yes", True), ("n", False), ("REJECT", False)])
+def test_feedback_verdict_from_a_pipe_is_still_read(tmp_path, fake_node, typed, accept):
     url, seen = fake_node
-    proc = p2pnet("ask", "--api", url, "--no-stream", "--feedback", "capital of France?", stdin="a\n",
+    proc = p2pnet("ask", "--api", url, "--no-stream", "--feedback", "capital of France?", stdin=typed + "\n",
                   home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert seen[-1] == ("/v1/feedback", {"query_id": "ab" * 16, "accept": True})
+    assert seen[-1] == ("/v1/feedback", {"query_id": "ab" * 16, "accept": accept})

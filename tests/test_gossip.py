@@ -256,3 +256,39 @@ async def test_publishing_after_shutdown_began_says_busy(nursery):
         net.publish_raw_nowait(topics.BROADCAST, net.signer.seal(wire.Broadcast("late")))
     with pytest.raises(OutboxFull):
         await net.publish(topics.BROADCAST, wire.Broadcast("late"))
+
+
+async def test_an_aged_rating_is_gossiped_inside_a_fresh_tx(nursery):
+    """A rating queued across a restart is older than receivers accept. Sent
+    bare it is dropped as stale (and counts against its sender); the ledger
+    service re-stamps it by wrapping it in a wire.Tx of its own node, which
+    leaves the rating itself, and so its nonce, untouched."""
+    from p2pnet.ledger_service import TX_WRAP_AGE_MS, _Net
+
+    a = make_net()
+    got = Collector(a, topics.TXS)
+    await nursery.start(a.run)
+    b = make_net(addr_of(a))
+    await nursery.start(b.run)
+    await wait_for(lambda: b.mesh().get(topics.TXS, 0) >= 1, 30, "mesh")
+
+    def rating(ts_ms):
+        return b.signer.seal(wire.Rating(query_hash=os.urandom(32), respondent=a.peer_id, expert_id="e",
+                                         domain="trivia", answer_hash=os.urandom(32), score=1.0), ts_ms=ts_ms)
+
+    now_ms = int(b.clock() * 1000)
+    stale = rating(now_ms - 3 * wire.MAX_STALENESS_MS)
+    b.publish_raw_nowait(topics.TXS, stale)  # what the node did before
+    await wait_for(lambda: a.stats.dropped[wire.STALE] == 1, 30, "the bare stale rating to be dropped")
+    aged = rating(now_ms - 3 * wire.MAX_STALENESS_MS)
+    fresh = rating(now_ms)
+    assert now_ms - wire.open_envelope(aged).ts_ms > TX_WRAP_AGE_MS
+    await _Net(b).publish_tx(aged)
+    await _Net(b).publish_tx(fresh)
+    await wait_for(lambda: len(got.items) == 2, 30, "both ratings")
+    wrapped, bare = sorted(got.items, key=lambda env: env.kind != wire.Tx.KIND)
+    assert wrapped.kind == wire.Tx.KIND and wrapped.message.envelope == aged
+    assert bare.kind == wire.Rating.KIND and bare.raw == fresh
+    assert a.stats.dropped[wire.STALE] == 1 and sum(a.stats.dropped.values()) == 1
+    a.close()
+    b.close()

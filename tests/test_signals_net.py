@@ -134,6 +134,7 @@ async def test_feedback_rates_the_chosen_answer_once(nursery, tmp_path):
 
     got = await trio.to_thread.run_sync(feedback, {"query_id": query_id, "accept": False})
     assert got["recorded"] is True and got["respondent"] == nodes[1].peer_id
+    assert "keeps no ledger" in got["note"]  # queued, and the reply says no block will take it yet
     rating = ratings_of(co)[nodes[1].peer_id]
     assert (rating.signal, rating.score, rating.domain) == ("feedback", 0.0, "general")
     assert rating.answer_hash == hashlib.sha256(b"The capital of France is Paris.").digest()

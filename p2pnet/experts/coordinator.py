@@ -505,7 +505,11 @@ class Coordinator:
         out = {"query_id": query_id, "accept": bool(accept), "recorded": recorded,
                "respondent": wire.peer_id_str(target.respondent), "expert_id": target.expert_id}
         if not recorded:
-            out["reason"] = "own expert: no self-rating" if own else "the feedback signal's weight is 0"
+            out["reason"] = ("the answer came from this node's own expert, and no node rates itself" if own
+                             else "the feedback signal's weight is 0")
+        elif self.submit_rating is None:
+            out["note"] = ("this node keeps no ledger (it runs without a genesis file): the rating waits "
+                           "in its queue until the node runs with one")
         return out
 
     def traffic(self) -> dict:

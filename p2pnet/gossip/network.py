@@ -47,7 +47,7 @@ TOPIC_KINDS = {
     topics.QUERIES: {wire.Query.KIND, wire.Cancel.KIND},
     topics.ANSWERS: {wire.Answer.KIND},  # AnswerChunks travel only over direct streams
     topics.CONSENSUS: {wire.Proposal.KIND, wire.Vote.KIND},
-    topics.TXS: {wire.Rating.KIND},
+    topics.TXS: {wire.Rating.KIND, wire.Tx.KIND},  # Tx: an aged rating re-stamped by its node
     topics.BROADCAST: {wire.Broadcast.KIND},
 }
 
