@@ -9,7 +9,7 @@ import click
 
 from p2pnet.config import MAX_JUDGES
 from p2pnet_cli.main import cli
-from p2pnet_cli.util import api_base, emit, local_model_store, post_json
+from p2pnet_cli.util import api_base, api_url, emit, local_model_store, post_json
 
 ACCEPT = ("a", "accept", "y", "yes")
 REJECT = ("r", "reject", "n", "no")
@@ -107,6 +107,7 @@ def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_jso
     """The local model first (in this process), the node's API if it is not confident."""
     import trio
 
+    from p2pnet.api.errors import ApiError
     from p2pnet.api.types import ChatRequest, ChatResult
     from p2pnet.experts.cascade import NETWORK, Cascade, CascadeSettings, open_local_model
 
@@ -114,9 +115,14 @@ def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_jso
     req = ChatRequest(model=body["model"], messages=tuple((m["role"], m["content"]) for m in body["messages"]),
                       max_tokens=body.get("max_tokens"))
     base_box: list = []
+    if api:
+        api_url(api)  # a bad --api is the user's error, before the model runs
 
     async def escalate(_req) -> ChatResult:
-        base_box.append(api_base(api, data_dir))
+        try:
+            base_box.append(api_base(api, data_dir))
+        except click.ClickException as exc:  # no running node: the cascade keeps a usable local answer
+            raise ApiError(exc.format_message()) from None
         out = await trio.to_thread.run_sync(lambda: post_json(base_box[0] + "/v1/chat/completions", body,
                                                               timeout=(body.get("deadline_s") or 120) + 30))
         usage = out.get("usage") or {}
@@ -134,8 +140,14 @@ def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_jso
         result = trio.run(cascade.ask, req)
     finally:
         backend.close()
-    if as_json:
-        emit(result.to_json())
+    if as_json:  # the shape of `ask --json` (and of the API's cascade answers)
+        import time
+        import uuid
+
+        from p2pnet.api.openai_schema import completion_object
+
+        emit(completion_object(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body["model"],
+                               result.as_chat_result()))
     else:
         click.echo(result.text)
         if result.network is not None:

@@ -13,11 +13,23 @@ import click
 
 from p2pnet_cli.main import cli
 
+DATA_DIR_HELP = ("Node data dir (default: $P2PNET_HOME or ~/.p2pnet; if that keeps no ledger, "
+                 "the local swarm's first node).")
+
 
 def _ledger_dir(data_dir: Optional[str]) -> Path:
+    """--data-dir's ledger; without one, the default data dir's, else the
+    local swarm's first node's (as `ask` falls back to that node)."""
     from p2pnet.config import default_data_dir
+    from p2pnet_cli.util import default_swarm_dir
 
-    return Path(data_dir).expanduser() / "ledger" if data_dir else default_data_dir() / "ledger"
+    if data_dir:
+        return Path(data_dir).expanduser() / "ledger"
+    own = default_data_dir() / "ledger"
+    swarm = default_swarm_dir() / "node0" / "ledger"
+    if not (own / "data.mdb").exists() and (swarm / "data.mdb").exists():
+        return swarm
+    return own
 
 
 def _open(data_dir: Optional[str]):
@@ -26,9 +38,10 @@ def _open(data_dir: Optional[str]):
 
     path = _ledger_dir(data_dir)
     if not (path / "data.mdb").exists():
+        where = "" if data_dir else " and the local swarm's nodes keep none"
         raise LedgerError(
-            f"no ledger at {path}; pass --data-dir DIR of a node that keeps one, or --api URL to ask a "
-            f"running node (a local swarm keeps a ledger when started with --validators N)")
+            f"no ledger at {path}{where}; pass --data-dir DIR of a node that keeps one, or --api URL to ask "
+            f"a running node (a local swarm keeps a ledger when started with --validators N)")
     return Ledger.open(path, readonly=True)
 
 
@@ -61,8 +74,8 @@ def ledger() -> None:
 @ledger.command("show")
 @click.argument("height", type=int, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Node data dir (default: $P2PNET_HOME).")
-@click.option("--api", help="Ask a node's HTTP API instead, e.g. http://127.0.0.1:8080.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help=DATA_DIR_HELP)
+@click.option("--api", help="Ask a node's HTTP API instead, e.g. http://127.0.0.1:8700.")
 def show(height: Optional[int], as_json: bool, data_dir: Optional[str], api: Optional[str]) -> None:
     """Show block HEIGHT (the latest without one)."""
     if api:
@@ -87,7 +100,7 @@ def show(height: Optional[int], as_json: bool, data_dir: Optional[str], api: Opt
 
 
 @ledger.command("verify")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Node data dir (default: $P2PNET_HOME).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help=DATA_DIR_HELP)
 @click.option("--api", help="Ask a node's HTTP API instead.")
 def verify(data_dir: Optional[str], api: Optional[str]) -> None:
     """Replay the chain from genesis; print OK or the first inconsistency (exit 1)."""
@@ -108,7 +121,7 @@ def verify(data_dir: Optional[str], api: Optional[str]) -> None:
 @cli.command("reputation")
 @click.option("--domain", help="Only this domain.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Node data dir (default: $P2PNET_HOME).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help=DATA_DIR_HELP)
 @click.option("--api", help="Ask a node's HTTP API instead.")
 def reputation(domain: Optional[str], as_json: bool, data_dir: Optional[str], api: Optional[str]) -> None:
     """Experts' reputation standings, best first."""
@@ -131,5 +144,5 @@ def reputation(domain: Optional[str], as_json: bool, data_dir: Optional[str], ap
         click.echo(f"{s['peer_id']}  {s['domain']:<16} score {s['score']:.3f}  "
                    f"confidence {s['confidence']:.2f}  ratings {s['count']}"
                    + ("" if share is None else f"  traffic {share:.0%}"))
-    if traffic:
+    if traffic.get("share"):
         click.echo(f"traffic: share of respondent slots in this node's last {traffic['queries']} queries")

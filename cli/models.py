@@ -77,9 +77,12 @@ def pull_cmd(name: str, data_dir: Optional[Path], wheel: Optional[Path], force: 
 @_data_dir_option
 @_json_option
 def list_cmd(data_dir: Optional[Path], as_json: bool) -> None:
-    """List the models stored in DATA_DIR/models/ and the known ones."""
-    data_dir = data_dir or default_data_dir()
-    stored = modelstore.list_models(data_dir)
+    """List the models stored in DATA_DIR/models/ (without --data-dir, the
+    local swarm's store too) and the known ones."""
+    from p2pnet_cli.util import default_swarm_dir
+
+    dirs = [data_dir] if data_dir else [default_data_dir(), default_swarm_dir()]
+    stored = [m for d in dirs for m in modelstore.list_models(d)]
     if as_json:
         click.echo(json.dumps([m.to_json() for m in stored]))
         return

@@ -31,7 +31,8 @@ def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
         info = read_runtime(default_swarm_dir() / "node0")
     if not info or not info.get("api"):
         raise click.ClickException(
-            f"no running node found for data dir {d} (start one with `p2pnet node start`, or pass --api URL)"
+            f"no running node found for data dir {d} (start one with `p2pnet node start` or a local swarm "
+            f"with `p2pnet swarm up`, or pass --api URL)"
         )
     return info["api"].rstrip("/")
 

@@ -139,9 +139,11 @@ async def test_local_only_publishes_no_query(nursery, tmp_path, smol, model_cach
         "ask", "--cascade", "--threshold", "1", "--api", coord.api_url, "--model-store", str(model_cache),
         "--max-tokens", "8", "--json", "What is 2+2?"))
     assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout)
-    assert (got["path"], got["text"], got["method"]) == (NETWORK, "2 + 2 = 4", LOGPROB)
-    assert 0.0 <= got["confidence"] <= 1.0 and len(got["network"]["query_id"]) == 32
+    got = json.loads(out.stdout)  # the shape of `ask --json`, the cascade's account under p2pnet
+    how = got["p2pnet"]["cascade"]
+    assert (how["path"], got["choices"][0]["message"]["content"], how["method"]) == (NETWORK, "2 + 2 = 4", LOGPROB)
+    assert 0.0 <= how["confidence"] <= 1.0 and len(got["p2pnet"]["query_id"]) == 32
+    assert got["object"] == "chat.completion" and got["usage"]["completion_tokens"] > 0
     assert sum(isinstance(m, wire.Query) for m in published) == 2
 
 
@@ -151,6 +153,20 @@ def test_cli_cascade_local_only(model_cache, smollm2_path, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
     assert "answered by: local (local confidence" in out.stderr and "local only" in out.stderr
+    out = p2pnet("ask", "--local-only", "--json", "--model-store", str(model_cache), "--data-dir", str(tmp_path),
+                 "--max-tokens", "8", "What is 2+2?")
+    got = json.loads(out.stdout)
+    assert got["choices"][0]["message"]["content"].strip() and got["p2pnet"]["cascade"]["path"] == LOCAL
+
+
+def test_cli_cascade_with_no_node_running_keeps_the_local_answer(model_cache, smollm2_path, tmp_path):
+    out = p2pnet("ask", "--cascade", "--threshold", "1", "--model-store", str(model_cache),
+                 "--data-dir", str(tmp_path), "--max-tokens", "8", "What is 2+2?")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+    assert "the network failed (no running node found" in out.stderr and "kept the local answer" in out.stderr
+    bad = p2pnet("ask", "--cascade", "--api", "localhost:8700", "--model-store", str(model_cache), "What?")
+    assert bad.returncode == 2 and "--api" in bad.stderr and not bad.stdout  # refused before the model runs
 
 
 def test_cli_cascade_finds_the_model_the_local_swarm_pulled(model_cache, smollm2_path, tmp_path):

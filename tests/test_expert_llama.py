@@ -61,6 +61,13 @@ async def test_answer(expert):
     assert answer.completion_tokens > 0 and answer.prompt_tokens > 0
 
 
+async def test_a_prompt_longer_than_the_context_is_rejected_with_advice(expert):
+    answer = await expert.answer(b"\x03" * 16, q("word " * 3000), timeout=60)
+    assert answer.status == "rejected"
+    assert "exceeds the available context size" in answer.error and "ctx=N" in answer.error
+    assert "try increasing it" not in answer.error
+
+
 async def test_cancel_by_query_id_stops_the_model(expert):
     first_token = threading.Event()
     results = []

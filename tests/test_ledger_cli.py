@@ -109,6 +109,22 @@ def test_missing_data_dir_is_one_line(tmp_path):
     assert "--api URL" in p.stderr  # it says where else to look
 
 
+def test_without_flags_the_local_swarms_first_node_is_read(data_dir, tmp_path):
+    import os
+    import shutil
+
+    home = tmp_path / "home"
+    env = {**os.environ, "P2PNET_HOME": str(home)}
+    p = p2pnet("reputation", env=env)
+    assert p.returncode == 1 and "the local swarm's nodes keep none" in p.stderr
+    shutil.copytree(data_dir / "ledger", home / "swarm" / "node0" / "ledger")
+    p = p2pnet("reputation", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == json.loads(p2pnet("reputation", "--json", "--data-dir", str(data_dir)).stdout)
+    p = p2pnet("ledger", "verify", env=env)
+    assert p.returncode == 0 and p.stdout.startswith("OK (")
+
+
 def test_api_mode_gets_the_same_json(data_dir):
     led = Ledger.open(data_dir / "ledger", readonly=True)
 

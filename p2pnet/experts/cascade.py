@@ -124,6 +124,18 @@ class CascadeResult:
             out["network"] = {"query_id": self.network.query_id, **self.network.provenance}
         return out
 
+    def as_chat_result(self) -> ChatResult:
+        """The answer as the API gives it: the network's result, or the local
+        one under a fresh query id, with ``provenance["cascade"]`` saying
+        which path answered and why."""
+        info = {k: v for k, v in self.to_json().items() if k not in ("text", "network")}
+        if self.network is not None:
+            return dataclasses.replace(self.network, provenance={**self.network.provenance, "cascade": info})
+        local = self.local
+        return ChatResult(text=self.text, finish_reason=local.finish_reason, prompt_tokens=local.prompt_tokens,
+                          completion_tokens=local.completion_tokens, query_id=os.urandom(16).hex(),
+                          provenance={"cascade": info})
+
 
 class Cascade:
     """Ask the local ``backend`` first; ``escalate`` (e.g. the node's
@@ -261,14 +273,7 @@ class CascadingService:
         finally:
             self.running -= 1
         self.answered[result.path] += 1
-        info = {k: v for k, v in result.to_json().items() if k not in ("text", "network")}
-        if result.network is not None:
-            net = result.network
-            return dataclasses.replace(net, provenance={**net.provenance, "cascade": info})
-        local = result.local
-        return ChatResult(text=result.text, finish_reason=local.finish_reason, prompt_tokens=local.prompt_tokens,
-                          completion_tokens=local.completion_tokens, query_id=os.urandom(16).hex(),
-                          provenance={"cascade": info})
+        return result.as_chat_result()
 
     def status(self) -> dict:
         return {"cascade_running": self.running, "cascade_answered_locally": self.answered[LOCAL],

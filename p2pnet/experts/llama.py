@@ -290,6 +290,9 @@ class _StreamState:
         if self.error is not None:
             message = str(self.error.get("message", self.error))
             if self.error.get("code") == 400:
+                if "context size" in message:  # llama.cpp's "..., try increasing it" names no way to
+                    message = (message.replace(", try increasing it", "") + "; shorten the prompt, or host "
+                               "the expert with a larger context (ctx=N in its --expert spec)")
                 raise BadQuery(message)
             raise QueryError(f"llama.cpp: {message}")
         finish = self.stopped or (STOP if self.finish_reason == STOP else LENGTH)
