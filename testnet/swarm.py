@@ -128,6 +128,55 @@ def _node_status(data_dir: Path) -> Optional[dict]:
         return None
 
 
+def prepare_genesis(swarm_dir: Path, dirs: Sequence[Path], keys: Sequence[bytes],
+                    progress: Callable[[str], None] = lambda msg: None) -> Path:
+    """The swarm's genesis file for validators ``keys``. The one already there
+    is kept if it names the same validators, so the chain and the nodes'
+    ledgers carry on across `swarm down` and `swarm up`; otherwise a new chain
+    starts. A node's ledger of any other chain (a node refuses to start on
+    one) is moved aside, never deleted."""
+    from p2pnet.consensus.genesis import GenesisError, generate_genesis, load_genesis
+
+    path = swarm_dir / "genesis.json"
+    try:
+        old = load_genesis(path) if path.exists() else None
+    except GenesisError:
+        old = None
+    keep = old is not None and sorted(bytes(v.pub_key) for v in old.validators) == sorted(map(bytes, keys))
+    genesis = old if keep else generate_genesis(keys, chain_id=f"p2pnet-local-{time.time_ns() // 1_000_000}")
+    for d in dirs:
+        ledger = d / "ledger"
+        if not (ledger / "data.mdb").exists():
+            continue
+        chain = _ledger_genesis(ledger)
+        if chain is not None and chain.hash() == genesis.hash():
+            continue
+        aside = d / f"ledger.{chain.chain_id if chain is not None else 'unreadable'}"
+        n = 1
+        while aside.exists():
+            aside, n = d / f"ledger.{chain.chain_id if chain is not None else 'unreadable'}~{n}", n + 1
+        ledger.rename(aside)
+        progress(f"moved the ledger of another chain aside: {aside}")
+    if keep:
+        progress(f"keeping {path} (chain {genesis.chain_id}, {len(keys)} validators): the ledgers carry on")
+    else:
+        path.write_text(genesis.to_json())
+        progress(f"wrote {path} with {len(keys)} validators")
+    return path
+
+
+def _ledger_genesis(path: Path):
+    """The genesis a ledger was made for; None if it cannot be read."""
+    from p2pnet.consensus.errors import LedgerError
+    from p2pnet.consensus.store import Ledger
+
+    try:
+        with Ledger.open(path, readonly=True) as led:
+            return led.genesis
+    except LedgerError:
+        return None
+
+
 def up(
     n: int,
     swarm_dir: Path,
@@ -160,13 +209,8 @@ def up(
         (d / "node.json").unlink(missing_ok=True)
     genesis_path = None
     if validators:
-        from p2pnet.consensus.genesis import generate_genesis
-
-        genesis_path = swarm_dir / "genesis.json"
-        genesis = generate_genesis([ident.public_key for ident in identities[:validators]],
-                                   chain_id=f"p2pnet-local-{int(time.time())}")
-        genesis_path.write_text(genesis.to_json())
-        progress(f"wrote {genesis_path} with {validators} validators")
+        genesis_path = prepare_genesis(swarm_dir, dirs, [ident.public_key for ident in identities[:validators]],
+                                       progress)
 
     nodes: list[SwarmNode] = []
     extra = {"validators": validators, "genesis": str(genesis_path) if genesis_path else None}

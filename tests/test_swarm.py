@@ -101,3 +101,32 @@ def test_sigterm_flushes_acknowledged_messages(four_nodes):
     for n in nodes[1:]:  # confirmed means read off the wire; handlers may still be running
         wait_until(lambda n=n: len(messages(n["api"])) >= 50, 60, f"delivery to node {n['index']}")
         assert sorted(m["text"] for m in messages(n["api"])) == sorted(f"m{i}" for i in range(50))
+
+
+def test_swarm_genesis_is_kept_for_the_same_validators_and_old_ledgers_are_set_aside(tmp_path):
+    from p2pnet.consensus.genesis import load_genesis
+    from p2pnet.consensus.store import Ledger
+    from p2pnet.identity import load_or_create
+
+    dirs = [tmp_path / f"node{i}" for i in range(3)]
+    keys = [load_or_create(d).public_key for d in dirs]
+    said = []
+    path = swarm.prepare_genesis(tmp_path, dirs, keys[:2], said.append)
+    first = load_genesis(path)
+    Ledger.open(dirs[0] / "ledger", genesis=first).close()
+    # `swarm up` again with the same validators: the same chain, the ledger stays
+    assert swarm.prepare_genesis(tmp_path, dirs, keys[:2], said.append) == path
+    assert load_genesis(path) == first and (dirs[0] / "ledger" / "data.mdb").exists()
+    assert "the ledgers carry on" in said[-1]
+    # other validators: a new chain, and the old chain's ledger is moved aside, not lost
+    swarm.prepare_genesis(tmp_path, dirs, keys, said.append)
+    second = load_genesis(path)
+    assert second.chain_id != first.chain_id and len(second.validators) == 3
+    assert not (dirs[0] / "ledger").exists()
+    with Ledger.open(dirs[0] / f"ledger.{first.chain_id}", readonly=True) as old:
+        assert old.genesis == first
+    # a ledger of some other chain beside a kept genesis is moved aside too
+    Ledger.open(dirs[1] / "ledger", genesis=first).close()
+    swarm.prepare_genesis(tmp_path, dirs, keys, said.append)
+    assert load_genesis(path) == second and (dirs[1] / f"ledger.{first.chain_id}").exists()
+    assert sum("moved the ledger of another chain aside" in line for line in said) == 2
