@@ -33,6 +33,8 @@ def recommend_cmd(domain: str, max_latency_ms: Optional[int], min_quality: float
     res = rec.detect_resources()
     cal = rec.measured_calibration(data_dir or default_data_dir(), res.cpu_cores) if measure else None
     out = rec.recommend(res, rec.Needs(domain, max_latency_ms, min_quality, max_price), cal=cal)
+    for warning in out.warnings:  # on stderr: --json stays clean (the JSON has them too)
+        click.echo(f"p2pnet: warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(out.to_json(), indent=2))
         return
@@ -40,12 +42,23 @@ def recommend_cmd(domain: str, max_latency_ms: Optional[int], min_quality: float
     gpus = ", ".join(f"{g.name} {g.memory_bytes / rec.GB:.0f} GB" for g in r.gpus) or "none"
     click.echo(f"this machine: {r.ram_bytes / rec.GB:.1f} GB RAM, {r.cpu_cores} CPU cores, GPU: {gpus}")
     click.echo(f"speeds calibrated on: {out.calibration.source}")
-    for label, e in (("host", out.host), ("host (pullable now)", out.host_pullable)):
+    for label, e, unmet in (("host", out.host, out.host_unmet),
+                            ("host (pullable now)", out.host_pullable, out.host_pullable_unmet)):
         if e is None:
             click.echo(f"{label}: nothing in the catalogue fits these needs on this machine")
             continue
         click.echo(f"{label}: {e.model.name} {e.model.quantization} ({e.model.size_bytes / rec.GB:.2f} GB, "
                    f"size {e.model.size_source}) on {e.device}: ~{e.gen_tps:.0f} tok/s, ~{e.latency_ms} ms "
                    f"per 128 tokens, quality ~{e.quality:.2f} (estimates)")
+        _echo_unmet(unmet)
         click.echo(f"{'':4}get it: {e.to_json()['get']}")
     click.echo(f"ask: {out.tier} ({out.tier_reason})")
+    _echo_unmet(out.tier_unmet)
+    if not out.needs_met:
+        click.echo("no option here or on the network meets every need you gave (estimates); "
+                   "the closest are above")
+
+
+def _echo_unmet(unmet) -> None:
+    if unmet:
+        click.echo(f"{'':4}does not meet your needs: {'; '.join(str(u) for u in unmet)} (estimates)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,11 @@ def sim_command(scenario: Path, seed, policy_name, json_out, plot_out) -> None:
 
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise click.BadParameter(f"{seed} is not in [0, {MAX_SEED}] (as a scenario's seed)", param_hint="--seed")
+    # before the run, not after it: a path that cannot be written would lose the results
+    if json_out is not None and str(json_out) != "-":
+        _check_writable(json_out, "--json")
+    if plot_out is not None:
+        _check_writable(plot_out, "--plot")
     sc = load_scenario(scenario)
     if policy_name is not None:
         if policy_name not in POLICIES:
@@ -72,3 +78,16 @@ def sim_command(scenario: Path, seed, policy_name, json_out, plot_out) -> None:
         + ("" if below is None else f", below 5% after {below} queries"),
     ]
     click.echo("\n".join(lines), err=str(json_out) == "-")
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """BadParameter naming ``flag`` unless a file can be written at ``path``."""
+    parent = path.parent
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a directory, not a file", param_hint=flag)
+    if not parent.exists():
+        raise click.BadParameter(f"the directory {parent} does not exist", param_hint=flag)
+    if not parent.is_dir():
+        raise click.BadParameter(f"{parent} is not a directory", param_hint=flag)
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        raise click.BadParameter(f"{path if path.exists() else parent} is not writable", param_hint=flag)

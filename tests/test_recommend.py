@@ -80,7 +80,71 @@ def test_estimates_are_labelled():
     assert "estimates" in out["note"]
 
 
+def test_unmet_needs_are_said_with_the_shortfall():
+    ok = rec.recommend(LAPTOP)
+    assert ok.needs_met and ok.to_json()["needs_met"] is True
+    assert ok.host_unmet == ok.tier_unmet == () and ok.to_json()["host"]["unmet"] == []
+    out = rec.recommend(LAPTOP, rec.Needs(min_quality=0.95))
+    assert not out.needs_met and out.host is not None
+    (short,) = out.host_unmet
+    assert short.need == "min_quality" and short.short_by == round(0.95 - out.host.quality, 3)
+    assert f"{short.short_by:.2f} below --min-quality 0.95" in str(short)
+    got = out.to_json()
+    assert got["needs_met"] is False and got["host"]["unmet"][0]["short_by"] == short.short_by
+    assert got["host_pullable"]["unmet"][0]["need"] == "min_quality"
+    (tier_short,) = got["ask"]["unmet"]  # no tier reaches 0.95 either: the best one, and by how much
+    assert tier_short == {"need": "min_quality", "wanted": 0.95, "estimate": 0.8, "short_by": 0.15,
+                          "source": "estimate"}
+
+
+def test_unmet_latency_names_the_fastest_option():
+    fast = rec.recommend(TINY, rec.Needs(max_latency_ms=1))
+    assert fast.host is None and [u.need for u in fast.tier_unmet] == ["max_latency_ms"]
+    free = rec.recommend(TINY, rec.Needs(max_latency_ms=1, max_price=0.0))
+    (short,) = free.tier_unmet
+    assert free.tier == "local" and short.estimate == min(e.latency_ms for e in free.candidates
+                                                          if e.latency_ms is not None)
+    assert "ms over --max-latency-ms 1" in str(short)
+
+
+def test_local_tier_reason_gives_the_model_quality():
+    out = rec.recommend(LAPTOP)
+    assert out.tier == "local" and f"quality ~{out.host.quality:.2f}," in out.tier_reason
+    assert "0.00" not in out.tier_reason
+    assert "meets --min-quality 0.40" in rec.recommend(LAPTOP, rec.Needs(min_quality=0.4)).tier_reason
+
+
+def test_a_domain_without_quality_figures_is_warned_about():
+    assert rec.recommend(LAPTOP, rec.Needs(domain="Math")).warnings == ()
+    out = rec.recommend(LAPTOP, rec.Needs(domain="klingon"))
+    (warning,) = out.warnings
+    assert "'klingon'" in warning and all(d in warning for d in ("general", "math", "code", "reasoning"))
+    assert out.to_json()["warnings"] == [warning]
+
+
+def test_get_says_where_to_find_a_model_outside_the_store():
+    gets = {c["model"]: c["get"] for c in rec.recommend(LAPTOP).to_json()["candidates"]}
+    assert gets["smollm2-135m"] == "p2pnet models pull smollm2-135m"
+    get = gets["llama-3.2-1b-instruct"]
+    assert rec.GGUF_SEARCH + "llama-3.2-1b-instruct" in get and "--expert model=PATH.gguf" in get
+
+
 RUN = "import sys; from p2pnet_cli.main import main; main(sys.argv[1:])"
+
+
+def test_command_says_when_needs_are_not_met():
+    # no catalogue model or tier reaches 0.95, whatever this machine is
+    out = subprocess.run([sys.executable, "-c", RUN, "models", "recommend", "--min-quality", "0.95",
+                          "--domain", "klingon"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "p2pnet: warning: the catalogue rates quality only for the domains general, code, math, reasoning; "
+        "'klingon' gets the general scores"]
+    assert "does not meet your needs: quality ~0.80 is 0.15 below --min-quality 0.95" in out.stdout
+    assert "no option here or on the network meets every need you gave" in out.stdout
+    js = subprocess.run([sys.executable, "-c", RUN, "models", "recommend", "--min-quality", "0.95", "--json"],
+                        capture_output=True, text=True, timeout=120)
+    assert js.returncode == 0 and js.stderr == "" and json.loads(js.stdout)["needs_met"] is False
 
 
 def test_command_measures_the_real_default_model(model_cache, smollm2_path):

@@ -236,6 +236,44 @@ def test_cli_writes_json(tmp_path):
     assert summary["seed"] == 3 and summary["queries"] == 40 and "last 20%: accuracy" in proc.stdout
 
 
+@pytest.mark.parametrize("flag, where, message", [
+    ("--json", "missing/x.json", "the directory {tmp}/missing does not exist"),
+    ("--plot", "missing/x.png", "the directory {tmp}/missing does not exist"),
+    ("--json", "tiny.toml/x.json", "{tmp}/tiny.toml is not a directory"),
+    ("--plot", ".", "'{tmp}' is a directory"),
+])
+def test_cli_checks_output_paths_before_running(tmp_path, flag, where, message):
+    sc = tmp_path / "tiny.toml"
+    sc.write_text(BASE + "[workload]\nqueries = 40\n")
+    code = "import sys; from p2pnet_cli import main, sim; main.main(sys.argv[1:])"
+    proc = subprocess.run([sys.executable, "-c", code, "sim", str(sc), flag, str(tmp_path / where)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()  # one line, and no "simulating" bar: it did not run
+    assert line.startswith((f"p2pnet: Invalid value for {flag}", f"p2pnet: Invalid value for '{flag}'"))
+    assert message.format(tmp=tmp_path) in line
+
+
+def test_cli_writes_json_to_stdout(tmp_path):
+    sc = tmp_path / "tiny.toml"
+    sc.write_text(BASE + "[workload]\nqueries = 40\n")
+    code = "import sys; from p2pnet_cli import main, sim; main.main(sys.argv[1:])"
+    proc = subprocess.run([sys.executable, "-c", code, "sim", str(sc), "--json", "-"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["queries"] == 40 and "last 20%: accuracy" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]
+
+
+def test_plot_without_matplotlib_says_how_to_install_it_from_a_checkout(monkeypatch):
+    from p2pnet.sim.plot import require_matplotlib
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if it were missing
+    with pytest.raises(ScenarioError) as err:
+        require_matplotlib()
+    assert "pip install -e '.[sim]'" in str(err.value) and "p2pnet[sim]" not in str(err.value)
+
+
 THREATS = """
 seed = 2
 [network]

@@ -113,6 +113,18 @@ NETWORK_TIERS = (
 )
 HARD_DOMAINS = {"math": 0.8, "code": 0.8, "reasoning": 0.8}
 """Quality factor of models under 3B parameters in these domains (estimate)."""
+RATED_DOMAINS = ("general", *sorted(HARD_DOMAINS))
+"""The domains the quality scores distinguish; any other gets the general scores."""
+GGUF_SEARCH = "https://huggingface.co/models?library=gguf&search="
+
+
+def domain_warning(domain: str) -> Optional[str]:
+    """A warning when the catalogue has no quality figures of its own for ``domain``."""
+    domain = (domain or "general").lower()
+    if domain in RATED_DOMAINS:
+        return None
+    return (f"the catalogue rates quality only for the domains {', '.join(RATED_DOMAINS)}; "
+            f"{domain!r} gets the general scores")
 
 
 def catalogue(store_specs: Sequence = ()) -> list[Model]:
@@ -164,7 +176,8 @@ class Estimate:
                 "est_gen_tps": self.gen_tps, "est_latency_ms": self.latency_ms,
                 "memory_gb": round(self.memory_bytes / GB, 2),
                 "get": f"p2pnet models pull {m.pull}" if m.pull else
-                       "not in the model store: fetch the GGUF yourself and pass it to --expert"}
+                       f"not in the model store: download a {m.quantization} GGUF of {m.name} (search "
+                       f"{GGUF_SEARCH}{m.name}) and run it with --expert model=PATH.gguf"}
 
 
 def estimate(model: Model, res: Resources, cal: Calibration, domain: str) -> Estimate:
@@ -183,6 +196,50 @@ def estimate(model: Model, res: Resources, cal: Calibration, domain: str) -> Est
 # ------------------------------------------------------------ recommending
 
 @dataclass(frozen=True)
+class Shortfall:
+    """A need that a recommended option does not meet, and by how much.
+    ``estimate`` is None when nothing in the catalogue fits this machine."""
+
+    need: str  # min_quality | max_latency_ms | max_price
+    wanted: float
+    estimate: Optional[float]
+
+    @property
+    def short_by(self) -> Optional[float]:
+        return None if self.estimate is None else round(abs(self.estimate - self.wanted), 3)
+
+    def to_json(self) -> dict:
+        return {"need": self.need, "wanted": self.wanted, "estimate": self.estimate,
+                "short_by": self.short_by, "source": ESTIMATE}
+
+    def __str__(self) -> str:
+        flag = "--" + self.need.replace("_", "-")
+        if self.estimate is None:
+            return f"nothing in the catalogue runs on this machine within {flag} {self.wanted}"
+        if self.need == "min_quality":
+            return f"quality ~{self.estimate:.2f} is {self.short_by:.2f} below {flag} {self.wanted:.2f}"
+        if self.need == "max_latency_ms":
+            return f"~{self.estimate:.0f} ms is {self.short_by:.0f} ms over {flag} {self.wanted}"
+        return f"~{self.estimate}/1k tokens is {self.short_by} over {flag} {self.wanted}"
+
+
+def shortfalls(needs: Needs, quality: float, latency_ms: Optional[int], price: float,
+               max_latency: Optional[int] = None) -> tuple[Shortfall, ...]:
+    """The needs an option with these estimates misses (the latency need is
+    ``max_latency``, else the user's, else DEFAULT_MAX_LATENCY_MS)."""
+    if max_latency is None:
+        max_latency = needs.max_latency_ms if needs.max_latency_ms is not None else DEFAULT_MAX_LATENCY_MS
+    out = []
+    if quality < needs.min_quality:
+        out.append(Shortfall("min_quality", needs.min_quality, quality))
+    if latency_ms is None or latency_ms > max_latency:
+        out.append(Shortfall("max_latency_ms", max_latency, latency_ms))
+    if needs.max_price is not None and price > needs.max_price:
+        out.append(Shortfall("max_price", needs.max_price, price))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Recommendation:
     resources: Resources
     needs: Needs
@@ -192,16 +249,31 @@ class Recommendation:
     tier: str
     tier_reason: str
     candidates: tuple[Estimate, ...]
+    host_unmet: tuple[Shortfall, ...] = ()  # the needs `host` misses
+    host_pullable_unmet: tuple[Shortfall, ...] = ()
+    tier_unmet: tuple[Shortfall, ...] = ()  # the needs asking `tier` misses
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def needs_met(self) -> bool:
+        """Whether the recommended tier meets every need (by the estimates)."""
+        return not self.tier_unmet
 
     def to_json(self) -> dict:
+        def hosted(e: Optional[Estimate], unmet: tuple[Shortfall, ...]) -> Optional[dict]:
+            return e.to_json() | {"unmet": [u.to_json() for u in unmet]} if e else None
+
         return {
             "resources": self.resources.to_json(),
             "needs": asdict(self.needs),
+            "needs_met": self.needs_met,
+            "warnings": list(self.warnings),
             "speed_calibration": {"gb_per_core_s": round(self.calibration.bytes_per_core_s / GB, 2),
                                   "source": self.calibration.source},
-            "host": self.host.to_json() if self.host else None,
-            "host_pullable": self.host_pullable.to_json() if self.host_pullable else None,
-            "ask": {"tier": self.tier, "reason": self.tier_reason},
+            "host": hosted(self.host, self.host_unmet),
+            "host_pullable": hosted(self.host_pullable, self.host_pullable_unmet),
+            "ask": {"tier": self.tier, "reason": self.tier_reason,
+                    "unmet": [u.to_json() for u in self.tier_unmet]},
             "tiers": [asdict(t) | {"source": ESTIMATE} for t in NETWORK_TIERS],
             "candidates": [e.to_json() for e in self.candidates],
             "note": "sizes of well-known models, all speeds, quality scores and tiers are estimates; "
@@ -221,13 +293,29 @@ def recommend(res: Resources, needs: Needs = Needs(), models: Optional[Sequence[
     host = hostable[0] if hostable else None
     host_pullable = next((e for e in hostable if e.model.pull), None)
     tier, reason = _tier(host, needs, max_latency)
-    return Recommendation(res, needs, cal, host, host_pullable, tier, reason, ests)
+
+    def unmet(e: Optional[Estimate]) -> tuple[Shortfall, ...]:
+        return () if e is None else shortfalls(needs, e.quality, e.latency_ms, 0.0, max_latency)
+
+    if tier != "local":
+        t = next(t for t in NETWORK_TIERS if t.name == tier)
+        tier_unmet = shortfalls(needs, t.quality, t.latency_ms, t.price_per_1k, max_latency)
+    elif host is not None:
+        tier_unmet = unmet(host)
+    else:  # nothing fits here within the latency: the fastest that fits at all, if any
+        fits = [e for e in ests if e.latency_ms is not None]
+        fastest = min(fits, key=lambda e: e.latency_ms) if fits else None
+        tier_unmet = (Shortfall("max_latency_ms", max_latency, fastest and fastest.latency_ms),)
+    warning = domain_warning(domain)
+    return Recommendation(res, needs, cal, host, host_pullable, tier, reason, ests, unmet(host),
+                          unmet(host_pullable), tier_unmet, (warning,) if warning else ())
 
 
 def _tier(host: Optional[Estimate], needs: Needs, max_latency: int) -> tuple[str, str]:
     if host is not None and host.quality >= needs.min_quality:
-        return "local", (f"{host.model.name} {host.model.quantization} here meets quality {needs.min_quality:.2f} "
-                         f"in ~{host.latency_ms} ms at no price (estimate)")
+        meets = f" (meets --min-quality {needs.min_quality:.2f})" if needs.min_quality else ""
+        return "local", (f"{host.model.name} {host.model.quantization} here: quality ~{host.quality:.2f}{meets}, "
+                         f"~{host.latency_ms} ms, at no price (estimates)")
     within = [t for t in NETWORK_TIERS if needs.max_price is None or t.price_per_1k <= needs.max_price]
     for t in within:
         if t.quality >= needs.min_quality and t.latency_ms <= max_latency:

@@ -15,7 +15,8 @@ def require_matplotlib():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ScenarioError("--plot needs matplotlib: pip install 'p2pnet[sim]'") from None
+        raise ScenarioError("--plot needs matplotlib: from the p2pnet checkout, run "
+                            "`.venv/bin/python -m pip install -e '.[sim]'`") from None
     return plt
 
 
