@@ -142,12 +142,10 @@ def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_jso
         backend.close()
     if as_json:  # the shape of `ask --json` (and of the API's cascade answers)
         import time
-        import uuid
 
-        from p2pnet.api.openai_schema import completion_object
+        from p2pnet.api.openai_schema import completion_object, new_completion_id
 
-        emit(completion_object(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body["model"],
-                               result.as_chat_result()))
+        emit(completion_object(new_completion_id(), int(time.time()), body["model"], result.as_chat_result()))
     else:
         click.echo(result.text)
         if result.network is not None:

@@ -21,12 +21,12 @@ def _ledger_dir(data_dir: Optional[str]) -> Path:
     """--data-dir's ledger; without one, the default data dir's, else the
     local swarm's first node's (as `ask` falls back to that node)."""
     from p2pnet.config import default_data_dir
-    from p2pnet_cli.util import default_swarm_dir
+    from p2pnet_cli.util import swarm_first_node
 
     if data_dir:
         return Path(data_dir).expanduser() / "ledger"
     own = default_data_dir() / "ledger"
-    swarm = default_swarm_dir() / "node0" / "ledger"
+    swarm = swarm_first_node() / "ledger"
     if not (own / "data.mdb").exists() and (swarm / "data.mdb").exists():
         return swarm
     return own

@@ -18,6 +18,11 @@ def default_swarm_dir() -> Path:
     return default_data_dir() / "swarm"
 
 
+def swarm_first_node() -> Path:
+    """The data dir of the local swarm's first node, which commands fall back to."""
+    return default_swarm_dir() / "node0"
+
+
 def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
     """The API URL to talk to: --api, else the running node of the data dir."""
     if api:
@@ -28,7 +33,7 @@ def api_base(api: Optional[str], data_dir: Optional[Path]) -> str:
     info = read_runtime(d)
     if (not info or not info.get("api")) and data_dir is None:
         # no node of its own: use the local swarm's first node, if one runs
-        info = read_runtime(default_swarm_dir() / "node0")
+        info = read_runtime(swarm_first_node())
     if not info or not info.get("api"):
         raise click.ClickException(
             f"no running node found for data dir {d} (start one with `p2pnet node start` or a local swarm "

@@ -151,10 +151,10 @@ def prepare_genesis(swarm_dir: Path, dirs: Sequence[Path], keys: Sequence[bytes]
         chain = _ledger_genesis(ledger)
         if chain is not None and chain.hash() == genesis.hash():
             continue
-        aside = d / f"ledger.{chain.chain_id if chain is not None else 'unreadable'}"
-        n = 1
+        name = f"ledger.{chain.chain_id if chain is not None else 'unreadable'}"
+        aside, n = d / name, 1
         while aside.exists():
-            aside, n = d / f"ledger.{chain.chain_id if chain is not None else 'unreadable'}~{n}", n + 1
+            aside, n = d / f"{name}~{n}", n + 1
         ledger.rename(aside)
         progress(f"moved the ledger of another chain aside: {aside}")
     if keep:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from functools import partial
 from typing import Callable, Union
 
@@ -24,6 +23,7 @@ from p2pnet.api.openai_schema import (
     completion_object,
     model_list,
     model_object,
+    new_completion_id,
     parse_chat_request,
     provenance,
     query_error,
@@ -79,7 +79,7 @@ class _OpenAIRoutes:
 
     async def chat_completions(self, request: Request) -> Response | StreamingResponse:
         chat, include_usage = parse_chat_request(request.json(), self._limits)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        completion_id = new_completion_id()
         created = int(self._clock())
         if chat.stream:
             write = partial(self._write_stream, chat, include_usage, completion_id, created)

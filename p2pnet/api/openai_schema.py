@@ -5,6 +5,7 @@ into a ChatRequest, and the response objects built from a ChatResult.
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,6 +204,10 @@ def usage(result: ChatResult) -> dict[str, int]:
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
     }
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def completion_object(completion_id: str, created: int, model: str, result: ChatResult) -> dict[str, Any]:
