@@ -52,6 +52,9 @@ def ask(question, api, data_dir, domain, respondents, model, max_tokens, deadlin
         raise click.BadParameter("is empty: ask something", param_hint="QUESTION")
     _check_utf8(question, "QUESTION")
     _check_utf8(system or "", "--system")
+    if local_only:
+        _refuse_network_options(click.get_current_context(), ("api", "domain", "respondents", "deadline_s",
+                                                              "judges", "threshold", "with_feedback"))
     if api:
         api = api_base(api, data_dir)  # a bad --api fails now, before a local model loads
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
@@ -92,6 +95,19 @@ def ask(question, api, data_dir, domain, respondents, model, max_tokens, deadlin
         _print_provenance(out.get("p2pnet") or {})
     if with_feedback:
         _ask_feedback(base, (out.get("p2pnet") or {}).get("query_id"))
+
+
+def _refuse_network_options(ctx: click.Context, params: tuple) -> None:
+    """--local-only never asks the network: an option that only shapes the
+    network's answer is a mistake to point out, not to ignore."""
+    from click.core import ParameterSource
+
+    names = [opt for p in ctx.command.params if p.name in params
+             and ctx.get_parameter_source(p.name) not in (ParameterSource.DEFAULT, None)
+             for opt in p.opts[:1]]
+    if names:
+        raise click.UsageError(f"{', '.join(names)} only {'applies' if len(names) == 1 else 'apply'} to answers "
+                               "from the network; --local-only never asks it")
 
 
 def _check_utf8(text: str, name: str) -> None:
@@ -150,8 +166,9 @@ def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_jso
         click.echo(result.text)
         if result.network is not None:
             _print_provenance({"query_id": result.network.query_id, **result.network.provenance})
+        limit = "" if local_only else f", threshold {threshold:.2f}"
         click.echo(f"  answered by: {result.path} (local confidence {result.local.confidence:.2f} "
-                   f"by {result.local.method}, threshold {threshold:.2f}); {result.reason}", err=True)
+                   f"by {result.local.method}{limit}); {result.reason}", err=True)
     if with_feedback and result.path == NETWORK:
         _ask_feedback(base_box[0], result.network.query_id)
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("p2pnet: aborted", err=True)
         sys.exit(130)
     except click.exceptions.ClickException as exc:
-        click.echo(f"p2pnet: {exc.format_message()}", err=True)
+        click.echo(f"p2pnet: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code or 2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -50,6 +50,9 @@ def node() -> None:
               help="Seconds between probe queries with known answers (default: 300 on validators, else off).")
 @click.option("--judges", type=click.IntRange(0, MAX_JUDGES), default=None,
               help="Experts asked to rank each query's answers (default 0).")
+@click.option("--escalate-below", "escalate_below", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Ask a second expert when a single answer's own confidence is below this "
+                   "(default 0.6, set for the default model; 0: never).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 def node_start(data_dir, config_file, **flags) -> None:
     """Start a node in the foreground (Ctrl-C stops it cleanly)."""

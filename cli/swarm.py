@@ -86,7 +86,13 @@ def swarm_status(swarm_dir, as_json) -> None:
     from p2pnet_testnet import swarm as swarm_mod
 
     swarm_dir = _dir(swarm_dir)
-    nodes = swarm_mod.status(swarm_dir)
+    try:
+        nodes = swarm_mod.status(swarm_dir)
+    except swarm_mod.SwarmError as exc:
+        if not as_json:
+            raise
+        emit({"dir": str(swarm_dir), "nodes": [], "error": str(exc)})  # a script still gets JSON
+        raise click.exceptions.Exit(1) from None
     if as_json:
         emit({"dir": str(swarm_dir), "nodes": nodes})
         return

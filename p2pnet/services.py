@@ -93,7 +93,8 @@ async def build_services(node, nursery, preset_experts=None) -> list:
 
     settings = signal_settings(node.config)
     coordinator = Coordinator(
-        node, local_experts=experts, ratings=ratings, policy=ReputationPolicy(),
+        node, local_experts=experts, ratings=ratings,
+        policy=ReputationPolicy(escalate_below=node.config.escalate_below),
         standing=ledger.standing if ledger is not None else _neutral,
         submit_rating=ledger.submit_rating if ledger is not None else None,
         weights=settings.weights, default_judges=settings.judges,

@@ -305,6 +305,10 @@ class AnswerBody(Message):
     KIND: ClassVar[str] = "answer_body"
     text: str
     finish_reason: str
+    confidence: Optional[float] = None  # the expert's own, in [0, 1]; None: its engine cannot tell
+
+    def validate(self) -> None:
+        _check(self.confidence is None or 0.0 <= self.confidence <= 1.0, "confidence must lie in [0, 1]")
 
 
 @dataclass(frozen=True)

@@ -114,3 +114,23 @@ async def test_async_hang_cancelled_by_trio(autojump_clock):
 def test_info_is_stable():
     assert ScriptedBackend(model="m", seed=1).info() == ScriptedBackend(model="m", seed=1).info()
     assert ScriptedBackend(model="m", seed=1).info().backend == "scripted"
+
+
+def test_a_calibrated_confidence_separates_right_from_wrong_as_asked():
+    """The simulator's model of an expert's confidence: right answers score
+    above wrong ones with probability ``auc``; a liar's says nothing."""
+    from p2pnet.experts.scripted import calibrated_confidence, claimed_confidence
+
+    conf = calibrated_confidence(0.8, seed=3)
+    right = [conf(f"q{i}", True) for i in range(600)]
+    wrong = [conf(f"w{i}", False) for i in range(600)]
+    auc = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong) / (len(right) * len(wrong))
+    assert 0.77 < auc < 0.83
+    assert all(0.0 <= c <= 1.0 for c in right + wrong) and conf("q1", True) == right[1]
+    assert claimed_confidence(0.95)("anything", False) == 0.95
+    backend = ScriptedBackend({"2+2?": "4"}, accuracy=0.5, seed=1, confidence=conf)
+    result = backend.generate([ChatMessage("user", "2+2?")], max_tokens=8)
+    assert result.confidence == conf("2+2?", backend.is_correct("2+2?"))
+    assert ScriptedBackend({"2+2?": "4"}).generate([ChatMessage("user", "2+2?")], max_tokens=8).confidence is None
+    with pytest.raises(ValueError):
+        calibrated_confidence(0.4)

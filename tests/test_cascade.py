@@ -148,11 +148,17 @@ async def test_local_only_publishes_no_query(nursery, tmp_path, smol, model_cach
 
 
 def test_cli_cascade_local_only(model_cache, smollm2_path, tmp_path):
-    out = p2pnet("ask", "--local-only", "--threshold", "1", "--model-store", str(model_cache),
+    out = p2pnet("ask", "--local-only", "--model-store", str(model_cache),
                  "--data-dir", str(tmp_path), "--max-tokens", "8", "What is 2+2?")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
     assert "answered by: local (local confidence" in out.stderr and "local only" in out.stderr
+    assert "threshold" not in out.stderr  # it plays no part
+    # options that only shape a network answer are refused before the model loads
+    out = p2pnet("ask", "--local-only", "-k", "2", "--threshold", "1", "--data-dir", str(tmp_path), "What is 2+2?")
+    assert out.returncode == 2 and out.stderr == (
+        "p2pnet: error: --respondents, --threshold only apply to answers from the network; "
+        "--local-only never asks it\n")
     out = p2pnet("ask", "--local-only", "--json", "--model-store", str(model_cache), "--data-dir", str(tmp_path),
                  "--max-tokens", "8", "What is 2+2?")
     got = json.loads(out.stdout)
@@ -231,7 +237,7 @@ async def test_http_cascade_answers_locally_escalates_and_refuses(nursery, tmp_p
     def ask(api, **extra):
         body = {"model": "p2pnet", "domain": "geography", "max_tokens": 8,
                 "messages": [{"role": "user", "content": question}], **extra}
-        return client.post_json(api + "/v1/chat/completions", body)
+        return client.post_json(api + "/v1/chat/completions", {k: v for k, v in body.items() if v is not None})
 
     async def post(api, **extra):
         return await trio.to_thread.run_sync(lambda: ask(api, **extra))
@@ -248,8 +254,8 @@ async def test_http_cascade_answers_locally_escalates_and_refuses(nursery, tmp_p
     assert out["p2pnet"]["cascade"]["path"] == NETWORK and out["p2pnet"]["cascade"]["local_text"] == "Lyon."
     assert out["p2pnet"]["chosen"]["peer_id"] == other.peer_id
     assert sum(isinstance(m, wire.Query) for m in published) == 1
-    # local only: never sent, whatever the threshold
-    out = await post(coord.api_url, local_only=True, cascade_threshold=1.0)
+    # local only: never sent
+    out = await post(coord.api_url, local_only=True, domain=None)
     assert out["choices"][0]["message"]["content"] == "Lyon."
     assert "local only" in out["p2pnet"]["cascade"]["reason"]
     assert sum(isinstance(m, wire.Query) for m in published) == 1
@@ -260,8 +266,12 @@ async def test_http_cascade_answers_locally_escalates_and_refuses(nursery, tmp_p
     bare = await _node(nursery, tmp_path, "bare", None, (coord.network.listen_addrs[0],))
     for api, extra, status, code in ((coord.api_url, {"cascade": "yes"}, 400, "invalid_type"),
                                      (coord.api_url, {"cascade_threshold": 1.5}, 400, "invalid_value"),
-                                     (coord.api_url, {"model": "nope", "local_only": True}, 404,
+                                     (coord.api_url, {"model": "nope", "local_only": True, "domain": None}, 404,
                                       "model_not_found"),
+                                     # keys that only shape a network answer are refused, not ignored
+                                     (coord.api_url, {"local_only": True, "domain": None, "cascade_threshold": 1.0},
+                                      400, "unsupported_value"),
+                                     (coord.api_url, {"local_only": True}, 400, "unsupported_value"),
                                      (bare.api_url, {"cascade": True}, 400, "cascade_unavailable")):
         with pytest.raises(HttpError) as exc:
             await post(api, **extra)

@@ -132,6 +132,50 @@ async def test_two_answers_that_differ_are_settled_by_a_third(nursery, tmp_path)
         assert "no majority" in prov["reason"]
 
 
+class _OneByExpertId(_ByExpertId):
+    """Asks one expert ("a") when the request leaves k open; escalates below 0.5."""
+
+    escalate_below = 0.5
+
+    def respondents(self, candidates, domain, standing=None, requested_k=None):
+        return requested_k or 1
+
+
+async def test_an_answer_below_the_confidence_bar_is_escalated(nursery, tmp_path):
+    """A single answer whose own confidence (sealed in its signed Answer) is
+    below the policy's escalate_below gets a second expert; when the two
+    differ the tie-break settles it. A sure answer is delivered alone."""
+    coord = await start_node(nursery, tmp_path, "coord")
+    nodes, backends = [coord], {}
+    for name, text in (("a", "Lyon."), ("b", "Paris."), ("c", "The answer is Paris.")):
+        backends[name] = scripted.ScriptedBackend({QUESTION: text}, confidence=scripted.claimed_confidence(0.9))
+        nodes.append(await start_node(nursery, tmp_path, name, boot_addr(coord), backends[name], expert_id=name))
+    await wait_for(lambda: all(len(x.network.peers()) == 3 for x in nodes), 30, "mesh")
+    coordinator = coordinator_of(coord)
+    await wait_for(lambda: len(coordinator.directory.all(coordinator.clock())) == 3, 30, "announcements")
+    coordinator.policy = _OneByExpertId()
+    backends["a"].confidence = scripted.claimed_confidence(0.3)
+    resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, domain="geography"))
+    prov = resp.model_extra["p2pnet"]
+    assert resp.choices[0].message.content in ("Paris.", "The answer is Paris."), prov["reason"]
+    assert prov["escalated"]["reason"] == "its confidence 0.30 is below 0.50"
+    assert [e["expert_id"] for e in prov["escalated"]["to"]] == ["b"]
+    assert [t["expert_id"] for t in prov["tiebreakers"]] == ["c"]
+    assert {r["expert_id"]: r["confidence"] for r in prov["respondents"]} == {"a": 0.3, "b": 0.9, "c": 0.9}
+    assert {r["expert_id"]: r["score"] for r in prov["respondents"]} == {"a": 0.0, "b": 1.0, "c": 1.0}
+    # sure of itself: one answer, right or wrong, and no second expert
+    backends["a"].confidence = scripted.claimed_confidence(0.8)
+    resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, domain="geography"))
+    prov = resp.model_extra["p2pnet"]
+    assert resp.choices[0].message.content == "Lyon." and prov["escalated"] is None
+    assert [(r["expert_id"], r["confidence"]) for r in prov["respondents"]] == [("a", 0.8)]
+    # a request that names its respondents is not escalated
+    backends["a"].confidence = scripted.claimed_confidence(0.3)
+    prov = (await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=1, domain="geography"))
+            ).model_extra["p2pnet"]
+    assert prov["escalated"] is None and len(prov["respondents"]) == 1
+
+
 async def test_prompts_are_sealed_to_the_chosen_respondents(nursery, tmp_path):
     nodes = await start_cluster(nursery, tmp_path, [paris()])
     seen = []

@@ -152,6 +152,14 @@ def test_adaptive_k_adds_a_second_opinion_only_when_the_pick_is_not_reliable():
     assert all(len(s.chosen) == 2 and "not reliable yet" in s.reason for s in sels)
     # a k the request chose itself is kept as it is
     assert {len(policy.select(refs, 1, "math", unsure, rng).chosen) for _ in range(100)} == {1}
+    # escalating on the answer's confidence: the unreliable pick goes alone, marked
+    # unsure (its answer decides); a reliable one is not marked
+    escalating = ReputationPolicy(escalate_below=0.5)
+    sels = [escalating.select(refs, 1, "math", unsure, rng, adapt=True) for _ in range(100)]
+    assert all(len(s.chosen) == 1 and s.unsure and "its answer decides" in s.reason for s in sels)
+    assert not any(escalating.select(refs, 1, "math", sure, rng, adapt=True).unsure for _ in range(100))
+    with pytest.raises(ValueError, match="escalate_below"):
+        ReputationPolicy(escalate_below=1.5)
 
 
 def test_newcomers_are_explored_price_blind():

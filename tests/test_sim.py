@@ -71,6 +71,18 @@ def test_reputation_routes_around_adversaries(small_run):
                       "queries_until_adversary_below_5pct", "series"}
 
 
+def test_answers_with_low_confidence_get_a_second_expert(small_run):
+    """Experts that report a confidence (liars claim 0.95 for everything):
+    with escalate_below, unsure answers get a second expert, and adversaries
+    still lose their traffic."""
+    assert small_run["totals"]["escalated"] == 0  # the policy's default never escalates
+    text = (SMALL.replace("price = ", "confidence_auc = 0.8\nprice = ")
+            + "[policy]\nname = 'reputation'\nescalate_below = 0.57\n")
+    s = run_scenario(parse_scenario(text))
+    assert s["totals"]["escalated"] > 0
+    assert s["adversary_share"] < 0.05 and s["accuracy_vs_oracle"] >= 0.85
+
+
 def test_adversary_share_counts_user_queries_and_probes_apart():
     def rec(i, probe, groups, adversary):
         return QueryRecord(i, "math", probe, True, 1.0, 0.5, respondents=len(groups), adversary=adversary,
@@ -155,6 +167,7 @@ accuracy = 0.9
     ("[workload]\ndomains = { art = 1.0 }\n", "workload.domains.art: no expert group serves"),
     ("[policy]\nname = 'oracle'\n", "policy.name: must be one of"),
     ("[policy]\nexplore = 0.1\n", "policy.explore: unknown parameter"),
+    ("[policy]\nescalate_below = 1.5\n", "policy: floor, confident and escalate_below must lie in"),
     ("[ledger]\nparams = { pair_capp = 1 }\n", "ledger.params.pair_capp: unknown key"),
     ("[ledger]\nvalidators = 9\n", "ledger.validators"),
     ("[ledger]\nconsensus = 'raft'\n", "ledger.consensus: must be one of"),
@@ -173,6 +186,7 @@ def test_scenario_errors_name_the_key(extra, message):
     ("behaviour = 'joins-late'\naccuracy = 0.5", r"expert\[1\]\.joins_at"),
     ("rotate_every = 10\naccuracy = 0.5", r"expert\[1\]\.rotate_every: only for behaviour sybil"),
     ("latency = 5\naccuracy = 0.5", r"expert\[1\]\.latency: unknown key"),
+    ("confidence_auc = 1.2\naccuracy = 0.5", r"expert\[1\]\.confidence_auc: must lie in \[0\.5, 0\.999\]"),
 ])
 def test_expert_group_errors(group, message):
     text = BASE + "[[expert]]\nname = 'b'\ncount = 1\ndomains = ['math']\n" + group + "\n"
@@ -205,7 +219,7 @@ def test_cli_seed_out_of_the_scenario_range_is_refused(tmp_path, seed):
                           text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"p2pnet: Invalid value for --seed: {seed} is not in [0, {2**63 - 1}] (as a scenario's seed)"]
+        f"p2pnet: error: Invalid value for --seed: {seed} is not in [0, {2**63 - 1}] (as a scenario's seed)"]
 
 
 def test_a_scenario_file_that_is_not_text_or_too_large_names_the_file(tmp_path):
@@ -250,7 +264,7 @@ def test_cli_checks_output_paths_before_running(tmp_path, flag, where, message):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()  # one line, and no "simulating" bar: it did not run
-    assert line.startswith((f"p2pnet: Invalid value for {flag}", f"p2pnet: Invalid value for '{flag}'"))
+    assert line.startswith((f"p2pnet: error: Invalid value for {flag}", f"p2pnet: error: Invalid value for '{flag}'"))
     assert message.format(tmp=tmp_path) in line
 
 

@@ -81,6 +81,10 @@ def test_cli_errors_are_one_line(tmp_path):
     assert out.returncode != 0 and "Traceback" not in out.stderr and "listen" in out.stderr
     out = cli("swarm", "down", "--dir", str(tmp_path / "none"), check=False)
     assert out.returncode != 0 and "no swarm" in out.stderr and "Traceback" not in out.stderr
+    out = cli("swarm", "status", "--dir", str(tmp_path / "none"), "--json", check=False)
+    assert out.returncode == 1 and out.stderr == ""  # a script still gets JSON on stdout
+    assert json.loads(out.stdout) == {"dir": str(tmp_path / "none"), "nodes": [],
+                                      "error": f"no swarm in {tmp_path / 'none'} (start one with `p2pnet swarm up`)"}
     key = tmp_path / "k"
     cli("node", "id", "--data-dir", str(key))
     os.chmod(key / "node.key", 0o644)

@@ -97,6 +97,18 @@ def test_unknown_type_and_schema_violations():
     with pytest.raises(wire.WireError) as exc:
         wire.open_envelope(_resign("broadcast", ["a", True]))  # bool is not an int
     assert exc.value.reason == wire.SCHEMA
+    for confidence in (1.5, -0.1, float("nan"), "high"):
+        with pytest.raises(wire.WireError) as exc:
+            wire.AnswerBody.unpack(wire.packb(["Paris.", "stop", confidence]))
+        assert exc.value.reason == wire.SCHEMA
+
+
+def test_an_answer_body_without_a_confidence_still_decodes():
+    """Bodies from experts that report none (or from before the field) decode
+    with confidence None; one that reports it keeps it."""
+    assert wire.AnswerBody.unpack(wire.packb(["Paris.", "stop"])).confidence is None
+    body = wire.AnswerBody("Paris.", "stop", 0.8125)
+    assert wire.AnswerBody.unpack(body.pack()) == body
 
 
 def test_replay_and_staleness():

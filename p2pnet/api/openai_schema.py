@@ -24,6 +24,7 @@ class ChatLimits:
 
 
 # Accepted and checked, but without effect on the answer.
+_NETWORK_ONLY = ("domain", "respondents", "deadline_s", "judges", "cascade_threshold")
 _IGNORED = frozenset({"top_p", "presence_penalty", "frequency_penalty", "seed", "logprobs", "response_format"})
 _SUPPORTED = frozenset(
     {
@@ -183,6 +184,11 @@ def parse_chat_request(body: Any, limits: ChatLimits = ChatLimits()) -> tuple[Ch
         cascade_threshold=_optional_number(body, "cascade_threshold", 0.0, 1.0),
         local_only=bool(_optional_bool(body, "local_only")),
     )
+    if request.local_only:
+        for name in _NETWORK_ONLY:
+            if body.get(name) is not None:
+                raise _invalid(f"'{name}' only applies to answers from the network; 'local_only' never asks it",
+                               name, "unsupported_value")
     return request, include_usage
 
 

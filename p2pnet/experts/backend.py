@@ -9,6 +9,7 @@ thread is always waited for (never abandoned).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -53,6 +54,15 @@ class GenerationResult:
     completion_tokens: int = 0
     prompt_ms: float = 0.0
     gen_ms: float = 0.0
+    confidence: Optional[float] = None  # in [0, 1], when the engine can tell (see confidence_from_logprobs)
+
+
+def confidence_from_logprobs(logprobs: Sequence[float]) -> float:
+    """exp(mean log-probability) of the generated tokens, in [0, 1]; 0 for none."""
+    values = [lp for lp in logprobs if lp is not None and math.isfinite(lp)]
+    if not values:
+        return 0.0
+    return round(min(1.0, max(0.0, math.exp(sum(values) / len(values)))), 4)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import trio
 
 from p2pnet.api.errors import ApiError
 from p2pnet.api.types import ChatRequest, ChatResult
-from p2pnet.experts.backend import Backend
+from p2pnet.experts.backend import Backend, confidence_from_logprobs
 from p2pnet.experts.errors import BadQuery, Busy, ExpertsError, ModelError, QueryError
 from p2pnet.experts.evaluation import agreement
 from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT
@@ -37,14 +36,6 @@ Escalate = Callable[[ChatRequest], Awaitable[ChatResult]]
 
 
 # ---------------------------------------------------------------- scoring
-
-def confidence_from_logprobs(logprobs: Sequence[float]) -> float:
-    """exp(mean log-probability) of the generated tokens, in [0, 1]; 0 for none."""
-    values = [lp for lp in logprobs if lp is not None and math.isfinite(lp)]
-    if not values:
-        return 0.0
-    return round(min(1.0, max(0.0, math.exp(sum(values) / len(values)))), 4)
-
 
 def self_agreement(answer: str, samples: Sequence[str]) -> float:
     """Mean agreement of ``answer`` with independently sampled answers, in [0, 1]."""
@@ -108,7 +99,7 @@ class CascadeResult:
     text: str
     path: str  # local | network
     local: LocalAnswer
-    threshold: float
+    threshold: Optional[float]  # None: local only (never escalated, whatever the confidence)
     reason: str
     network: Optional[ChatResult] = None
 
@@ -194,6 +185,11 @@ class Cascade:
                 raise
             local = LocalAnswer("", 0.0, BUSY, error=str(exc))
         usable = bool(local.text.strip())
+        if s.local_only:  # the threshold does not matter: nothing may be escalated
+            if not usable:
+                why = f"local model failed ({local.error})" if local.method == FAILED else "the local answer is empty"
+                raise (BadQuery if local.refused else QueryError)(f"{why}, and the network may not be asked")
+            return CascadeResult(local.text, LOCAL, local, None, "local only: the prompt never left this node")
         if usable and not should_escalate(local.confidence, s.threshold):
             return CascadeResult(local.text, LOCAL, local, s.threshold,
                                  f"local confidence {local.confidence:.2f} >= threshold {s.threshold:.2f}")
@@ -201,7 +197,7 @@ class Cascade:
                f"local model busy ({local.error})" if local.method == BUSY else
                f"local confidence {local.confidence:.2f} below threshold {s.threshold:.2f}"
                if local.confidence < s.threshold else f"threshold {s.threshold:.2f} always asks the network")
-        if s.local_only or self.escalate is None:
+        if self.escalate is None:
             if not usable:
                 raise (BadQuery if local.refused else QueryError)(f"{why}, and the network may not be asked")
             return CascadeResult(local.text, LOCAL, local, s.threshold, f"{why}; local only: not escalated")

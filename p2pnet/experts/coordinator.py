@@ -149,17 +149,17 @@ class Coordinator:
         if pending is None or key not in pending.asked:
             return  # late, or not ours: nothing to do
         latency = int((self.clock() - pending.started) * 1000)
-        status, text, finish = ans.status, "", ans.status
+        status, text, finish, confidence = ans.status, "", ans.status, None
         try:
             body = wire.AnswerBody.unpack(sealing.open_box(self.node.identity, env.sender, ans.box))
-            text, finish = body.text, body.finish_reason
+            text, finish, confidence = body.text, body.finish_reason, body.confidence
             if ans.status == "ok" and hashlib.sha256(text.encode()).digest() != ans.answer_hash:
                 raise wire.WireError(wire.SCHEMA, "answer_hash does not match the text")
         except (sealing.SealError, wire.WireError) as exc:
             log.warning("invalid answer from %s: %s", env.sender_str[:16], exc)
             status, text = "invalid", ""
         pending.add(key, Candidate(env.sender_str, ans.expert_id, status, text, latency,
-                                   ans.completion_tokens, finish),
+                                   ans.completion_tokens, finish, confidence if status == "ok" else None),
                     {"answer_hash": ans.answer_hash, "prompt_tokens": ans.prompt_tokens,
                      "gen_ms": ans.gen_ms, "error": ans.error})
 
@@ -218,17 +218,52 @@ class Coordinator:
         query_id = os.urandom(16)
         self._recent.append(tuple(ref.peer_str for ref in selection.chosen))
         pending = _Pending(query_id, now, {ref.key: ref for ref in selection.chosen})
-        if on_delta is not None and len(selection.chosen) == 1:
-            # one respondent: its text can stream as it is generated
+        if on_delta is not None and len(selection.chosen) == 1 and not selection.unsure:
+            # one respondent: its text can stream as it is generated (not when its answer
+            # may be checked: the client must not see text that a second opinion may overrule)
             pending.stream_key, pending.on_delta = selection.chosen[0].key, on_delta
             prompt = dataclasses.replace(prompt, stream=True)
         self.queries += 1
         timed_out = await self._collect(pending, prompt, domain, deadline_s)
         timed_out = await self._retry_busy(pending, candidates, domain, prompt, deadline_s, timed_out)
+        escalated = None
+        if probe is None and not judges and not req.respondents:
+            timed_out, escalated = await self._escalate(pending, candidates, domain, prompt, deadline_s,
+                                                        timed_out, selection.unsure)
         tiebreakers = [] if probe is not None or judges else await self._break_tie(
             pending, candidates, domain, prompt, deadline_s, timed_out)
         return await self._finish(pending, selection, prompt, domain, timed_out, on_delta, req,
-                                  probe=probe, judges=judges, tiebreakers=tiebreakers)
+                                  probe=probe, judges=judges, tiebreakers=tiebreakers, escalated=escalated)
+
+    async def _escalate(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
+                        deadline_s: float, timed_out: bool, unsure: bool) -> tuple[bool, Optional[dict]]:
+        """One more expert for a single answer that may be wrong: its own
+        confidence is below the policy's ``escalate_below``, or the policy is
+        not sure of its expert (``unsure``) and it reports no confidence. Not
+        for an answer already streamed to the client. Returns (whether the
+        deadline passed, the provenance of the escalation or None)."""
+        below = self.policy.escalate_below
+        if timed_out or below <= 0 or len(pending.asked) != 1 or pending.streamed:
+            return timed_out, None
+        (answer,) = pending.answers.values()
+        if not is_usable(answer):
+            if not unsure:
+                return timed_out, None
+            why = f"its expert is not reliable yet and its answer is unusable ({answer.status})"
+        elif answer.confidence is None:
+            if not unsure:
+                return timed_out, None
+            why = "its expert is not reliable yet and reports no confidence"
+        elif answer.confidence < below:
+            why = f"its confidence {answer.confidence:.2f} is below {below:.2f}"
+        else:
+            return timed_out, None
+        asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, 1, stream=False)
+        if asked is None:
+            return timed_out, None
+        timed_out, chosen = asked
+        return timed_out, {"reason": why, "confidence": answer.confidence, "below": below,
+                           "to": [{"peer_id": ref.peer_str, "expert_id": ref.card.expert_id} for ref in chosen]}
 
     async def _retry_busy(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
                           deadline_s: float, timed_out: bool, max_rounds: int = 2) -> bool:
@@ -338,7 +373,7 @@ class Coordinator:
             result = await expert.answer(pending.query_id, prompt, timeout=timeout)
         latency = int((self.clock() - pending.started) * 1000)
         pending.add(ref.key, Candidate(ref.peer_str, ref.card.expert_id, result.status, result.text,
-                                       latency, result.completion_tokens, result.finish_reason),
+                                       latency, result.completion_tokens, result.finish_reason, result.confidence),
                     {"answer_hash": hashlib.sha256(result.text.encode()).digest(),
                      "prompt_tokens": result.prompt_tokens, "gen_ms": int(result.gen_ms + result.prompt_ms),
                      "error": result.error})
@@ -356,7 +391,8 @@ class Coordinator:
                 pending.hashes[key] = {}
 
     async def _finish(self, pending: _Pending, selection, prompt, domain, timed_out, on_delta,
-                      req: ChatRequest, *, probe=None, judges: int = 0, tiebreakers=()) -> ChatResult:
+                      req: ChatRequest, *, probe=None, judges: int = 0, tiebreakers=(),
+                      escalated: Optional[dict] = None) -> ChatResult:
         keys = list(pending.asked)
         cands = [pending.answers[k] for k in keys]
         evaluation = self.evaluator.evaluate(cands)
@@ -379,12 +415,14 @@ class Coordinator:
             "selection": {"policy": self.policy.name, "reason": selection.reason,
                           "scores": [list(s) for s in selection.scores[:16]]},
             "tiebreakers": [{"peer_id": ref.peer_str, "expert_id": ref.card.expert_id} for ref in tiebreakers],
+            "escalated": escalated,
             "respondents": [
                 {"peer_id": c.peer, "expert_id": c.expert_id, "status": c.status,
                  "latency_ms": c.latency_ms, "completion_tokens": c.completion_tokens,
                  "prompt_tokens": pending.hashes[k].get("prompt_tokens", 0),
                  "gen_ms": pending.hashes[k].get("gen_ms", 0),
                  "score": evaluation.scores[i], "error": pending.hashes[k].get("error", ""),
+                 "confidence": c.confidence,
                  "signal": rated[i][1] if rated[i] else None, "signals": per_signal[i]}
                 for i, (k, c) in enumerate(zip(keys, cands))
             ],

@@ -30,6 +30,7 @@ class Candidate:
     latency_ms: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    confidence: Optional[float] = None  # the expert's own, if its engine reports one
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class ExpertAnswer:
     prompt_ms: float = 0.0
     gen_ms: float = 0.0
     error: str = ""
+    confidence: Optional[float] = None  # the backend's, in [0, 1] (e.g. from log-probabilities)
 
     def raise_for_status(self) -> "ExpertAnswer":
         """Self if ok; else the matching QueryError (Busy 503, DeadlineExceeded 504...)."""
@@ -201,4 +202,5 @@ class Expert:
             status, text=result.text, finish_reason=result.finish_reason,
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             prompt_ms=result.prompt_ms, gen_ms=result.gen_ms,
-            error="deadline exceeded" if status == TIMEOUT else "")
+            error="deadline exceeded" if status == TIMEOUT else "",
+            confidence=result.confidence if status == OK else None)

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from p2pnet.experts.backend import (
     CANCELLED, DEADLINE, LENGTH, STOP, Backend, CancelToken, GenerationResult, Message, ModelInfo,
-    OnToken,
+    OnToken, confidence_from_logprobs,
 )
 from p2pnet.experts.errors import BadQuery, ModelError, QueryError
 from p2pnet.experts.gguf import GGUFInfo, inspect_gguf
@@ -183,6 +183,7 @@ class LlamaBackend(Backend):
             "temperature": temperature,
             "stream": True,
             "stream_options": {"include_usage": True},
+            "logprobs": True,  # of the sampled tokens only (no alternatives): the answer's confidence
             # no reuse of an earlier prompt's KV cache: answers then do not depend on
             # what was asked before, and prompt timings count the whole prompt
             "cache_prompt": False,
@@ -245,6 +246,7 @@ class _StreamState:
     def __init__(self, token: CancelToken, deadline: Optional[float], on_token: Optional[OnToken]):
         self.token, self.deadline, self.on_token = token, deadline, on_token
         self.pieces: list[str] = []
+        self.logprobs: list[float] = []
         self.finish_reason: Optional[str] = None
         self.stopped: Optional[str] = None
         self.usage: dict = {}
@@ -273,6 +275,9 @@ class _StreamState:
                 self.pieces.append(piece)
                 if self.on_token is not None:
                     self.on_token(piece)
+            for scored in (choice.get("logprobs") or {}).get("content") or ():
+                if isinstance(scored, dict) and isinstance(scored.get("logprob"), (int, float)):
+                    self.logprobs.append(float(scored["logprob"]))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         self.usage = chunk.get("usage") or self.usage
@@ -308,4 +313,5 @@ class _StreamState:
             completion_tokens=int(self.usage.get("completion_tokens", len(self.pieces))),
             prompt_ms=float(t.get("prompt_ms", (first - self.t_start) * 1000)),
             gen_ms=float(t.get("predicted_ms", (now - first) * 1000)),
+            confidence=confidence_from_logprobs(self.logprobs) if self.logprobs else None,
         )

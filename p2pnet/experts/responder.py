@@ -119,7 +119,8 @@ class Responder:
         return await answer_streaming(expert, query.query_id, prompt, timeout=timeout, sink=send_chunk)
 
     async def _send(self, coordinator: bytes, query_id: bytes, expert_id: str, result: ExpertAnswer) -> None:
-        body = wire.AnswerBody(text=result.text, finish_reason=result.finish_reason or result.status)
+        body = wire.AnswerBody(text=result.text, finish_reason=result.finish_reason or result.status,
+                               confidence=result.confidence)
         answer = wire.Answer(
             query_id=query_id,
             expert_id=expert_id,

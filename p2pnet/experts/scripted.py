@@ -13,6 +13,7 @@ import hashlib
 import random
 import time
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import trio
@@ -27,6 +28,33 @@ from p2pnet.experts.errors import Busy, ScriptedFailure
 OK, ERROR, HANG, BUSY, DIE = "ok", "error", "hang", "busy", "die"
 FAILURES = (OK, ERROR, HANG, BUSY, DIE)
 
+# The confidence of the default model's answers (bench/cascade.py, SmolLM2-135M,
+# closed-form questions): roughly normal with this spread, around this mean
+# for wrong answers and higher for right ones (fitted at thresholds 0.6 and 0.7).
+CONFIDENCE_WRONG_MEAN = 0.64
+CONFIDENCE_SPREAD = 0.15
+
+Confidence = Callable[[str, bool], float]
+"""(question, whether the answer is right) -> the confidence reported with it."""
+
+
+def calibrated_confidence(auc: float, seed: int = 0) -> Confidence:
+    """A confidence that tells right answers from wrong ones with probability
+    ``auc`` (the chance a right answer's confidence is above a wrong one's):
+    normal scores on the default model's scale, fixed per (seed, question)."""
+    if not 0.5 <= auc < 1.0:
+        raise ValueError("auc must lie in [0.5, 1)")
+    shift = 2 ** 0.5 * NormalDist().inv_cdf(auc) * CONFIDENCE_SPREAD
+
+    def confidence(question: str, right: bool) -> float:
+        noise = random.Random(f"confidence:{seed}:{_norm(question)}").gauss(0.0, CONFIDENCE_SPREAD)
+        return round(min(1.0, max(0.0, CONFIDENCE_WRONG_MEAN + (shift if right else 0.0) + noise)), 4)
+    return confidence
+
+
+def claimed_confidence(value: float) -> Confidence:
+    """A confidence that says nothing: ``value`` whatever the answer (a liar's)."""
+    return lambda question, right: value
 
 
 @dataclass(frozen=True)
@@ -35,6 +63,7 @@ class _Plan:
     pieces: tuple[str, ...]
     failure: str
     cut: bool  # max_tokens cut the answer short
+    confidence: Optional[float] = None
 
 
 class ScriptedBackend(Backend):
@@ -46,7 +75,9 @@ class ScriptedBackend(Backend):
     of the question) instead. ``latency`` seconds pass before the first token and
     ``token_latency`` between tokens (words). ``failure``: "ok", "error" (raise),
     "hang" (until cancelled or the deadline), "busy" (raise Busy), "die" (raise
-    after half the answer)."""
+    after half the answer). ``confidence`` (see :func:`calibrated_confidence`)
+    gives each result a confidence, as the llama.cpp backend's log-probabilities
+    do; without it results carry none."""
 
     name = "scripted"
 
@@ -67,6 +98,7 @@ class ScriptedBackend(Backend):
         n_ctx: int = 2048,
         max_parallel: int = 8,
         speed: Speed = Speed(prompt_tps=1000.0, gen_tps=100.0),
+        confidence: Optional[Confidence] = None,
     ) -> None:
         if not 0.0 <= accuracy <= 1.0:
             raise ValueError("accuracy must lie in [0, 1]")
@@ -78,6 +110,7 @@ class ScriptedBackend(Backend):
         self.latency, self.token_latency = latency, token_latency
         self._sleep = sleep
         self._speed = speed
+        self.confidence = confidence
         self.max_parallel = max_parallel
         digest = hashlib.sha256(f"scripted:{model}:{seed}".encode()).hexdigest()
         self._info = ModelInfo(model=model, sha256=digest, quantization="none", n_ctx=n_ctx,
@@ -100,9 +133,16 @@ class ScriptedBackend(Backend):
         return rng.random() < self.accuracy
 
     def answer_text(self, question: str) -> str:
-        if self.is_correct(question):
-            return self.correct_answer(question)
-        return self._wrong(question) if callable(self._wrong) else self._wrong
+        return self._answer(question)[0]
+
+    def _answer(self, question: str) -> tuple[str, Optional[float]]:
+        """(the answer, its confidence or None)."""
+        right = self.is_correct(question)
+        if right:
+            text = self.correct_answer(question)
+        else:
+            text = self._wrong(question) if callable(self._wrong) else self._wrong
+        return text, (None if self.confidence is None else self.confidence(question, right))
 
     def _plan(self, messages: Sequence[Message], max_tokens: int) -> _Plan:
         self.calls += 1
@@ -111,10 +151,11 @@ class ScriptedBackend(Backend):
         if self.failure == ERROR:
             raise ScriptedFailure("scripted backend failed")
         question = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        words = self.answer_text(question).split(" ")
+        text, confidence = self._answer(question)
+        words = text.split(" ")
         pieces = tuple(w if i == 0 else " " + w for i, w in enumerate(words))
         prompt_tokens = sum(len(m.content.split()) for m in messages)
-        return _Plan(prompt_tokens, pieces[:max_tokens], self.failure, len(pieces) > max_tokens)
+        return _Plan(prompt_tokens, pieces[:max_tokens], self.failure, len(pieces) > max_tokens, confidence)
 
     def _steps(self, plan: _Plan) -> Iterator[tuple[float, Optional[str]]]:
         """(seconds to wait, piece to emit) pairs; a None piece ends the answer.
@@ -132,7 +173,8 @@ class ScriptedBackend(Backend):
     def _result(self, plan: _Plan, pieces: list[str], finish: str, ms: float) -> GenerationResult:
         if finish == STOP and plan.cut:
             finish = LENGTH
-        return GenerationResult("".join(pieces), finish, plan.prompt_tokens, len(pieces), 0.0, ms)
+        return GenerationResult("".join(pieces), finish, plan.prompt_tokens, len(pieces), 0.0, ms,
+                                confidence=plan.confidence if finish in (STOP, LENGTH) else None)
 
     # -------------------------------------------------------- Backend interface
 

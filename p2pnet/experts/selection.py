@@ -24,10 +24,14 @@ class Selection:
     chosen: tuple[ExpertRef, ...]
     reason: str
     scores: tuple[tuple[str, str, float], ...] = ()  # (peer, expert_id, score) for provenance
+    unsure: bool = False  # one expert, not reliable yet: check its answer unless that says it is sure
 
 
 class SelectionPolicy(ABC):
     name = "policy"
+    escalate_below = 0.0
+    """A single answer whose own confidence is below this gets a second expert
+    (the coordinator asks one more once it has the answer); 0: never."""
 
     @abstractmethod
     def score(self, ref: ExpertRef, domain: str, standing: Standing, total_evidence: float,
@@ -138,6 +142,10 @@ class ReputationPolicy(SelectionPolicy):
     - Adaptive second opinion (``select(..., adapt=True)``, when the request
       left k open): a single pick whose own pessimistic quality ``mean - z *
       sd`` is below ``confident`` is checked by the next established expert.
+      With ``escalate_below`` > 0 the check waits for the answer instead
+      (``Selection.unsure``): the coordinator asks one more expert when the
+      answer's own confidence is below ``escalate_below``, or when it reports
+      none. Any other single answer below ``escalate_below`` gets one too.
     - Probes (``select(..., probe=True)``) measure where the verdict is open:
       the first slot goes to the *unsettled* expert with the least evidence,
       a newcomer whose first ratings were poor (mean below the floor) or a
@@ -160,7 +168,8 @@ class ReputationPolicy(SelectionPolicy):
     def __init__(self, cost_weight: float = 0.01, explore_share: float = 0.1, floor: float = 0.5,
                  min_evidence: float = 2.0, newcomer_evidence: float = 2.0, confident: float = 0.7,
                  z: float = 1.0, max_k: int = 3, uncertain_k: int = 3, load_weight: float = 0.2,
-                 prior_weight: float = 2.0, audit_share: float = 0.0, recheck_evidence: float = 4.0) -> None:
+                 prior_weight: float = 2.0, audit_share: float = 0.0, recheck_evidence: float = 4.0,
+                 escalate_below: float = 0.0) -> None:
         if not 0.0 <= explore_share <= 1.0 or not 0.0 <= audit_share <= 1.0:
             raise ValueError("explore_share and audit_share must lie in [0, 1]")
         if not 1 <= max_k <= 16 or not 1 <= uncertain_k <= 16:
@@ -170,13 +179,13 @@ class ReputationPolicy(SelectionPolicy):
                         ("prior_weight", prior_weight), ("recheck_evidence", recheck_evidence)):
             if not v >= 0:
                 raise ValueError(f"{name} must not be negative")
-        if not 0.0 <= floor <= 1.0 or not 0.0 <= confident <= 1.0:
-            raise ValueError("floor and confident must lie in [0, 1]")
+        if not 0.0 <= floor <= 1.0 or not 0.0 <= confident <= 1.0 or not 0.0 <= escalate_below <= 1.0:
+            raise ValueError("floor, confident and escalate_below must lie in [0, 1]")
         self.cost_weight, self.explore_share, self.floor = cost_weight, explore_share, floor
         self.min_evidence, self.newcomer_evidence, self.confident = min_evidence, newcomer_evidence, confident
         self.z, self.max_k, self.uncertain_k = z, int(max_k), int(uncertain_k)
         self.load_weight, self.prior_weight, self.audit_share = load_weight, prior_weight, audit_share
-        self.recheck_evidence = recheck_evidence
+        self.recheck_evidence, self.escalate_below = recheck_evidence, escalate_below
 
     # ------------------------------------------------------------ pure parts
 
@@ -250,6 +259,7 @@ class ReputationPolicy(SelectionPolicy):
         poor = [row for row in new if row[2].mean < self.floor]
         unsettled = poor + [row for row in banned if row[2].evidence < self.recheck_evidence]
         notes = []
+        unsure = False
         if probe and unsettled:
             target = min(unsettled, key=lambda row: (row[2].evidence, -row[3]))
             chosen = [target] + [row for row in est + fresh + poor if row is not target][:k - 1]
@@ -263,8 +273,12 @@ class ReputationPolicy(SelectionPolicy):
                 chosen = (chosen[:k - 1] if k > 1 else chosen) + [fresh[0]]
                 notes.append("exploring a newcomer")
             elif adapt and k == 1 and len(est) > 1 and chosen[0][2].lower(self.z) < self.confident:
-                chosen = est[:2]  # the pick is not reliable yet: a second opinion checks it
-                notes.append("second opinion: the first choice is not reliable yet")
+                if self.escalate_below > 0:  # its answer's own confidence decides
+                    unsure = True
+                    notes.append("the first choice is not reliable yet: its answer decides on a second opinion")
+                else:
+                    chosen = est[:2]  # the pick is not reliable yet: a second opinion checks it
+                    notes.append("second opinion: the first choice is not reliable yet")
             elif self.audit_share and k == 1 and len(est) > 1 and rng.random() < self.audit_share:
                 chosen = est[:2]  # a second opinion: one answer alone earns no rating
                 notes.append("second opinion")
@@ -281,7 +295,8 @@ class ReputationPolicy(SelectionPolicy):
                   + (f" ({'; '.join(notes)})" if notes else ""))
         shown = chosen + [row for row in rows[:8] if row not in chosen]
         return Selection(tuple(row[1] for row in chosen), reason,
-                         tuple((row[1].peer_str, row[1].card.expert_id, round(row[0], 4)) for row in shown))
+                         tuple((row[1].peer_str, row[1].card.expert_id, round(row[0], 4)) for row in shown),
+                         unsure=unsure)
 
 
 POLICIES = {"ucb-cost": UcbCostPolicy, "random": RandomPolicy, "reputation": ReputationPolicy}

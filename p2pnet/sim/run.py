@@ -46,6 +46,7 @@ class Driver:
         self.rng = random.Random(_seed(sc.seed, "workload"))
         self.records: list[QueryRecord] = []
         self.blocks = 0
+        self.escalated = 0  # queries whose single answer got a second expert (its confidence was low)
 
     def _plan(self, i: int) -> _Planned:
         wl = self.sc.workload
@@ -113,6 +114,7 @@ class Driver:
             result = None
         if result is not None:
             record.correct = result.text.strip() == plan.answer
+            self.escalated += result.provenance.get("escalated") is not None
             for r in result.provenance["respondents"]:
                 e = world.by_key.get((r["peer_id"], r["expert_id"]))
                 record.respondents += 1
@@ -131,7 +133,8 @@ class Driver:
     def _totals(self, world: World) -> dict:
         seq, net = world.sequencer, world.net.stats
         return {
-            "blocks": self.blocks, "ratings_submitted": seq.submitted, "ratings_committed": seq.committed,
+            "blocks": self.blocks, "escalated": self.escalated,
+            "ratings_submitted": seq.submitted, "ratings_committed": seq.committed,
             "ratings_rejected": seq.rejected, "ratings_pending": seq.pending,
             "ratings_by_signal": dict(sorted(seq.by_signal.items())),
             "messages_delivered": net.delivered, "messages_lost": net.lost,

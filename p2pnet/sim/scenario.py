@@ -67,6 +67,7 @@ class ExpertGroup:
     degraded_accuracy: float = 0.2
     rotate_every: Optional[int] = None
     fake_ratings: int = 2
+    confidence_auc: Optional[float] = None  # answers carry a confidence this good (None: none)
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ def _expert(obj: Any, i: int, queries: int) -> ExpertGroup:
         degraded_accuracy=t.number("degraded_accuracy", 0.2, 0.0, 1.0),
         rotate_every=t.number("rotate_every", None, 1, queries, integer=True),
         fake_ratings=t.number("fake_ratings", 2, 0, 16, integer=True),
+        confidence_auc=t.number("confidence_auc", None, 0.5, 0.999),
     )
     t.done()
     if not isinstance(group.adversary, bool):

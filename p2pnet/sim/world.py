@@ -22,7 +22,7 @@ from p2pnet.experts.coordinator import Coordinator
 from p2pnet.experts.directory import Directory
 from p2pnet.experts.expert import Expert
 from p2pnet.experts.responder import Responder
-from p2pnet.experts.scripted import ScriptedBackend
+from p2pnet.experts.scripted import ScriptedBackend, calibrated_confidence, claimed_confidence
 from p2pnet.gossip import topics
 from p2pnet.identity import Identity
 from p2pnet.sim.ledger import BftLedger, Sequencer
@@ -30,6 +30,11 @@ from p2pnet.sim.net import SimNetwork, SimTransport
 from p2pnet.sim.scenario import (
     ADVERSARIAL, COLLUDING, DISHONEST_RATERS, LAZY, SYBIL, ExpertGroup, Scenario, make_policy,
 )
+
+LIAR_CONFIDENCE = 0.95
+"""What a lying expert (adversarial, colluding, sybil) says of every answer,
+when its group's answers carry a confidence."""
+
 
 def question(i: int, domain: str) -> str:
     return f"[{domain}] question {i}: which number?"
@@ -166,15 +171,19 @@ class World:
         g = peer.group
         latency = g.latency_ms / 1000 * (0.8 + 0.4 * self.rng.random())
         for d in g.domains:
+            seed = int.from_bytes(_seed(self.sc.seed, "expert", peer.index, d)[:8], "big")
+            confidence = None
+            if g.confidence_auc is not None:
+                confidence = (claimed_confidence(LIAR_CONFIDENCE) if g.behaviour in (ADVERSARIAL, SYBIL, COLLUDING)
+                              else calibrated_confidence(g.confidence_auc, seed))
             if g.behaviour in (ADVERSARIAL, SYBIL, COLLUDING):
                 wrong = _wrong(f"lie:{g.name}")  # a ring lies the same way
             elif g.behaviour == LAZY:
                 wrong = "not sure"
             else:
                 wrong = _wrong(f"wrong:{peer.index}:{d}")
-            backend = ScriptedBackend(rule=right_answer, wrong=wrong, accuracy=g.accuracy[d],
-                                      seed=int.from_bytes(_seed(self.sc.seed, "expert", peer.index, d)[:8], "big"),
-                                      latency=latency, model=f"sim-{g.name}"[:64])
+            backend = ScriptedBackend(rule=right_answer, wrong=wrong, accuracy=g.accuracy[d], seed=seed,
+                                      latency=latency, model=f"sim-{g.name}"[:64], confidence=confidence)
             expert = Expert(f"{g.name}-{d}"[:64], backend, domains=(d,), price_per_1k=g.price,
                             max_concurrency=g.max_concurrency)
             await expert.start(speed=Speed(1000.0, 100.0))
