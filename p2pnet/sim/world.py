@@ -170,13 +170,14 @@ class World:
     async def _start_experts(self, peer: SimPeer) -> None:
         g = peer.group
         latency = g.latency_ms / 1000 * (0.8 + 0.4 * self.rng.random())
+        liar = g.behaviour in (ADVERSARIAL, SYBIL, COLLUDING)
         for d in g.domains:
             seed = int.from_bytes(_seed(self.sc.seed, "expert", peer.index, d)[:8], "big")
             confidence = None
             if g.confidence_auc is not None:
-                confidence = (claimed_confidence(LIAR_CONFIDENCE) if g.behaviour in (ADVERSARIAL, SYBIL, COLLUDING)
+                confidence = (claimed_confidence(LIAR_CONFIDENCE) if liar
                               else calibrated_confidence(g.confidence_auc, seed))
-            if g.behaviour in (ADVERSARIAL, SYBIL, COLLUDING):
+            if liar:
                 wrong = _wrong(f"lie:{g.name}")  # a ring lies the same way
             elif g.behaviour == LAZY:
                 wrong = "not sure"
