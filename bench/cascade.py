@@ -16,6 +16,7 @@ import argparse
 import os
 import random
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,12 @@ def auc(right: list[float], wrong: list[float]) -> float:
     return wins / (len(right) * len(wrong))
 
 
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return "n/a"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def main() -> None:
     import trio
 
@@ -92,15 +99,16 @@ def main() -> None:
     print(file=sys.stderr)
     print(f"{len(rows)} questions in {time.perf_counter() - started:.0f} s on {os.cpu_count()} cores, "
           f"model {modelstore.DEFAULT_MODEL}, confidence by {local.method}\n")
-    print("| questions | right | AUC | d' |")
-    print("|---|---|---|---|")
+    print("| questions | right | AUC | d' | confidence of right answers | of wrong answers |")
+    print("|---|---|---|---|---|---|")
     for kind in ("all", "capital", "sum", "product"):
         sel = [r for r in rows if kind in ("all", r[0])]
         right = [c for _, c, ok in sel if ok]
         wrong = [c for _, c, ok in sel if not ok]
         a = auc(right, wrong)
         d = 2 ** 0.5 * NormalDist().inv_cdf(min(max(a, 1e-6), 1 - 1e-6)) if a == a else float("nan")
-        print(f"| {kind} ({len(sel)}) | {len(right) / len(sel):.2f} | {a:.2f} | {d:.2f} |")
+        print(f"| {kind} ({len(sel)}) | {len(right) / len(sel):.2f} | {a:.2f} | {d:.2f} "
+              f"| {_mean_sd(right)} | {_mean_sd(wrong)} |")
     print("\n| threshold | kept local | accuracy kept | accuracy escalated |")
     print("|---|---|---|---|")
     for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):

@@ -14,10 +14,9 @@ import trio
 from p2pnet import config, wire
 from p2pnet.api.types import ChatRequest, ChatResult
 from p2pnet.experts import scripted
-from p2pnet.experts.backend import Backend, GenerationResult, ModelInfo
+from p2pnet.experts.backend import Backend, GenerationResult, ModelInfo, confidence_from_logprobs
 from p2pnet.experts.cascade import (
-    LOCAL, LOGPROB, NETWORK, SELF_AGREEMENT, Cascade, CascadeSettings,
-    confidence_from_logprobs, should_escalate,
+    LOCAL, LOGPROB, NETWORK, SELF_AGREEMENT, Cascade, CascadeSettings, should_escalate,
 )
 from p2pnet.experts.errors import NoExpertAvailable
 from p2pnet.experts.expert import Expert

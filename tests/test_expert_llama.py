@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from p2pnet.experts import modelstore
-from p2pnet.experts.backend import Speed, confidence_from_logprobs
+from p2pnet.experts.backend import CancelToken, Speed, confidence_from_logprobs
 from p2pnet.experts.errors import ModelError
 from p2pnet.experts.expert import Expert
 from p2pnet.experts.spec import build_expert, open_expert, parse_expert_spec
@@ -51,6 +51,14 @@ async def test_open_expert_measures_speed_and_builds_the_card(smollm2_path, mode
         ("general", "geography"), 0.1, 2, 0)
 
 
+def _unstreamed(expert, body: PromptBody) -> dict:
+    """llama.cpp's own non-streamed reply to the expert's greedy request, with logprobs."""
+    request = {"messages": [{"role": m.role, "content": m.content} for m in expert.messages_for(body)],
+               "max_tokens": body.max_tokens, "temperature": 0.0, "logprobs": True, "cache_prompt": False}
+    with expert.backend._serving(CancelToken()) as server:
+        return server.handle_chat_completions(request)
+
+
 def q(text: str, max_tokens: int = 32) -> PromptBody:
     return PromptBody((ChatMessage("user", text),), max_tokens)
 
@@ -59,12 +67,13 @@ async def test_answer(expert):
     answer = await expert.answer(b"\x01" * 16, q("What is the capital of France?"), timeout=60)
     assert answer.status == "ok" and "Paris" in answer.text
     assert answer.completion_tokens > 0 and answer.prompt_tokens > 0
-    # its confidence comes from the streamed tokens' log-probabilities: close to the
-    # cascade's scored generation of the same greedy answer (the streamed tokens
-    # are counted slightly differently: 0.7702 against 0.769 when measured)
-    scored, logprobs = await trio.to_thread.run_sync(lambda: expert.backend.generate_scored(
-        expert.messages_for(q("What is the capital of France?")), max_tokens=32))
-    assert scored.text == answer.text and abs(answer.confidence - confidence_from_logprobs(logprobs)) < 0.02
+    # its confidence comes from the streamed tokens' log-probabilities: close to what
+    # llama.cpp reports for the same greedy answer when asked without streaming
+    # (the stream counts the tokens slightly differently: 0.7702 against 0.769)
+    whole = await trio.to_thread.run_sync(lambda: _unstreamed(expert, q("What is the capital of France?")))
+    choice = whole["choices"][0]
+    unstreamed = confidence_from_logprobs([t["logprob"] for t in choice["logprobs"]["content"]])
+    assert choice["message"]["content"] == answer.text and abs(answer.confidence - unstreamed) < 0.02
     assert 0.0 < answer.confidence <= 1.0
 
 

@@ -2,8 +2,8 @@
 when the local answer's confidence is below a threshold.
 
 Confidence is the geometric mean of the answer's token probabilities
-(``exp(mean logprob)``) when the backend reports log-probabilities (the
-xllamacpp backend does: ``LlamaBackend.generate_scored``); otherwise it is
+(``exp(mean logprob)``) when the backend reports it with the answer (the
+xllamacpp backend does, as every expert answer does); otherwise it is
 the self-agreement of a greedy answer with a few sampled ones. Either way it
 lies in [0, 1]. The rule: escalate iff ``threshold >= 1`` or ``confidence <
 threshold``; so 0 never escalates and 1 always does. With ``local_only`` the
@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, ContextManager, Optional, Sequence
 
-import trio
-
 from p2pnet.api.errors import ApiError
 from p2pnet.api.types import ChatRequest, ChatResult
-from p2pnet.experts.backend import Backend, confidence_from_logprobs
+from p2pnet.experts.backend import Backend
 from p2pnet.experts.errors import BadQuery, Busy, ExpertsError, ModelError, QueryError
 from p2pnet.experts.evaluation import agreement
 from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT
@@ -156,15 +154,11 @@ class Cascade:
         messages = self._messages(req)
         max_tokens = req.max_tokens or self.settings.max_tokens
         try:
-            if isinstance(self.backend, LlamaBackend):
-                result, logprobs = await trio.to_thread.run_sync(
-                    lambda: self.backend.generate_scored(messages, max_tokens=max_tokens))
-                if logprobs is not None:
-                    return LocalAnswer(result.text, confidence_from_logprobs(logprobs), LOGPROB,
-                                       result.completion_tokens, prompt_tokens=result.prompt_tokens,
-                                       finish_reason=_finish(result.finish_reason))
-            else:
-                result = await self.backend.agenerate(messages, max_tokens=max_tokens)
+            result = await self.backend.agenerate(messages, max_tokens=max_tokens)
+            if result.confidence is not None:
+                return LocalAnswer(result.text, result.confidence, LOGPROB,
+                                   result.completion_tokens, prompt_tokens=result.prompt_tokens,
+                                   finish_reason=_finish(result.finish_reason))
             samples = []
             for _ in range(self.settings.samples - 1):
                 sampled = await self.backend.agenerate(messages, max_tokens=max_tokens,

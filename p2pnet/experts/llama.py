@@ -190,32 +190,6 @@ class LlamaBackend(Backend):
         }
         return self._stream(request, token, deadline, on_token)
 
-    def generate_scored(self, messages: Sequence[Message], *, max_tokens: int,
-                        temperature: float = 0.0) -> tuple[GenerationResult, Optional[list[float]]]:
-        """(result, logprobs of the generated tokens, or None if the build gives none)."""
-        request = {
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "max_tokens": max_tokens, "temperature": temperature, "logprobs": True, "cache_prompt": False,
-        }
-        with self._serving(CancelToken()) as server:
-            out = server.handle_chat_completions(request)
-        if "error" in out or not out.get("choices"):
-            error = out.get("error") or {}
-            message = str(error.get("message", error) if isinstance(error, dict) else error)
-            raise (BadQuery if isinstance(error, dict) and error.get("code") == 400 else QueryError)(
-                f"llama.cpp: {message}")
-        choice = out["choices"][0]
-        usage, timings = out.get("usage") or {}, out.get("timings") or {}
-        content = (choice.get("logprobs") or {}).get("content")
-        logprobs = [float(t["logprob"]) for t in content] if content else None
-        result = GenerationResult(
-            text=(choice.get("message") or {}).get("content") or "",
-            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", len(content or ()))),
-            prompt_ms=float(timings.get("prompt_ms", 0.0)), gen_ms=float(timings.get("predicted_ms", 0.0)))
-        return result, logprobs
-
     @contextmanager
     def _serving(self, token: CancelToken) -> Iterator[Any]:
         """The loaded server, for one generation that close() waits for."""
