@@ -15,7 +15,10 @@ sender's wall clock, ``body`` the message's field list and ``sig`` an Ed25519
 signature over ``packb([version, kind, sender, seq, ts_ms, body])``.
 
 Decoding enforces a size limit, the envelope form, the message schema (types
-and per-message ``validate``), and the signature. Replays and stale messages are
+and per-message ``validate``), and the signature. New fields are appended with
+a default, so older bodies still decode; the messages about one query or one
+announcement (``EXTENSIBLE``) also decode when a newer node appends fields,
+ignoring those. Ledger and consensus messages must match their schema exactly. Replays and stale messages are
 caught by :class:`ReplayGuard`, which a receiver keeps per node.
 """
 
@@ -129,6 +132,11 @@ class Message:
     """Base of all wire messages. ``KIND`` names the type on the wire."""
 
     KIND: ClassVar[str] = ""
+    EXTENSIBLE: ClassVar[bool] = False
+    """Decoding ignores trailing fields it does not know (a newer version's
+    additions), so adding a defaulted field does not cut older nodes off.
+    Only for messages about one query or one announcement; ledger and
+    consensus messages stay exact, since every validator must read them alike."""
 
     def validate(self) -> None:
         """Semantic checks beyond the field types; raise WireError(SCHEMA)."""
@@ -169,6 +177,7 @@ class ModelCard(Message):
     """What an expert offers: the model, its measured speed, price and load."""
 
     KIND: ClassVar[str] = "model_card"
+    EXTENSIBLE: ClassVar[bool] = True
     expert_id: str
     model: str
     sha256: str
@@ -195,6 +204,7 @@ class Announce(Message):
     """Periodic: where a node listens, what it hosts, and its role."""
 
     KIND: ClassVar[str] = "announce"
+    EXTENSIBLE: ClassVar[bool] = True
     addrs: Tuple[str, ...]
     cards: Tuple[ModelCard, ...] = ()
     validator: bool = False
@@ -250,6 +260,7 @@ class Flush(Message):
 @dataclass(frozen=True)
 class ChatMessage(Message):
     KIND: ClassVar[str] = "chat_message"
+    EXTENSIBLE: ClassVar[bool] = True
     role: str
     content: str
 
@@ -262,6 +273,7 @@ class PromptBody(Message):
     """The plaintext inside a SealedPrompt's box."""
 
     KIND: ClassVar[str] = "prompt_body"
+    EXTENSIBLE: ClassVar[bool] = True
     messages: Tuple[ChatMessage, ...]
     max_tokens: int
     temperature: float = 0.0
@@ -280,6 +292,7 @@ class SealedPrompt(Message):
     """A PromptBody encrypted (NaCl box) from the coordinator to one respondent."""
 
     KIND: ClassVar[str] = "sealed_prompt"
+    EXTENSIBLE: ClassVar[bool] = True
     recipient: bytes
     expert_id: str
     box: bytes
@@ -288,6 +301,7 @@ class SealedPrompt(Message):
 @dataclass(frozen=True)
 class Query(Message):
     KIND: ClassVar[str] = "query"
+    EXTENSIBLE: ClassVar[bool] = True
     query_id: bytes
     domain: str
     deadline_ms: int
@@ -303,6 +317,7 @@ class AnswerBody(Message):
     """The plaintext inside an Answer's box."""
 
     KIND: ClassVar[str] = "answer_body"
+    EXTENSIBLE: ClassVar[bool] = True
     text: str
     finish_reason: str
     confidence: Optional[float] = None  # the expert's own, in [0, 1]; None: its engine cannot tell
@@ -316,6 +331,7 @@ class Answer(Message):
     """An expert's signed reply. ``answer_hash`` is sha256 of the answer text."""
 
     KIND: ClassVar[str] = "answer"
+    EXTENSIBLE: ClassVar[bool] = True
     query_id: bytes
     expert_id: str
     status: str  # ok | busy | error | cancelled | timeout | rejected (the prompt itself, e.g. too long)
@@ -340,6 +356,7 @@ class AnswerChunk(Message):
     sent over a direct stream; the signed Answer still follows."""
 
     KIND: ClassVar[str] = "answer_chunk"
+    EXTENSIBLE: ClassVar[bool] = True
     query_id: bytes
     expert_id: str
     index: int
@@ -349,6 +366,7 @@ class AnswerChunk(Message):
 @dataclass(frozen=True)
 class Cancel(Message):
     KIND: ClassVar[str] = "cancel"
+    EXTENSIBLE: ClassVar[bool] = True
     query_id: bytes
 
 
@@ -603,7 +621,7 @@ def _from_obj(obj, tp, where: str = ""):
             1 for f in dataclasses.fields(tp)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         )
-        if not required <= len(obj) <= len(fields):
+        if len(obj) < required or (len(obj) > len(fields) and not tp.EXTENSIBLE):
             raise WireError(SCHEMA, f"{tp.KIND}: {len(obj)} fields, expected {required}..{len(fields)}")
         kwargs = {
             name: _from_obj(v, ftp, f"{tp.KIND}.{name}") for (name, ftp), v in zip(fields, obj)

@@ -111,6 +111,30 @@ def test_an_answer_body_without_a_confidence_still_decodes():
     assert wire.AnswerBody.unpack(body.pack()) == body
 
 
+def test_per_query_messages_ignore_a_newer_versions_trailing_fields():
+    """A newer node may append defaulted fields to a message about one query or
+    one announcement: older nodes read the fields they know. Ledger and
+    consensus messages must match exactly (every validator reads them alike)."""
+    body = wire.AnswerBody.unpack(wire.packb(["Paris.", "stop", 0.5, "a future field", [1, 2]]))
+    assert body == wire.AnswerBody("Paris.", "stop", 0.5)
+    env = wire.open_envelope(_resign("cancel", [b"\5" * 16, 42]))
+    assert env.message == wire.Cancel(b"\5" * 16)
+    announce = SAMPLES[0].to_obj()
+    announce[1][0].append("a future card field")  # nested: the card inside the announcement
+    assert wire.open_envelope(_resign("announce", announce + [True])).message == SAMPLES[0]
+    with pytest.raises(wire.WireError) as exc:  # the known fields are still checked
+        wire.AnswerBody.unpack(wire.packb(["Paris.", "stop", 7.0, "x"]))
+    assert exc.value.reason == wire.SCHEMA
+    rating = SAMPLES[7].to_obj()
+    for kind, fields in (("rating", rating + [1]), ("vote", SAMPLES[8].to_obj() + ["x"])):
+        with pytest.raises(wire.WireError) as exc:
+            wire.open_envelope(_resign(kind, fields))
+        assert exc.value.reason == wire.SCHEMA and "fields, expected" in exc.value.detail
+    assert {k for k, tp in wire.KINDS.items() if tp.EXTENSIBLE} == {"announce", "query", "answer", "answer_chunk",
+                                                                   "cancel"}
+    assert not any(tp.EXTENSIBLE for tp in (wire.BlockHeader, wire.CommitSig, wire.Commit))
+
+
 def test_replay_and_staleness():
     guard = wire.ReplayGuard(window=4, max_staleness_ms=1000)
     envs = [wire.open_envelope(SIGNER.seal(wire.Broadcast(str(i)), ts_ms=10_000)) for i in range(20)]
