@@ -50,7 +50,8 @@ def main() -> None:
         jobs.append(("llmnet-adversarial", seed, None, {}))
         jobs.append(("llmnet-adversarial", seed, "random", {}))
         jobs.append(("mixed-threats", seed, None, {}))
-        for cw in (0.0, 0.005, 0.01, 0.015, 0.02, 0.03):
+        jobs.append(("metallm-cost", seed, None, {}))  # as committed; the sweep varies its cost_weight
+        for cw in (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03):
             jobs.append(("metallm-cost", seed, "reputation", {"cost_weight": cw}))
     with ProcessPoolExecutor(2) as ex:
         results = list(ex.map(_run, jobs))
@@ -84,8 +85,6 @@ def main() -> None:
                 plot_summary(r, args.img / f"sim-{name}.png")
             elif policy == "random":
                 plot_summary(r, args.img / f"sim-{name}-random.png")
-            elif params.get("cost_weight") == 0.015:
-                plot_summary(r, args.img / f"sim-{name}.png")
 
 
 def _print_moving_groups(results) -> None:

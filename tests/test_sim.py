@@ -10,7 +10,7 @@ import trio.testing
 
 from p2pnet.consensus.reputation import state_hash
 from p2pnet.sim import ScenarioError, parse_scenario, run_scenario
-from p2pnet.sim.metrics import QueryRecord, windows
+from p2pnet.sim.metrics import QueryRecord, latency, windows
 from p2pnet.sim.run import Driver
 
 SMALL = """
@@ -81,6 +81,11 @@ def test_answers_with_low_confidence_get_a_second_expert(small_run):
     s = run_scenario(parse_scenario(text))
     assert s["totals"]["escalated"] > 0
     assert s["adversary_share"] < 0.05 and s["accuracy_vs_oracle"] >= 0.85
+    # an escalated query waits for its second expert (virtual time)
+    lat = s["latency_ms"]
+    assert 0 < lat["escalated"]["queries"] <= s["totals"]["escalated"]
+    assert lat["escalated"]["p50"] > lat["not_escalated"]["p50"]
+    assert lat["all"]["queries"] == lat["escalated"]["queries"] + lat["not_escalated"]["queries"]
 
 
 def test_adversary_share_counts_user_queries_and_probes_apart():
@@ -93,6 +98,17 @@ def test_adversary_share_counts_user_queries_and_probes_apart():
     (w,) = windows(recs, 1)
     assert w["adversary_share"] == 0.25 and w["probe_adversary_share"] == 0.5
     assert w["group_share"] == {"good": 0.75, "liar": 0.25}  # user slots only
+
+
+def test_latency_percentiles_of_answered_user_queries():
+    recs = [QueryRecord(i, "math", False, True, 1.0, 0.5, latency_s=i / 10, escalated=i >= 8) for i in range(10)]
+    recs += [QueryRecord(10, "math", True, True, 1.0, 0.5, latency_s=9.0),  # a probe: not counted
+             QueryRecord(11, "math", False, True, 1.0, 0.5)]  # failed: no latency
+    lat = latency(recs)
+    assert lat["all"] == {"queries": 10, "p50": 500.0, "p95": 900.0}
+    assert lat["escalated"] == {"queries": 2, "p50": 900.0, "p95": 900.0}
+    assert lat["not_escalated"] == {"queries": 8, "p50": 400.0, "p95": 700.0}
+    assert latency([])["escalated"] == {"queries": 0, "p50": None, "p95": None}
 
 
 def test_same_seed_same_json(small_run):

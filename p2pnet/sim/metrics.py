@@ -38,6 +38,8 @@ class QueryRecord:
     adversary: int = 0
     error: str = ""
     groups: tuple = ()  # expert group of each respondent
+    latency_s: Optional[float] = None  # virtual seconds from the ask to the answer (answered queries)
+    escalated: bool = False  # its single answer got a second expert (low confidence)
 
 
 def _ratio(a: float, b: float) -> Optional[float]:
@@ -102,6 +104,27 @@ def until_below(series: Sequence[dict], level: float = BELOW) -> Optional[int]:
     return 0 if last_bad is None else series[last_bad]["end"]
 
 
+def _percentile(values: list, q: float) -> Optional[float]:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def latency(records: Sequence[QueryRecord]) -> dict:
+    """Answered user queries' latency in virtual ms (p50, p95): all of them,
+    those escalated for a low confidence, and the rest."""
+    users = [r for r in records if not r.probe and r.latency_s is not None]
+    out = {}
+    for name, group in (("all", users), ("escalated", [r for r in users if r.escalated]),
+                        ("not_escalated", [r for r in users if not r.escalated])):
+        ms = [r.latency_s * 1000 for r in group]
+        p50, p95 = _percentile(ms, 0.5), _percentile(ms, 0.95)
+        out[name] = {"queries": len(ms), "p50": None if p50 is None else round(p50, 1),
+                     "p95": None if p95 is None else round(p95, 1)}
+    return out
+
+
 def _after(records: Sequence[QueryRecord], warmup: int) -> dict:
     """Accuracy and cost after the first ``warmup`` queries, against the oracle."""
     s = _stats(records[warmup:])
@@ -130,6 +153,7 @@ def summarize(records: Sequence[QueryRecord], sc, extra: Optional[dict] = None) 
         "tail_traffic": traffic(tail),
         "whole_run_traffic": traffic(records),
         "whole_run": whole,
+        "latency_ms": latency(records),
         "totals": extra or {},
         "series": series,
     }

@@ -107,6 +107,7 @@ class Driver:
                           respondents=(self.sc.workload.probe_respondents if plan.probe else None)
                           or self.sc.policy.respondents)
         probe = Probe(plan.question, plan.answer, plan.domain) if plan.probe else None
+        started = trio.current_time()
         try:
             result = await issuer.coordinator.chat(req, probe=probe)
         except QueryError as exc:
@@ -114,7 +115,9 @@ class Driver:
             result = None
         if result is not None:
             record.correct = result.text.strip() == plan.answer
-            self.escalated += result.provenance.get("escalated") is not None
+            record.latency_s = trio.current_time() - started
+            record.escalated = result.provenance.get("escalated") is not None
+            self.escalated += record.escalated
             for r in result.provenance["respondents"]:
                 e = world.by_key.get((r["peer_id"], r["expert_id"]))
                 record.respondents += 1
