@@ -1,7 +1,8 @@
 """Query-path benchmarks. Run: ``python bench/query.py [--parts a,c]``.
 
 (a) hosted-expert generation speed vs calling xllamacpp directly, same model,
-    prompt and settings, as a ratio (target >= 0.95);
+    prompt and settings, as a ratio (target >= 0.95); and the direct call asking
+    for the tokens' log-probabilities (experts do, for their confidence) vs not;
 (b) coordinator overhead: end-to-end latency through a node's HTTP API minus the
     respondents' generation time, for k = 1 and k = 3, real nodes (libp2p over
     127.0.0.1, in one process) whose experts are scripted and answer at once, so
@@ -54,32 +55,36 @@ def part_a(data_dir: Path, threads: int, tokens: int, reps: int) -> list[Row]:
     params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
     direct = xllamacpp.Server(params)
     request = {"messages": messages, "max_tokens": tokens, "temperature": 0.0, "cache_prompt": False}
+    scored = {**request, "logprobs": True}  # what an expert asks for: its answer's confidence
 
-    def run_direct() -> tuple[int, float]:
+    def run_direct(req: dict) -> float:
         t0 = time.perf_counter()
-        r = direct.handle_chat_completions(request)
-        return r["usage"]["completion_tokens"], time.perf_counter() - t0
+        r = direct.handle_chat_completions(req)
+        return r["usage"]["completion_tokens"] / (time.perf_counter() - t0)
 
     spec = parse_expert_spec(f"model={modelstore.DEFAULT_MODEL},domains=general")
     prompt = PromptBody((ChatMessage("user", QUESTION),), tokens)
     hosted: list[float] = []
     plain: list[float] = []
+    with_logprobs: list[float] = []
 
     async def run() -> None:
         async with open_expert(spec, data_dir, n_threads=threads) as expert:
-            for i in range(reps):  # interleaved, so machine noise hits both alike
-                n, dt = await trio.to_thread.run_sync(run_direct)
-                plain.append(n / dt)
+            for i in range(reps):  # interleaved, so machine noise hits all three alike
+                plain.append(await trio.to_thread.run_sync(run_direct, request))
+                with_logprobs.append(await trio.to_thread.run_sync(run_direct, scored))
                 t0 = time.perf_counter()
                 answer = await expert.answer(i.to_bytes(16, "big"), prompt, timeout=600)
                 hosted.append(answer.completion_tokens / (time.perf_counter() - t0))
 
     trio.run(run)
     del direct
-    h, p = statistics.median(hosted), statistics.median(plain)
+    h, p, lp = statistics.median(hosted), statistics.median(plain), statistics.median(with_logprobs)
     return [
         ("(a) direct xllamacpp gen tok/s", f"{p:.1f}", f"median of {reps}, {tokens} tokens, end to end"),
-        ("(a) hosted expert gen tok/s", f"{h:.1f}", "Expert.answer, same prompt and settings"),
+        ("(a) direct, with logprobs, tok/s", f"{lp:.1f}", "the same request asking for the tokens' log-probabilities"),
+        ("(a) hosted expert gen tok/s", f"{h:.1f}", "Expert.answer (streamed, with logprobs), same prompt and settings"),
+        ("(a) direct with logprobs / without", f"{lp / p:.3f}", "the cost of the confidence"),
         ("(a) hosted / direct", f"{h / p:.3f}", "target >= 0.95"),
     ]
 
