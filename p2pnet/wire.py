@@ -15,11 +15,13 @@ sender's wall clock, ``body`` the message's field list and ``sig`` an Ed25519
 signature over ``packb([version, kind, sender, seq, ts_ms, body])``.
 
 Decoding enforces a size limit, the envelope form, the message schema (types
-and per-message ``validate``), and the signature. New fields are appended with
-a default, so older bodies still decode; the messages about one query or one
-announcement (``EXTENSIBLE``) also decode when a newer node appends fields,
-ignoring those. Ledger and consensus messages must match their schema exactly. Replays and stale messages are
+and per-message ``validate``), and the signature. Replays and stale messages are
 caught by :class:`ReplayGuard`, which a receiver keeps per node.
+
+New fields are appended with a default, so older bodies still decode. The
+messages about one query or one announcement (``EXTENSIBLE``) also decode when
+a newer node appends fields: those are ignored. Ledger and consensus messages
+must match their schema exactly.
 """
 
 from __future__ import annotations
