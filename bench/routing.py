@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--img", type=Path, default=None)
     args = ap.parse_args()
+    from p2pnet.sim import load_scenario
+
+    committed = load_scenario(SCENARIOS / "metallm-cost.toml").policy.params.get("cost_weight")
     jobs = []
     for seed in args.seeds:
         jobs.append(("llmnet-adversarial", seed, None, {}))
@@ -52,7 +55,8 @@ def main() -> None:
         jobs.append(("mixed-threats", seed, None, {}))
         jobs.append(("metallm-cost", seed, None, {}))  # as committed; the sweep varies its cost_weight
         for cw in (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03):
-            jobs.append(("metallm-cost", seed, "reputation", {"cost_weight": cw}))
+            if cw != committed:  # that point of the sweep is the committed run, not run twice
+                jobs.append(("metallm-cost", seed, "reputation", {"cost_weight": cw}))
     with ProcessPoolExecutor(2) as ex:
         results = list(ex.map(_run, jobs))
     groups: dict = {}

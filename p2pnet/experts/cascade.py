@@ -182,7 +182,7 @@ class Cascade:
         if s.local_only:  # the threshold does not matter: nothing may be escalated
             if not usable:
                 why = f"local model failed ({local.error})" if local.method == FAILED else "the local answer is empty"
-                raise (BadQuery if local.refused else QueryError)(f"{why}, and the network may not be asked")
+                raise _no_local_answer(local, why)
             return CascadeResult(local.text, LOCAL, local, None, "local only: the prompt never left this node")
         if usable and not should_escalate(local.confidence, s.threshold):
             return CascadeResult(local.text, LOCAL, local, s.threshold,
@@ -193,7 +193,7 @@ class Cascade:
                if local.confidence < s.threshold else f"threshold {s.threshold:.2f} always asks the network")
         if self.escalate is None:
             if not usable:
-                raise (BadQuery if local.refused else QueryError)(f"{why}, and the network may not be asked")
+                raise _no_local_answer(local, why)
             return CascadeResult(local.text, LOCAL, local, s.threshold, f"{why}; local only: not escalated")
         try:
             remote = await self.escalate(req)
@@ -204,6 +204,12 @@ class Cascade:
                                  f"{why}; the network failed ({exc}), kept the local answer")
         return CascadeResult(remote.text, NETWORK, local, s.threshold, f"{why}: escalated to the network",
                              network=remote)
+
+
+def _no_local_answer(local: LocalAnswer, why: str) -> QueryError:
+    """The error for an unusable local answer when the network may not be
+    asked: BadQuery (400) if the prompt itself was refused, else QueryError."""
+    return (BadQuery if local.refused else QueryError)(f"{why}, and the network may not be asked")
 
 
 def _finish(reason: str) -> str:
