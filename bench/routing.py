@@ -7,6 +7,7 @@ several seeds (two processes), prints Markdown tables, writes the plots.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -21,6 +22,8 @@ def _run(job):
     sc = load_scenario(SCENARIOS / f"{name}.toml")
     if policy == "random":
         sc = sc.with_policy("random")
+    elif policy == "truth":  # the policy as committed, routing by the experts' true accuracies
+        sc = dataclasses.replace(sc, ledger=dataclasses.replace(sc.ledger, standings="truth"))
     elif params:
         sc = sc.with_policy(sc.policy.name, **{**dict(sc.policy.params), **params})
     return job, run_scenario(sc, seed=seed)
@@ -54,6 +57,7 @@ def main() -> None:
         jobs.append(("llmnet-adversarial", seed, "random", {}))
         jobs.append(("mixed-threats", seed, None, {}))
         jobs.append(("metallm-cost", seed, None, {}))  # as committed; the sweep varies its cost_weight
+        jobs.append(("metallm-cost", seed, "truth", {}))
         for cw in (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03):
             if cw != committed:  # that point of the sweep is the committed run, not run twice
                 jobs.append(("metallm-cost", seed, "reputation", {"cost_weight": cw}))
@@ -61,7 +65,8 @@ def main() -> None:
         results = list(ex.map(_run, jobs))
     groups: dict = {}
     for (name, seed, policy, params), r in results:
-        key = (name, r["policy"], tuple(sorted(params.items())))
+        policy_name = r["policy"] + (", true standings" if r["standings"] == "truth" else "")
+        key = (name, policy_name, tuple(sorted(params.items())))
         groups.setdefault(key, []).append(r)
     print("| scenario | policy | params | seeds | accuracy after warmup / oracle | last 20% / oracle "
           "| random / oracle | cost vs best (after warmup) | adversary share of user slots (after warmup) "

@@ -166,6 +166,21 @@ def test_random_policy_baseline_is_worse(small_run):
     assert rnd["tail"]["accuracy"] < small_run["tail"]["accuracy"]
 
 
+def test_true_standings_route_as_if_learning_were_perfect(small_run):
+    """[ledger] standings = "truth": the same policy, reading every expert's
+    true accuracy instead of the chain: adversaries get no traffic from the
+    first query on, where the chain's standings must learn to avoid them."""
+    assert small_run["standings"] == "chain"
+    s = run_scenario(parse_scenario(SMALL.replace("[ledger]\n", "[ledger]\nstandings = 'truth'\n")))
+    assert s["standings"] == "truth"
+    assert all(w["adversary_share"] == 0.0 and w["probe_adversary_share"] == 0.0 for w in s["series"])
+    assert small_run["series"][0]["adversary_share"] > 0.05
+    # sure of every expert, it asks one (the chain's run asks more while it learns)
+    assert s["whole_run"]["mean_respondents"] < small_run["whole_run"]["mean_respondents"]
+    assert s["whole_run"]["accuracy"] >= 0.85
+    assert s["totals"]["ratings_committed"] > 0  # the ledger still runs; only the routing ignores it
+
+
 BASE = """
 [network]
 peers = 10
@@ -187,6 +202,7 @@ accuracy = 0.9
     ("[ledger]\nparams = { pair_capp = 1 }\n", "ledger.params.pair_capp: unknown key"),
     ("[ledger]\nvalidators = 9\n", "ledger.validators"),
     ("[ledger]\nconsensus = 'raft'\n", "ledger.consensus: must be one of"),
+    ("[ledger]\nstandings = 'oracle'\n", "ledger.standings: must be one of"),
     ("colour = 'blue'\n", "colour: unknown key"),
 ])
 def test_scenario_errors_name_the_key(extra, message):

@@ -141,6 +141,7 @@ def summarize(records: Sequence[QueryRecord], sc, extra: Optional[dict] = None) 
         "scenario": sc.name,
         "seed": sc.seed,
         "policy": sc.policy.name,
+        "standings": sc.ledger.standings,
         "peers": sc.network.peers,
         "queries": len(records),
         "accuracy_vs_oracle": _ratio(t["accuracy"] or 0.0, t["accuracy_oracle"] or 0.0),

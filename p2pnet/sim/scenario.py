@@ -49,6 +49,10 @@ class LedgerSpec:
     block_every: int = 10
     consensus: str = "bft"  # "bft": the real BFT core orders blocks; "sequencer": one sequencer
     params: Mapping[str, int] = field(default_factory=dict)
+    standings: str = "chain"
+    """What coordinators route by: "chain", the committed reputation (as a
+    real node); "truth", every expert's true accuracy (a diagnostic: the
+    policy as if learning were perfect)."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,7 @@ def scenario_from_obj(obj: Any, default_name: str = "scenario") -> Scenario:
         block_every=t.number("block_every", 10, 1, 1_000_000, integer=True),
         consensus=t.string("consensus", "bft", ("bft", "sequencer")),
         params=_ledger_params(t.table("params")),
+        standings=t.string("standings", "chain", ("chain", "truth")),
     )
     t.done()
 

@@ -31,6 +31,10 @@ from p2pnet.sim.scenario import (
     ADVERSARIAL, COLLUDING, DISHONEST_RATERS, LAZY, SYBIL, ExpertGroup, Scenario, make_policy,
 )
 
+TRUTH_EVIDENCE = 1000.0
+"""The evidence behind a true accuracy (``[ledger] standings = "truth"``):
+enough that no policy explores around it."""
+
 LIAR_CONFIDENCE = 0.95
 """What a lying expert (adversarial, colluding, sybil) says of every answer,
 when its group's answers carry a confidence."""
@@ -112,6 +116,7 @@ class World:
         self.rng = random.Random(_seed(sc.seed, "world"))
         self.peers: list[SimPeer] = []
         self.by_key: dict[tuple[str, str], SimExpert] = {}
+        self.by_domain: dict[tuple[bytes, str], SimExpert] = {}
         self.rings: dict[str, frozenset] = {}
         self.fake_counter = 0
         n_users = sc.network.peers - sc.expert_peers
@@ -149,7 +154,13 @@ class World:
 
     # ------------------------------------------------------------ starting
 
+    def true_standing(self, peer: bytes, domain: str) -> tuple[float, float]:
+        """An expert's true accuracy now, as if the ledger knew it exactly."""
+        e = self.by_domain.get((peer, domain))
+        return (e.accuracy, TRUTH_EVIDENCE) if e is not None else (0.5, 0.0)
+
     async def start(self) -> None:
+        standing = self.true_standing if self.sc.ledger.standings == "truth" else self.sequencer.standing
         for peer in self.peers:
             peer.network = self.net.attach(peer.peer_id, peer.signer)
             if peer.group is not None:
@@ -158,7 +169,7 @@ class World:
             if peer.group is None or peer.group.behaviour != SYBIL:
                 peer.coordinator = Coordinator(
                     peer, local_experts=[e.expert for e in peer.experts], policy=self.policy,
-                    standing=self.sequencer.standing,
+                    standing=standing,
                     submit_rating=lambda raw, peer=peer: self.on_rating(peer, raw),
                     default_respondents=2, default_deadline_s=self.sc.workload.deadline_s,
                     rng=random.Random(_seed(self.sc.seed, "coordinator", peer.index)), clock=trio.current_time)
@@ -191,6 +202,7 @@ class World:
             sim = SimExpert(expert, backend, d, g, peer)
             peer.experts.append(sim)
             self.by_key[(wire.peer_id_str(peer.peer_id), expert.expert_id)] = sim
+            self.by_domain[(peer.peer_id, d)] = sim
 
     # --------------------------------------------------------------- events
 
