@@ -69,7 +69,9 @@ def sim_command(scenario: Path, seed, policy_name, json_out, plot_out) -> None:
     below = summary["queries_until_adversary_below_5pct"]
     lines = [
         f"{summary['scenario']}: {summary['queries']} queries, {summary['peers']} peers, "
-        f"policy {summary['policy']}, seed {summary['seed']} ({wall:.1f} s wall)",
+        f"policy {summary['policy']}"
+        + (" routing by true accuracies (standings = truth)" if summary["standings"] == "truth" else "")
+        + f", seed {summary['seed']} ({wall:.1f} s wall)",
         f"  last 20%: accuracy {t['accuracy']} vs oracle {t['accuracy_oracle']} "
         f"(ratio {summary['accuracy_vs_oracle']}), random {summary['accuracy_random']}",
         f"  cost vs always-best {summary['cost_vs_best']}, respondents/query {t['mean_respondents']}, "

@@ -280,6 +280,11 @@ def test_cli_writes_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(out.read_text())
     assert summary["seed"] == 3 and summary["queries"] == 40 and "last 20%: accuracy" in proc.stdout
+    assert summary["standings"] == "chain" and "true accuracies" not in proc.stdout
+    sc.write_text(BASE + "[workload]\nqueries = 40\n[ledger]\nstandings = 'truth'\n")
+    proc = subprocess.run([sys.executable, "-c", code, "sim", str(sc)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "policy reputation routing by true accuracies (standings = truth)" in proc.stdout
 
 
 @pytest.mark.parametrize("flag, where, message", [
