@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -75,6 +76,20 @@ async def test_answer(expert):
     unstreamed = confidence_from_logprobs([t["logprob"] for t in choice["logprobs"]["content"]])
     assert choice["message"]["content"] == answer.text and abs(answer.confidence - unstreamed) < 0.02
     assert 0.0 < answer.confidence <= 1.0
+
+
+async def test_confidence_off_gives_the_same_answer_without_one(expert):
+    """``confidence=off`` (LlamaSettings.confidence): llama.cpp is not asked for
+    log-probabilities, so the answer carries no confidence; the text is the same."""
+    backend = expert.backend
+    on = await expert.answer(b"\x04" * 16, q("What is the capital of France?"), timeout=60)
+    backend.settings = dataclasses.replace(backend.settings, confidence=False)
+    try:
+        off = await expert.answer(b"\x05" * 16, q("What is the capital of France?"), timeout=60)
+    finally:
+        backend.settings = dataclasses.replace(backend.settings, confidence=True)
+    assert on.status == off.status == "ok" and on.text == off.text and "Paris" in on.text
+    assert on.confidence is not None and off.confidence is None
 
 
 async def test_a_prompt_longer_than_the_context_is_rejected_with_advice(expert):

@@ -11,9 +11,9 @@ from p2pnet.experts.spec import ExpertSpec, parse_expert_spec
 
 def test_full_spec():
     spec = parse_expert_spec("model=smollm2-135m,domains=general+geography,price=0.1,concurrency=2,"
-                             "gpu_layers=-1,ctx=1024,id=geo,system=You are a geographer, be brief.")
+                             "gpu_layers=-1,ctx=1024,confidence=off,id=geo,system=You are a geographer, be brief.")
     assert spec == ExpertSpec(model="smollm2-135m", domains=("general", "geography"), price_per_1k=0.1,
-                              concurrency=2, gpu_layers=-1, n_ctx=1024, expert_id="geo",
+                              concurrency=2, gpu_layers=-1, n_ctx=1024, confidence=False, expert_id="geo",
                               system_prompt="You are a geographer, be brief.")
     assert spec.id == "geo"
 
@@ -21,7 +21,8 @@ def test_full_spec():
 def test_defaults():
     spec = parse_expert_spec("model=/models/My-Model.Q4_0.gguf")
     assert spec.domains == ("general",) and spec.price_per_1k == 0.0 and spec.concurrency == 1
-    assert spec.gpu_layers == 0 and spec.system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert spec.gpu_layers == 0 and spec.system_prompt == DEFAULT_SYSTEM_PROMPT and spec.confidence is True
+    assert parse_expert_spec("model=m,confidence=ON").confidence is True
     assert spec.id == "My-Model.Q4_0"
     assert parse_expert_spec("model=smollm2-135m").id == "smollm2-135m"
 
@@ -37,6 +38,8 @@ def test_defaults():
     ("model=m,concurrency=1.5", "'concurrency'"),
     ("model=m,gpu_layers=-2", "'gpu_layers'"),
     ("model=m,ctx=10", "'ctx'"),
+    ("model=m,confidence=maybe", "'confidence'"),
+    ("model=m,confidence=", "'confidence'"),
     ("model=m,domains=Geo Graphy", "'domains'"),
     ("model=m,domains=a++b", "'domains'"),
     ("model=m,model=n", "'model'"),

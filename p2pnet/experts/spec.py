@@ -5,9 +5,11 @@ Syntax: comma-separated ``key=value`` pairs, for example
 Keys: ``model`` (required: a known name or a .gguf path), ``domains``
 (``+``-separated, default "general"), ``price`` (per 1k tokens, default 0),
 ``concurrency`` (default 1), ``gpu_layers`` (default 0; -1 all), ``ctx``
-(context tokens, default 2048), ``id`` (expert id, default the model name) and
-``system`` (system prompt). ``system`` must come last: its value runs to the
-end of the spec, commas included.
+(context tokens, default 2048), ``confidence`` (``on`` or ``off``, default on:
+answers carry the tokens' mean probability; off saves its cost), ``id``
+(expert id, default the model name) and ``system`` (system prompt).
+``system`` must come last: its value runs to the end of the spec, commas
+included.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from p2pnet.experts.llama import LlamaBackend, LlamaSettings
 from p2pnet.experts.modelstore import ModelRegistry, resolve
 
 _DOMAIN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-_KEYS = ("model", "domains", "price", "concurrency", "gpu_layers", "ctx", "id", "system")
+_KEYS = ("model", "domains", "price", "concurrency", "gpu_layers", "ctx", "confidence", "id", "system")
+_SWITCH = {"on": True, "off": False}
 
 
 
@@ -41,6 +44,7 @@ class ExpertSpec:
     concurrency: int = 1
     gpu_layers: int = 0
     n_ctx: int = 2048
+    confidence: bool = True
     expert_id: str = ""
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
 
@@ -77,6 +81,9 @@ def parse_expert_spec(text: str) -> ExpertSpec:
     if not domains or len(domains) > 32 or not all(_DOMAIN.fullmatch(d) for d in domains):
         raise ExpertSpecError(f"expert spec: key 'domains': {values.get('domains')!r} must be "
                               "+-separated names of letters, digits, '_', '.', '-'")
+    confidence = values.get("confidence", "on").lower()
+    if confidence not in _SWITCH:
+        raise ExpertSpecError(f"expert spec: key 'confidence': {values['confidence']!r} must be on or off")
     expert_id = values.get("id", "")
     if len(expert_id) > 64:
         raise ExpertSpecError("expert spec: key 'id' is longer than 64 characters")
@@ -87,6 +94,7 @@ def parse_expert_spec(text: str) -> ExpertSpec:
         concurrency=_number(values, "concurrency", int, 1, minimum=1),
         gpu_layers=_number(values, "gpu_layers", int, 0, minimum=-1),
         n_ctx=_number(values, "ctx", int, 2048, minimum=64),
+        confidence=_SWITCH[confidence],
         expert_id=expert_id,
         system_prompt=values.get("system", DEFAULT_SYSTEM_PROMPT),
     )
@@ -113,7 +121,7 @@ def build_expert(spec: ExpertSpec, data_dir: str | os.PathLike, *, n_threads: in
         return _scripted_expert(spec)
     model = resolve(spec.model, data_dir, registry)
     settings = LlamaSettings(n_threads=n_threads, gpu_layers=spec.gpu_layers, n_ctx=spec.n_ctx,
-                             n_parallel=spec.concurrency)
+                             n_parallel=spec.concurrency, confidence=spec.confidence)
     backend = LlamaBackend(model.path, settings, sha256=model.sha256 or None, model_name=model.name)
     return Expert(spec.id, backend, domains=spec.domains, system_prompt=spec.system_prompt,
                   price_per_1k=spec.price_per_1k, max_concurrency=spec.concurrency)
