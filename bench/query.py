@@ -1,8 +1,9 @@
 """Query-path benchmarks. Run: ``python bench/query.py [--parts a,c]``.
 
 (a) hosted-expert generation speed vs calling xllamacpp directly, same model,
-    prompt and settings, as a ratio (target >= 0.95); and the direct call asking
+    prompt and settings, as a ratio (target >= 0.95); the direct call asking
     for the tokens' log-probabilities (experts do, for their confidence) vs not;
+    and a hosted expert with ``confidence=off`` (no log-probabilities);
 (b) coordinator overhead: end-to-end latency through a node's HTTP API minus the
     respondents' generation time, for k = 1 and k = 3, real nodes (libp2p over
     127.0.0.1, in one process) whose experts are scripted and answer at once, so
@@ -63,29 +64,39 @@ def part_a(data_dir: Path, threads: int, tokens: int, reps: int) -> list[Row]:
         return r["usage"]["completion_tokens"] / (time.perf_counter() - t0)
 
     spec = parse_expert_spec(f"model={modelstore.DEFAULT_MODEL},domains=general")
+    spec_off = parse_expert_spec(f"model={modelstore.DEFAULT_MODEL},domains=general,confidence=off")
     prompt = PromptBody((ChatMessage("user", QUESTION),), tokens)
     hosted: list[float] = []
+    hosted_off: list[float] = []
     plain: list[float] = []
     with_logprobs: list[float] = []
 
+    async def timed(expert, i: int) -> float:
+        t0 = time.perf_counter()
+        answer = await expert.answer(i.to_bytes(16, "big"), prompt, timeout=600)
+        return answer.completion_tokens / (time.perf_counter() - t0)
+
     async def run() -> None:
-        async with open_expert(spec, data_dir, n_threads=threads) as expert:
-            for i in range(reps):  # interleaved, so machine noise hits all three alike
+        async with open_expert(spec, data_dir, n_threads=threads) as expert, \
+                open_expert(spec_off, data_dir, n_threads=threads) as expert_off:
+            for i in range(reps):  # interleaved, so machine noise hits all four alike
                 plain.append(await trio.to_thread.run_sync(run_direct, request))
                 with_logprobs.append(await trio.to_thread.run_sync(run_direct, scored))
-                t0 = time.perf_counter()
-                answer = await expert.answer(i.to_bytes(16, "big"), prompt, timeout=600)
-                hosted.append(answer.completion_tokens / (time.perf_counter() - t0))
+                hosted.append(await timed(expert, i))
+                hosted_off.append(await timed(expert_off, i))
 
     trio.run(run)
     del direct
     h, p, lp = statistics.median(hosted), statistics.median(plain), statistics.median(with_logprobs)
+    off = statistics.median(hosted_off)
     return [
         ("(a) direct xllamacpp gen tok/s", f"{p:.1f}", f"median of {reps}, {tokens} tokens, end to end"),
         ("(a) direct, with logprobs, tok/s", f"{lp:.1f}", "the same request asking for the tokens' log-probabilities"),
         ("(a) hosted expert gen tok/s", f"{h:.1f}", "Expert.answer (streamed, with logprobs), same prompt and settings"),
+        ("(a) hosted, confidence=off, tok/s", f"{off:.1f}", "the same expert without logprobs (--expert ...,confidence=off)"),
         ("(a) direct with logprobs / without", f"{lp / p:.3f}", "the cost of the confidence"),
         ("(a) hosted / direct", f"{h / p:.3f}", "target >= 0.95"),
+        ("(a) hosted, confidence=off / direct", f"{off / p:.3f}", "what turning the confidence off gives back"),
     ]
 
 
