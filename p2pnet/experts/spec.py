@@ -5,11 +5,11 @@ Syntax: comma-separated ``key=value`` pairs, for example
 Keys: ``model`` (required: a known name or a .gguf path), ``domains``
 (``+``-separated, default "general"), ``price`` (per 1k tokens, default 0),
 ``concurrency`` (default 1), ``gpu_layers`` (default 0; -1 all), ``ctx``
-(context tokens, default 2048), ``confidence`` (``on`` or ``off``, default on:
-answers carry the tokens' mean probability; off saves its cost), ``id``
-(expert id, default the model name) and ``system`` (system prompt).
-``system`` must come last: its value runs to the end of the spec, commas
-included.
+(context tokens, default 2048), ``confidence`` (``on`` or ``off``, default
+on: answers carry exp(mean log-probability) of their tokens; off saves its
+cost), ``id`` (expert id, default the model name) and ``system`` (system
+prompt). ``system`` must come last: its value runs to the end of the spec,
+commas included.
 """
 
 from __future__ import annotations
