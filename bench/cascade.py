@@ -3,9 +3,10 @@ the real default model: closed-form questions with known answers (sums,
 products, capitals), each answered through the cascade's own local path.
 
 Prints the AUC (the chance that a right answer's confidence is above a
-wrong one's), its normal-model separation d' (the simulator's
-``confidence_separation``), and per threshold the share of answers kept
-local and their accuracy.
+wrong one's; a scenario's ``confidence_auc`` takes it as it is), its
+normal-model separation d', the mean and spread of right and wrong answers'
+confidence, and per threshold the share of answers kept local and their
+accuracy.
 
     .venv/bin/python bench/cascade.py [--store DATA_DIR] [--questions 120]
 """

@@ -63,7 +63,7 @@ class NodeConfig:
     announce_interval_s: float = 5.0
     judges: int = 0  # experts asked to rank each query's answers (peer judging); 0 = off
     probe_interval_s: float = -1.0  # seconds between probe queries; -1 = every 300 s on validators, else off
-    # a single answer whose own confidence (its tokens' mean probability) is below this gets a
+    # a single answer whose own confidence (exp of its tokens' mean log-probability) is below this gets a
     # second expert; 0.6 escalates 28% of the default model's answers, 74% of them wrong (bench/cascade.py)
     escalate_below: float = 0.6
     log_level: str = "info"

@@ -157,7 +157,7 @@ class World:
     def true_standing(self, peer: bytes, domain: str) -> tuple[float, float]:
         """An expert's true accuracy now, as if the ledger knew it exactly."""
         e = self.by_domain.get((peer, domain))
-        return (e.accuracy, TRUTH_EVIDENCE) if e is not None else (0.5, 0.0)
+        return (e.accuracy, TRUTH_EVIDENCE) if e is not None else self.sequencer.prior
 
     async def start(self) -> None:
         standing = self.true_standing if self.sc.ledger.standings == "truth" else self.sequencer.standing
