@@ -41,7 +41,7 @@ def _open(data_dir: Optional[str]):
         where = "" if data_dir else " and the local swarm's nodes keep none"
         raise LedgerError(
             f"no ledger at {path}{where}; pass --data-dir DIR of a node that keeps one, or --api URL to ask "
-            f"a running node (a local swarm keeps a ledger when started with --validators N)")
+            f"a running node (a local swarm keeps one unless started with --validators 0)")
     return Ledger.open(path, readonly=True)
 
 
@@ -56,7 +56,7 @@ def _get(api: str, path: str, params: dict) -> dict:
         return get_json(base + path + (f"?{query}" if query else ""))
     except HttpError as exc:
         if exc.status == 404 and exc.message.startswith("no such path"):  # the route, not a block, is missing
-            message = f"the node at {base} keeps no ledger (it was started without --genesis)"
+            message = f"the node at {base} keeps no ledger (it was started without --genesis; a swarm started with --validators 0 keeps none)"
         else:
             message = f"the node at {base} answered {exc.status}: {exc.message}"
         raise click.ClickException(message) from None

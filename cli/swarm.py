@@ -13,6 +13,10 @@ dir_option = click.option("--dir", "swarm_dir", type=click.Path(file_okay=False,
                           help="Swarm directory (default: $P2PNET_HOME/swarm).")
 
 
+DEFAULT_VALIDATORS = 4
+"""Validators of a swarm started without --validators: BFT with 4 tolerates one that fails."""
+
+
 def _dir(swarm_dir):
     return swarm_dir or default_swarm_dir()
 
@@ -24,8 +28,9 @@ def swarm() -> None:
 
 @swarm.command("up")
 @click.option("--nodes", "n", type=click.IntRange(1, 64), default=3, show_default=True)
-@click.option("--validators", type=click.IntRange(0, 64), default=0, show_default=True,
-              help="The first V nodes become validators of a fresh genesis.")
+@click.option("--validators", type=click.IntRange(0, 64), default=None,
+              help=f"The first V nodes become validators of a fresh genesis and keep the reputation "
+                   f"ledger (default: every node, at most {DEFAULT_VALIDATORS}; 0: no ledger).")
 @click.option("--expert", "experts", multiple=True, metavar="SPEC",
               help="Expert each node hosts (default: the default model).")
 @click.option("--no-experts", is_flag=True, help="Host no models (a messaging-only swarm).")
@@ -39,6 +44,8 @@ def swarm_up(n, validators, experts, no_experts, threads, timeout_s, swarm_dir, 
     from p2pnet_testnet import swarm as swarm_mod
 
     swarm_dir = _dir(swarm_dir)
+    if validators is None:
+        validators = min(n, DEFAULT_VALIDATORS)
     node_args: list[str] = []
     model_store = None
     if no_experts:
@@ -53,9 +60,11 @@ def swarm_up(n, validators, experts, no_experts, threads, timeout_s, swarm_dir, 
     nodes = swarm_mod.up(n, swarm_dir, validators=validators, node_args=node_args, model_store=model_store,
                          timeout_s=timeout_s, progress=lambda m: click.echo(m, err=True))
     if as_json:
-        emit({"dir": str(swarm_dir), "nodes": nodes})
+        emit({"dir": str(swarm_dir), "validators": validators, "nodes": nodes})
         return
-    click.echo(f"swarm of {len(nodes)} nodes is up in {swarm_dir}")
+    ledger = (f"{validators} validator{'s keep' if validators > 1 else ' keeps'} the ledger (p2pnet reputation)"
+              if validators else "no ledger (--validators 0)")
+    click.echo(f"swarm of {len(nodes)} nodes is up in {swarm_dir}; {ledger}")
     for node in nodes:
         click.echo(f"  node{node['index']}  {node['peer_id']}  api {node['api']}  peers {len(node['peers'])}")
     click.echo(f"ask it: p2pnet ask --api {nodes[0]['api']} \"What is the capital of France?\"")
@@ -94,7 +103,7 @@ def swarm_status(swarm_dir, as_json) -> None:
         emit({"dir": str(swarm_dir), "nodes": [], "error": str(exc)})  # a script still gets JSON
         raise click.exceptions.Exit(1) from None
     if as_json:
-        emit({"dir": str(swarm_dir), "nodes": nodes})
+        emit({"dir": str(swarm_dir), "validators": validators, "nodes": nodes})
         return
     for node in nodes:
         state = "up" if node["alive"] else "DOWN"
