@@ -103,7 +103,7 @@ def swarm_status(swarm_dir, as_json) -> None:
         emit({"dir": str(swarm_dir), "nodes": [], "error": str(exc)})  # a script still gets JSON
         raise click.exceptions.Exit(1) from None
     if as_json:
-        emit({"dir": str(swarm_dir), "validators": validators, "nodes": nodes})
+        emit({"dir": str(swarm_dir), "nodes": nodes})
         return
     for node in nodes:
         state = "up" if node["alive"] else "DOWN"

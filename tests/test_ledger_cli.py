@@ -174,7 +174,8 @@ async def test_api_mode_sends_the_api_key_without_proxy_and_explains_a_missing_l
         for args in (("reputation",), ("ledger", "show"), ("ledger", "verify")):
             p = await trio.to_thread.run_sync(lambda: p2pnet(*args, "--api", bare, env=env))
             assert p.returncode == 1 and p.stderr.strip().splitlines() == [
-                f"p2pnet: error: the node at {bare} keeps no ledger (it was started without --genesis)"]
+                f"p2pnet: error: the node at {bare} keeps no ledger (it was started without --genesis; "
+                f"a swarm started with --validators 0 keeps none)"]
         env["P2PNET_API_KEY"] = "wrong"
         p = await trio.to_thread.run_sync(lambda: p2pnet("reputation", "--api", api, env=env))
         assert p.returncode == 1 and p.stderr.startswith(f"p2pnet: error: the node at {api} answered 401: ")
