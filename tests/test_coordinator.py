@@ -65,7 +65,8 @@ def paris(**kw):
 
 
 async def test_query_answered_by_remote_experts_with_provenance_and_ratings(nursery, tmp_path):
-    nodes = await start_cluster(nursery, tmp_path, [paris(), paris(), scripted.ScriptedBackend(
+    # two different models that both say Paris (copies of one model would count once)
+    nodes = await start_cluster(nursery, tmp_path, [paris(seed=1), paris(seed=2), scripted.ScriptedBackend(
         {QUESTION: "Lyon is the capital of France."})])
     coord = nodes[0]
     resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=3, domain="geography"))
@@ -130,6 +131,41 @@ async def test_two_answers_that_differ_are_settled_by_a_third(nursery, tmp_path)
         assert resp.choices[0].message.content == text, prov["reason"]
         assert {r["expert_id"]: r["score"] for r in prov["respondents"]} == {"a": 0.0, "b": 0.0}
         assert "no majority" in prov["reason"]
+
+
+async def test_copies_of_one_model_count_once_at_temperature_zero(nursery, tmp_path):
+    """Experts that announce the same model file answer a temperature-0 prompt
+    alike: their agreement is one computation, not evidence. The tie-break
+    then asks another model; at a temperature above 0 each copy votes."""
+    coord = await start_node(nursery, tmp_path, "coord")
+    nodes = [coord]
+    # a and c are copies of one scripted model (same script, same sha256)
+    for name, text in (("a", "Lyon."), ("b", "Paris."), ("c", "Lyon."), ("d", "The answer is Paris.")):
+        nodes.append(await start_node(nursery, tmp_path, name, boot_addr(coord),
+                                      scripted.ScriptedBackend({QUESTION: text}), expert_id=name))
+    await wait_for(lambda: all(len(x.network.peers()) == 4 for x in nodes), 30, "mesh")
+    coordinator = coordinator_of(coord)
+    await wait_for(lambda: len(coordinator.directory.all(coordinator.clock())) == 4, 30, "announcements")
+    cards = {ref.card.expert_id: ref.card for ref in coordinator.directory.all(coordinator.clock())}
+    assert cards["a"].sha256 == cards["c"].sha256 != cards["b"].sha256
+    coordinator.policy = _ByExpertId()
+    # a and b differ; the tie-break skips c (a's copy) and asks d, which sides with b
+    resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=2, domain="geography"))
+    prov = resp.model_extra["p2pnet"]
+    assert [t["expert_id"] for t in prov["tiebreakers"]] == ["d"]
+    assert resp.choices[0].message.content in ("Paris.", "The answer is Paris.")
+    # sampled answers are independent draws: c is asked, and the copies' majority wins
+    resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=2, domain="geography",
+                                                     temperature=0.7))
+    prov = resp.model_extra["p2pnet"]
+    assert [t["expert_id"] for t in prov["tiebreakers"]] == ["c"] and resp.choices[0].message.content == "Lyon."
+    # asked together at temperature 0, the copies are one voice against d: a tie, nobody rated up
+    coordinator.tiebreak = 0
+    prov = (await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=3, domain="geography"))
+            ).model_extra["p2pnet"]
+    scores = {r["expert_id"]: r["score"] for r in prov["respondents"]}
+    assert scores == {"a": 0.0, "b": 0.0, "c": 0.0} and "no majority" in prov["reason"]
+    assert "1 copy of the same model's same answer counted once" in prov["reason"]
 
 
 class _OneByExpertId(_ByExpertId):

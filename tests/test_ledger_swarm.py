@@ -24,8 +24,10 @@ def height(node):
 
 
 def ask(api, question):
+    # sampled (temperature > 0): copies of one model then answer independently, so their
+    # agreement is evidence and rated (at temperature 0 they count as one answer, unrated)
     body = {"model": "p2pnet", "messages": [{"role": "user", "content": question}], "respondents": 3,
-            "max_tokens": 24, "deadline_s": 200}
+            "max_tokens": 24, "deadline_s": 200, "temperature": 0.7}
     return client.post_json(api + "/v1/chat/completions", body, timeout=240)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from p2pnet.experts import signals
 from p2pnet.experts.evaluation import (
-    AgreementEvaluator, Candidate, Evaluation, SignalWeights, agreement, combine, short_answer,
+    AgreementEvaluator, Candidate, Evaluation, SignalWeights, agreement, by_voice, combine, short_answer,
 )
 
 
@@ -53,6 +53,27 @@ def test_agreement_evaluator_without_a_majority_is_undecided():
     assert not broken.undecided and broken.scores == (0.0, 1.0, 1.0) and broken.chosen in (1, 2)
     one = ev.evaluate([Candidate("p1", "e", "ok", "4"), Candidate("p2", "e", "busy")])
     assert not one.undecided and one.scores == (None, None) and one.chosen == 0
+
+
+def test_copies_of_one_answer_count_once():
+    ev = AgreementEvaluator()
+    cands = [Candidate("p1", "e", "ok", "32", latency_ms=20), Candidate("p2", "e", "ok", "32", latency_ms=10),
+             Candidate("p3", "e", "ok", "42", latency_ms=30), Candidate("p4", "e", "timeout")]
+    # counted as four answers, the copies are a majority that rates "42" wrong
+    assert ev.evaluate(cands).scores == (1.0, 1.0, 0.0, 0.0)
+    # as one voice, "32" against "42" is a tie: both unproven, the failure still 0
+    voiced = by_voice(ev, cands, [("m", "32"), ("m", "32"), ("n", "42"), None])
+    assert voiced.undecided and voiced.scores == (0.0, 0.0, 0.0, 0.0)
+    assert voiced.chosen == 1 and "1 copy of the same model's same answer counted once" in voiced.reason
+    # a third, independent answer decides; every copy gets its voice's score
+    decided = by_voice(ev, cands + [Candidate("p5", "e", "ok", "It is 42.")],
+                       [("m", "32"), ("m", "32"), ("n", "42"), None, None])
+    assert not decided.undecided and decided.scores == (0.0, 0.0, 1.0, 0.0, 1.0) and decided.chosen in (2, 4)
+    # copies alone are one answer: delivered, not rated
+    alone = by_voice(ev, cands[:2], [("m", "32"), ("m", "32")])
+    assert alone.scores == (None, None) and alone.chosen == 1 and not alone.undecided
+    # no copies: the evaluator's own verdict, unchanged
+    assert by_voice(ev, cands, [None] * 4) == ev.evaluate(cands)
 
 
 def test_signal_weights_combine():

@@ -32,7 +32,7 @@ from p2pnet.experts.directory import Directory, ExpertRef
 from p2pnet.experts.errors import BadQuery, DeadlineExceeded, NoExpertAvailable, UnknownModel
 from p2pnet.experts import signals
 from p2pnet.experts.evaluation import (
-    FEEDBACK, AgreementEvaluator, Candidate, Evaluator, SignalWeights, is_usable,
+    FEEDBACK, AgreementEvaluator, Candidate, Evaluator, SignalWeights, by_voice, is_usable, normalize,
 )
 from p2pnet.experts.streaming import answer_streaming
 from p2pnet.experts.selection import SelectionPolicy, Standing, UcbCostPolicy, no_standing
@@ -258,7 +258,8 @@ class Coordinator:
             why = f"its confidence {answer.confidence:.2f} is below {below:.2f}"
         else:
             return timed_out, None
-        asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, 1, stream=False)
+        asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, 1, stream=False,
+                                     new_voice=True)
         if asked is None:
             return timed_out, None
         timed_out, chosen = asked
@@ -288,10 +289,11 @@ class Coordinator:
         those not asked yet, while the deadline allows. Returns the refs asked."""
         extra: list = []
         for _ in range(self.tiebreak):
-            if timed_out or not self.evaluator.evaluate([pending.answers[k] for k in pending.asked]).undecided:
+            if timed_out or not self._evaluate(pending, list(pending.asked), prompt).undecided:
                 break
             # no streaming: the client must not see text that the majority may overrule
-            asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, 1, stream=False)
+            asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, 1, stream=False,
+                                         new_voice=True)
             if asked is None:
                 break
             timed_out, chosen = asked
@@ -299,16 +301,23 @@ class Coordinator:
         return extra
 
     async def _ask_more(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
-                        deadline_s: float, n: int, stream: bool = True) -> Optional[tuple[bool, tuple]]:
+                        deadline_s: float, n: int, stream: bool = True,
+                        new_voice: bool = False) -> Optional[tuple[bool, tuple]]:
         """Ask ``n`` more experts the policy would use anyway (never one it has
         shut out), not asked yet, if at least half a second of the deadline is
         left; their answers join ``pending`` (one of them streams if ``stream``
-        and it is the only one). Returns (whether the deadline passed, the
-        refs asked), or None if nobody was asked."""
+        and it is the only one). With ``new_voice``, at temperature 0, not a
+        copy of a model already asked: it would repeat that model's answer.
+        Returns (whether the deadline passed, the refs asked), or None if
+        nobody was asked."""
         left = pending.started + deadline_s - self.clock()
         if left <= 0.5:
             return None
-        rest = self.policy.eligible([r for r in candidates if r.key not in pending.asked], domain, self.standing)
+        rest = [r for r in candidates if r.key not in pending.asked]
+        if new_voice and prompt.temperature == 0:
+            models = {ref.card.sha256 for ref in pending.asked.values()}
+            rest = [r for r in rest if r.card.sha256 not in models]
+        rest = self.policy.eligible(rest, domain, self.standing)
         if not rest:
             return None
         chosen = self.policy.select(rest, n, domain, self.standing, self.rng).chosen
@@ -395,7 +404,7 @@ class Coordinator:
                       escalated: Optional[dict] = None) -> ChatResult:
         keys = list(pending.asked)
         cands = [pending.answers[k] for k in keys]
-        evaluation = self.evaluator.evaluate(cands)
+        evaluation = self._evaluate(pending, keys, prompt)
         judging = await self._judge(prompt, domain, keys, cands, judges, req) if judges else None
         undecided = evaluation.undecided and probe is None and not judging
         evaluation, rated, per_signal = signals.apply_signals(
@@ -457,6 +466,17 @@ class Coordinator:
             completion_tokens=best.completion_tokens,
             query_id=pending.query_id.hex(), provenance=provenance,
         )
+
+    def _evaluate(self, pending: _Pending, keys: list, prompt: wire.PromptBody):
+        """The evaluator's verdict on the answers to ``keys``, copies counted
+        once: at temperature 0, usable answers with the same text from experts
+        that announce the same model file (sha256) are one voice."""
+        cands = [pending.answers[k] for k in keys]
+        if prompt.temperature != 0:
+            return self.evaluator.evaluate(cands)
+        voices = [(pending.asked[k].card.sha256, normalize(c.text)) if is_usable(c) and pending.asked[k].card.sha256
+                  else None for k, c in zip(keys, cands)]
+        return by_voice(self.evaluator, cands, voices)
 
     def _by_standing(self, evaluation, keys, cands, domain: str):
         """No majority, even after a tie-break: deliver the answer of the

@@ -244,4 +244,29 @@ class FastestEvaluator(Evaluator):
         return Evaluation(best, scores, "fastest usable answer")
 
 
+def by_voice(evaluator: Evaluator, candidates: Sequence[Candidate], voices: Sequence) -> Evaluation:
+    """Evaluate with copies counted once. Candidates with the same ``voices``
+    key (not None) are one independent answer: copies of one model at
+    temperature 0 that gave the same text agree because they are the same
+    computation, not because the answer is right. The evaluator sees one
+    answer per voice (its fastest copy); every copy gets its voice's score,
+    and a voice that is the only one is not rated."""
+    groups: dict = {}
+    for i, voice in enumerate(voices):
+        groups.setdefault(i if voice is None else ("voice", voice), []).append(i)
+    if all(len(members) == 1 for members in groups.values()):
+        return evaluator.evaluate(candidates)
+    members = list(groups.values())
+    reps = [min(m, key=lambda i: (candidates[i].latency_ms, i)) for m in members]
+    ev = evaluator.evaluate([candidates[r] for r in reps])
+    scores: list = [None] * len(candidates)
+    for g, m in enumerate(members):
+        for i in m:
+            scores[i] = ev.scores[g]
+    copies = len(candidates) - len(members)
+    return Evaluation(None if ev.chosen is None else reps[ev.chosen], tuple(scores),
+                      f"{ev.reason} ({copies} cop{'y' if copies == 1 else 'ies'} of the same model's "
+                      f"same answer counted once)", ev.undecided)
+
+
 EVALUATORS = {"agreement": AgreementEvaluator, "fastest": FastestEvaluator}

@@ -113,7 +113,12 @@ class ScriptedBackend(Backend):
         self._speed = speed
         self.confidence = confidence
         self.max_parallel = max_parallel
-        digest = hashlib.sha256(f"scripted:{model}:{seed}".encode()).hexdigest()
+        # the "model file" is the script: two backends announce the same sha256
+        # only if they answer alike (copies, which the coordinator counts once)
+        script = repr((sorted(self._answers.items()), default, accuracy,
+                       *(f if isinstance(f, str) or f is None else getattr(f, "__qualname__", "fn")
+                         for f in (rule, wrong))))
+        digest = hashlib.sha256(f"scripted:{model}:{seed}:{script}".encode()).hexdigest()
         self._info = ModelInfo(model=model, sha256=digest, quantization="none", n_ctx=n_ctx,
                                backend=self.name, gpu_layers=0)
         self.calls = 0
