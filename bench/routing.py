@@ -18,12 +18,16 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "testnet" / "scenarios"
 def _run(job):
     name, seed, policy, params = job
     from p2pnet.sim import load_scenario, run_scenario
+    from p2pnet.sim.scenario import HONEST
 
     sc = load_scenario(SCENARIOS / f"{name}.toml")
     if policy == "random":
         sc = sc.with_policy("random")
     elif policy == "truth":  # the policy as committed, routing by the experts' true accuracies
         sc = dataclasses.replace(sc, ledger=dataclasses.replace(sc.ledger, standings="truth"))
+    elif policy == "copies":  # the policy as committed; each honest group's hosts run one model
+        sc = dataclasses.replace(sc, experts=tuple(
+            dataclasses.replace(g, copies=True) if g.behaviour == HONEST else g for g in sc.experts))
     elif params:
         sc = sc.with_policy(sc.policy.name, **{**dict(sc.policy.params), **params})
     return job, run_scenario(sc, seed=seed)
@@ -58,6 +62,8 @@ def main() -> None:
         jobs.append(("mixed-threats", seed, None, {}))
         jobs.append(("metallm-cost", seed, None, {}))  # as committed; the sweep varies its cost_weight
         jobs.append(("metallm-cost", seed, "truth", {}))
+        for name in ("llmnet-adversarial", "mixed-threats", "metallm-cost"):
+            jobs.append((name, seed, "copies", {}))
         for cw in (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03):
             if cw != committed:  # that point of the sweep is the committed run, not run twice
                 jobs.append(("metallm-cost", seed, "reputation", {"cost_weight": cw}))
@@ -65,7 +71,8 @@ def main() -> None:
         results = list(ex.map(_run, jobs))
     groups: dict = {}
     for (name, seed, policy, params), r in results:
-        policy_name = r["policy"] + (", true standings" if r["standings"] == "truth" else "")
+        policy_name = r["policy"] + {"truth": ", true standings", "copies": ", honest hosts of a model are copies"
+                                     }.get(policy, "")
         key = (name, policy_name, tuple(sorted(params.items())))
         groups.setdefault(key, []).append(r)
     print("| scenario | policy | params | seeds | accuracy after warmup / oracle | last 20% / oracle "

@@ -181,6 +181,37 @@ def test_true_standings_route_as_if_learning_were_perfect(small_run):
     assert s["totals"]["ratings_committed"] > 0  # the ledger still runs; only the routing ignores it
 
 
+def test_copies_of_one_model_answer_alike():
+    """copies = true: every host of the group runs one model, so the hosts
+    announce one sha256 and give the same answer to every question, wrong
+    ones included (the coordinators then count them once; test_coordinator).
+    Other groups' hosts err independently."""
+    from p2pnet.sim.world import question, right_answer
+
+    sc = parse_scenario(SMALL.replace('name = "good"\n', 'name = "good"\ncopies = true\n')
+                        .replace("queries = 300", "queries = 60"))
+    assert [g.copies for g in sc.experts] == [True, False, False]
+    driver = Driver(sc)
+    summary = trio.run(driver.run, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert summary["totals"]["ratings_committed"] > 0
+
+    def hosts(group):
+        return [e.backend for p in driver.world.peers for e in p.experts
+                if e.group.name == group and e.domain == "math"]
+
+    def answers(backend):
+        return [backend.answer_text(question(i, "math")) for i in range(200)]
+
+    good, fair = hosts("good"), hosts("fair")
+    assert len(good) == 4 and len({b.info().sha256 for b in good}) == 1
+    first = answers(good[0])
+    assert all(answers(b) == first for b in good[1:])
+    wrong = [i for i, a in enumerate(first) if a != right_answer(question(i, "math"))]
+    assert 0 < len(wrong) < 60  # wrong on the same questions (about 10%), with the same wrong text
+    assert len({b.info().sha256 for b in fair}) == 3
+    assert len({tuple(answers(b)) for b in fair}) == 3  # independent errors: different wrong answers
+
+
 BASE = """
 [network]
 peers = 10
@@ -219,6 +250,7 @@ def test_scenario_errors_name_the_key(extra, message):
     ("rotate_every = 10\naccuracy = 0.5", r"expert\[1\]\.rotate_every: only for behaviour sybil"),
     ("latency = 5\naccuracy = 0.5", r"expert\[1\]\.latency: unknown key"),
     ("confidence_auc = 1.2\naccuracy = 0.5", r"expert\[1\]\.confidence_auc: must lie in \[0\.5, 0\.999\]"),
+    ("copies = 'yes'\naccuracy = 0.5", r"expert\[1\]\.copies: expected true or false"),
 ])
 def test_expert_group_errors(group, message):
     text = BASE + "[[expert]]\nname = 'b'\ncount = 1\ndomains = ['math']\n" + group + "\n"

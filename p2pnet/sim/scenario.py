@@ -72,6 +72,7 @@ class ExpertGroup:
     rotate_every: Optional[int] = None
     fake_ratings: int = 2
     confidence_auc: Optional[float] = None  # answers carry a confidence this good (None: none)
+    copies: bool = False  # one model on every host: the same answer to a question, the same sha256
 
 
 @dataclass(frozen=True)
@@ -215,10 +216,12 @@ def _expert(obj: Any, i: int, queries: int) -> ExpertGroup:
         rotate_every=t.number("rotate_every", None, 1, queries, integer=True),
         fake_ratings=t.number("fake_ratings", 2, 0, 16, integer=True),
         confidence_auc=t.number("confidence_auc", None, 0.5, 0.999),
+        copies=t.get("copies", False),
     )
     t.done()
-    if not isinstance(group.adversary, bool):
-        raise ScenarioError(f"{t.key('adversary')}: expected true or false")
+    for key in ("adversary", "copies"):
+        if not isinstance(getattr(group, key), bool):
+            raise ScenarioError(f"{t.key(key)}: expected true or false")
     if behaviour == JOINS_LATE and not group.joins_at:
         raise ScenarioError(f"{t.key('joins_at')}: behaviour joins-late needs joins_at > 0")
     if behaviour == DEGRADES_AT and group.degrades_at is None:

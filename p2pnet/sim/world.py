@@ -183,7 +183,9 @@ class World:
         latency = g.latency_ms / 1000 * (0.8 + 0.4 * self.rng.random())
         liar = g.behaviour in (ADVERSARIAL, SYBIL, COLLUDING)
         for d in g.domains:
-            seed = int.from_bytes(_seed(self.sc.seed, "expert", peer.index, d)[:8], "big")
+            # copies of one model: right, wrong and unsure on the same questions on every host
+            who = ("model", g.name) if g.copies else ("expert", peer.index)
+            seed = int.from_bytes(_seed(self.sc.seed, *who, d)[:8], "big")
             confidence = None
             if g.confidence_auc is not None:
                 confidence = (claimed_confidence(LIAR_CONFIDENCE) if liar
@@ -193,7 +195,7 @@ class World:
             elif g.behaviour == LAZY:
                 wrong = "not sure"
             else:
-                wrong = _wrong(f"wrong:{peer.index}:{d}")
+                wrong = _wrong(f"wrong:{who[1]}:{d}")
             backend = ScriptedBackend(rule=right_answer, wrong=wrong, accuracy=g.accuracy[d], seed=seed,
                                       latency=latency, model=f"sim-{g.name}"[:64], confidence=confidence)
             expert = Expert(f"{g.name}-{d}"[:64], backend, domains=(d,), price_per_1k=g.price,
