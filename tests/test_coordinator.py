@@ -136,7 +136,8 @@ async def test_two_answers_that_differ_are_settled_by_a_third(nursery, tmp_path)
 async def test_copies_of_one_model_count_once_at_temperature_zero(nursery, tmp_path):
     """Experts that announce the same model file answer a temperature-0 prompt
     alike: their agreement is one computation, not evidence. The tie-break
-    then asks another model; at a temperature above 0 each copy votes."""
+    then asks another model; at a temperature above 0 each copy votes. When the
+    node picks the respondents at temperature 0 it asks one copy per model."""
     coord = await start_node(nursery, tmp_path, "coord")
     nodes = [coord]
     # a and c are copies of one scripted model (same script, same sha256)
@@ -166,6 +167,18 @@ async def test_copies_of_one_model_count_once_at_temperature_zero(nursery, tmp_p
     scores = {r["expert_id"]: r["score"] for r in prov["respondents"]}
     assert scores == {"a": 0.0, "b": 0.0, "c": 0.0} and "no majority" in prov["reason"]
     assert "1 copy of the same model's same answer counted once" in prov["reason"]
+    # when the request leaves the respondents to the node, a copy is not asked at
+    # temperature 0 (the next model is), and is at 0.7
+    coordinator.default_respondents = 3
+    prov = (await trio.to_thread.run_sync(lambda: ask(coord.api_url, domain="geography"))).model_extra["p2pnet"]
+    assert sorted(r["expert_id"] for r in prov["respondents"]) == ["a", "b", "d"]
+    prov = (await trio.to_thread.run_sync(lambda: ask(coord.api_url, domain="geography", temperature=0.7))
+            ).model_extra["p2pnet"]
+    assert sorted(r["expert_id"] for r in prov["respondents"]) == ["a", "b", "c"]
+    coordinator.default_respondents = 4
+    prov = (await trio.to_thread.run_sync(lambda: ask(coord.api_url, domain="geography"))).model_extra["p2pnet"]
+    assert sorted(r["expert_id"] for r in prov["respondents"]) == ["a", "b", "d"]
+    assert "3 not 4: 1 more is a copy of a chosen model" in prov["selection"]["reason"]
 
 
 class _OneByExpertId(_ByExpertId):

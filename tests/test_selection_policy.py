@@ -7,12 +7,12 @@ from hypothesis import given, settings, strategies as st
 
 from p2pnet import wire
 from p2pnet.experts.directory import ExpertRef
-from p2pnet.experts.selection import Posterior, RandomPolicy, ReputationPolicy, UcbCostPolicy
+from p2pnet.experts.selection import Posterior, RandomPolicy, ReputationPolicy, UcbCostPolicy, no_standing
 
 
-def ref(i: int, price: float = 1.0, load: int = 0) -> ExpertRef:
+def ref(i: int, price: float = 1.0, load: int = 0, model: str = "0" * 64) -> ExpertRef:
     peer = wire.peer_id_from_public_key(bytes([i]) * 32)
-    card = wire.ModelCard(expert_id=f"e{i}", model="m", sha256="0" * 64, quantization="q", n_ctx=512,
+    card = wire.ModelCard(expert_id=f"e{i}", model="m", sha256=model, quantization="q", n_ctx=512,
                           domains=("math",), prompt_tps=1.0, gen_tps=1.0, price_per_1k=price, load=load,
                           max_concurrency=4)
     return ExpertRef(peer, card, 0.0)
@@ -192,3 +192,54 @@ def test_probes_settle_experts_that_user_queries_avoid():
     settled = table(refs, [(0.9, 30), (0.9, 30), (0.25, 4.0), (0.3, 4.5), (0.2, 10)])
     sels = [policy.select(refs, 1, "math", settled, rng, probe=True) for _ in range(50)]
     assert all(s.chosen[0] in refs[:2] for s in sels)  # nothing unsettled: probes go where users go
+
+
+def test_one_expert_per_model_at_temperature_zero():
+    """With ``distinct_models`` (a temperature-0 query) copies of a chosen
+    model are left out: they would repeat its answer. Fewer experts are asked
+    when the candidates hold fewer models; without it nothing changes."""
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    refs = [ref(0, model=a), ref(1, model=a), ref(2, model=b), ref(3, model=c)]
+    standing = table(refs, [(0.95, 40), (0.94, 40), (0.9, 40), (0.85, 40)])
+    policy = ReputationPolicy(explore_share=0.0)
+    rng = random.Random(7)
+    for _ in range(50):
+        sel = policy.select(refs, 3, "math", standing, rng, distinct_models=True)
+        assert sorted(r.card.sha256 for r in sel.chosen) == [a, b, c]
+    sel = policy.select(refs[:3], 3, "math", standing, rng, distinct_models=True)
+    assert sorted(r.card.sha256 for r in sel.chosen) == [a, b]
+    assert "2 not 3: 1 more is a copy of a chosen model" in sel.reason
+    assert len(policy.select(refs[:3], 3, "math", standing, rng).chosen) == 3
+    # a second opinion on an unreliable pick goes to another model
+    unsure = table(refs, [(0.72, 4), (0.71, 4), (0.7, 4), (0.5, 4)])
+    sels = [policy.select(refs[:3], 1, "math", unsure, rng, adapt=True, distinct_models=True) for _ in range(50)]
+    assert all(len(s.chosen) == 2 and len({r.card.sha256 for r in s.chosen}) == 2 for s in sels)
+    # ... and none when the only other established expert is a copy
+    assert {len(policy.select(refs[:2], 1, "math", unsure, rng, adapt=True, distinct_models=True).chosen)
+            for _ in range(50)} == {1}
+    # a newcomer that is a copy of the pick is not explored with it
+    newcomer = table(refs, [(0.9, 30), (0.5, 0)])
+    explorer = ReputationPolicy(explore_share=1.0)
+    assert {len(explorer.select(refs[:2], 1, "math", newcomer, rng, distinct_models=True).chosen)
+            for _ in range(50)} == {1}
+    assert {len(explorer.select(refs[:2], 1, "math", newcomer, rng).chosen) for _ in range(50)} == {2}
+    # the base policies do the same
+    for base in (UcbCostPolicy(), RandomPolicy()):
+        chosen = base.select(refs, 4, "math", standing, rng, distinct_models=True).chosen
+        assert sorted(r.card.sha256 for r in chosen) == [a, b, c]
+    # an expert that announces no model file is never taken for a copy
+    blank = [ref(i, model="") for i in range(3)]
+    assert len(policy.select(blank, 3, "math", no_standing, rng, distinct_models=True).chosen) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(means, evidence, st.integers(0, 3)), min_size=1, max_size=8),
+       st.integers(1, 5), st.integers(0, 2**32), st.booleans(), st.booleans())
+def test_distinct_models_never_asks_two_copies(rows, k, seed, adapt, probe):
+    refs = [ref(i, model=str(m) * 64) for i, (_, _, m) in enumerate(rows)]
+    standing = table(refs, [(mean, e) for mean, e, _ in rows])
+    policy = ReputationPolicy(explore_share=0.5, audit_share=0.5)
+    sel = policy.select(refs, k, "math", standing, random.Random(seed), adapt=adapt, probe=probe,
+                        distinct_models=True)
+    models = [r.card.sha256 for r in sel.chosen]
+    assert 1 <= len(models) == len(set(models))

@@ -200,8 +200,6 @@ class Coordinator:
         k = self.policy.respondents(candidates, domain, self.standing, req.respondents) or self.default_respondents
         if not 1 <= k <= 16:
             raise BadQuery("respondents must be between 1 and 16")
-        selection = self.policy.select(candidates, k, domain, self.standing, self.rng,
-                                       adapt=not req.respondents, probe=probe is not None)
         deadline_s = req.deadline_s or self.default_deadline_s
         prompt = wire.PromptBody(
             messages=tuple(wire.ChatMessage(r, c) for r, c in req.messages),
@@ -212,6 +210,11 @@ class Coordinator:
             prompt.validate()
         except wire.WireError as exc:
             raise BadQuery(str(exc)) from None
+        # at temperature 0 copies of one model would give one answer: unless the request
+        # set its respondents, ask one expert per model
+        selection = self.policy.select(candidates, k, domain, self.standing, self.rng,
+                                       adapt=not req.respondents, probe=probe is not None,
+                                       distinct_models=prompt.temperature == 0 and not req.respondents)
         judges = 0 if probe is not None else (req.judges if req.judges is not None else self.default_judges)
         if not 0 <= judges <= MAX_JUDGES:
             raise BadQuery(f"judges must be between 0 and {MAX_JUDGES}")
@@ -315,12 +318,13 @@ class Coordinator:
             return None
         rest = [r for r in candidates if r.key not in pending.asked]
         if new_voice and prompt.temperature == 0:
-            models = {ref.card.sha256 for ref in pending.asked.values()}
+            models = {ref.card.sha256 for ref in pending.asked.values() if ref.card.sha256}
             rest = [r for r in rest if r.card.sha256 not in models]
         rest = self.policy.eligible(rest, domain, self.standing)
         if not rest:
             return None
-        chosen = self.policy.select(rest, n, domain, self.standing, self.rng).chosen
+        chosen = self.policy.select(rest, n, domain, self.standing, self.rng,
+                                    distinct_models=new_voice and prompt.temperature == 0).chosen
         if not chosen:
             return None
         more = _Pending(os.urandom(16), self.clock(), {ref.key: ref for ref in chosen})
@@ -530,7 +534,8 @@ class Coordinator:
         pool = [r for r in self.directory.candidates(self.clock(), domain, None) if r.peer not in authors]
         if len(usable) < 2 or not pool:
             return {"scores": None, "judges": []}
-        chosen = self.policy.select(pool, n, domain, self.standing, self.rng).chosen
+        # the judge prompt runs at temperature 0: copies of one model would cast one vote twice
+        chosen = self.policy.select(pool, n, domain, self.standing, self.rng, distinct_models=True).chosen
         order = self.rng.sample(usable, len(usable))
         question = next((m.content for m in reversed(prompt.messages) if m.role == "user"), "")
         body = wire.PromptBody(messages=tuple(wire.ChatMessage(r, c) for r, c in signals.judge_prompt(

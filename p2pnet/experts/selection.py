@@ -19,6 +19,38 @@ def no_standing(peer: bytes, domain: str) -> tuple[float, float]:
     return (0.5, 0.0)
 
 
+def take(rows: Sequence[tuple], n: int, have: Sequence[tuple] = (), distinct: bool = False) -> list:
+    """Up to ``n`` of ``rows`` (tuples whose second item is an ExpertRef), in
+    order, leaving out those in ``have``. With ``distinct``, at most one per
+    announced model file (sha256) among ``have`` and the result: at
+    temperature 0 a copy repeats its model's answer. Experts that announce no
+    sha256 are never taken for copies."""
+    out: list = []
+    models = {row[1].card.sha256 for row in have if row[1].card.sha256}
+    for row in rows:
+        if len(out) >= n:
+            break
+        if row in have or row in out:
+            continue
+        model = row[1].card.sha256
+        if distinct and model:
+            if model in models:
+                continue
+            models.add(model)
+        out.append(row)
+    return out
+
+
+def copies_note(chosen: Sequence[tuple], rows: Sequence[tuple], k: int) -> list[str]:
+    """The reason's note when ``take(..., distinct=True)`` asked fewer than
+    ``k`` because the rest of ``rows`` hold copies of a chosen model."""
+    models = {row[1].card.sha256 for row in chosen if row[1].card.sha256}
+    left = sum(1 for row in rows if row not in chosen and row[1].card.sha256 in models)
+    if not left or len(chosen) >= k:
+        return []
+    return [f"{len(chosen)} not {k}: {left} more {'is a copy' if left == 1 else 'are copies'} of a chosen model"]
+
+
 @dataclass(frozen=True)
 class Selection:
     chosen: tuple[ExpertRef, ...]
@@ -52,11 +84,14 @@ class SelectionPolicy(ABC):
 
     def select(self, candidates: Sequence[ExpertRef], k: int, domain: str,
                standing: Standing = no_standing, rng: Optional[random.Random] = None,
-               adapt: bool = False, probe: bool = False) -> Selection:
+               adapt: bool = False, probe: bool = False, distinct_models: bool = False) -> Selection:
         """The ``k`` experts to ask. ``adapt``: k came from :meth:`respondents`,
         and a policy may ask one more when its choice turns out uncertain.
         ``probe``: the query is a validator's probe (graded exactly), so a
-        policy may aim it where evidence is missing."""
+        policy may aim it where evidence is missing. ``distinct_models``: the
+        query runs at temperature 0, so at most one expert per announced model
+        file is asked (a copy would repeat its answer); fewer than ``k`` when
+        the candidates hold fewer models."""
         rng = rng or random.Random(0)
         if not candidates or k <= 0:
             return Selection((), "no candidates")
@@ -65,9 +100,11 @@ class SelectionPolicy(ABC):
         total = sum(standing(r.peer, domain)[1] for r in pool)
         scored = sorted(((self.score(r, domain, standing, total, rng), r) for r in pool),
                         key=lambda sr: (-sr[0], sr[1].peer, sr[1].card.expert_id))
-        chosen = tuple(r for _, r in scored[:k])
+        top = take(scored, k, distinct=distinct_models)
+        chosen = tuple(r for _, r in top)
         reason = (f"{self.name}: top {len(chosen)} of {len(pool)} "
-                  f"{'free ' if free else 'busy '}experts for {domain!r}")
+                  f"{'free ' if free else 'busy '}experts for {domain!r}"
+                  + "".join(f" ({note})" for note in copies_note(top, scored, k)))
         return Selection(chosen, reason, tuple((r.peer_str, r.card.expert_id, round(s, 4)) for s, r in scored))
 
 
@@ -232,7 +269,7 @@ class ReputationPolicy(SelectionPolicy):
         return max(1, min(k, self.max_k, len(usable)))
 
     def select(self, candidates, k, domain, standing=no_standing, rng=None, adapt=False,
-               probe=False) -> Selection:
+               probe=False, distinct_models=False) -> Selection:
         rng = rng or random.Random(0)
         if not candidates or k <= 0:
             return Selection((), "no candidates")
@@ -260,34 +297,44 @@ class ReputationPolicy(SelectionPolicy):
         unsettled = poor + [row for row in banned if row[2].evidence < self.recheck_evidence]
         notes = []
         unsure = False
+        one = distinct_models
+
         if probe and unsettled:
             target = min(unsettled, key=lambda row: (row[2].evidence, -row[3]))
-            chosen = [target] + [row for row in est + fresh + poor if row is not target][:k - 1]
+            chosen = [target] + take(est + fresh + poor, k - 1, [target], one)
             notes.append("probing the least-known unsettled expert")
         elif est:
-            chosen = est[:k]
-            if len(chosen) < k:  # not enough established experts: newcomers fill in
-                chosen += (fresh + poor)[:k - len(chosen)]
-                notes.append("newcomers fill in")
+            chosen = take(est, k, distinct=one)
+            pair = take(est, 2, distinct=one)
+            if len(chosen) < k and (fresh or poor):  # not enough established experts: newcomers fill in
+                filled = take(fresh + poor, k - len(chosen), chosen, one)
+                if filled:
+                    chosen += filled
+                    notes.append("newcomers fill in")
             elif fresh and rng.random() < self.explore_share:
-                chosen = (chosen[:k - 1] if k > 1 else chosen) + [fresh[0]]
-                notes.append("exploring a newcomer")
-            elif adapt and k == 1 and len(est) > 1 and chosen[0][2].lower(self.z) < self.confident:
+                base = chosen[:k - 1] if k > 1 else chosen
+                newcomer = take(fresh, 1, base, one)
+                if newcomer:
+                    chosen = base + newcomer
+                    notes.append("exploring a newcomer")
+            elif adapt and k == 1 and len(pair) > 1 and chosen[0][2].lower(self.z) < self.confident:
                 if self.escalate_below > 0:  # its answer's own confidence decides
                     unsure = True
                     notes.append("the first choice is not reliable yet: its answer decides on a second opinion")
                 else:
-                    chosen = est[:2]  # the pick is not reliable yet: a second opinion checks it
+                    chosen = pair  # the pick is not reliable yet: a second opinion checks it
                     notes.append("second opinion: the first choice is not reliable yet")
-            elif self.audit_share and k == 1 and len(est) > 1 and rng.random() < self.audit_share:
-                chosen = est[:2]  # a second opinion: one answer alone earns no rating
+            elif self.audit_share and k == 1 and len(pair) > 1 and rng.random() < self.audit_share:
+                chosen = pair  # a second opinion: one answer alone earns no rating
                 notes.append("second opinion")
         elif new:
-            chosen = (fresh + poor)[:k]
+            chosen = take(fresh + poor, k, distinct=one)
             notes.append("no established expert yet")
         else:
-            chosen = banned[:k]
+            chosen = take(banned, k, distinct=one)
             notes.append("every candidate is below the floor")
+        if one:
+            notes += copies_note(chosen, rows, k)
         if banned or shut_out:
             notes.append(f"{len(banned) + shut_out} below the floor")
         reason = (f"{self.name}: {len(chosen)} of {len(pool)} {'free ' if free else 'busy '}experts for "
