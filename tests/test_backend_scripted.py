@@ -116,6 +116,20 @@ def test_info_is_stable():
     assert ScriptedBackend(model="m", seed=1).info().backend == "scripted"
 
 
+def test_the_sha256_covers_the_script_and_what_its_rules_close_over():
+    """Two scripted experts announce one model file only when they answer alike."""
+    def picks(city):
+        return lambda prompt: city
+
+    def sha(**kw):
+        return ScriptedBackend(model="m", seed=1, **kw).info().sha256
+
+    assert sha(rule=picks("Paris")) == sha(rule=picks("Paris"))
+    assert sha(rule=picks("Paris")) != sha(rule=picks("Lyon"))
+    assert sha(answers={"q": "a"}) != sha(answers={"q": "b"})
+    assert sha(wrong="x") != sha(wrong="y") and sha(accuracy=0.5) != sha(accuracy=0.6)
+
+
 def test_a_calibrated_confidence_separates_right_from_wrong_as_asked():
     """The simulator's model of an expert's confidence: right answers score
     above wrong ones with probability ``auc``; a liar's says nothing."""

@@ -67,6 +67,16 @@ class _Plan:
     confidence: Optional[float] = None
 
 
+def _fingerprint(f) -> object:
+    """What a rule or wrong answer contributes to the script's sha256: a string
+    as it is; a function by its qualified name and the values it closes over
+    (two rules made by one factory with different arguments answer apart)."""
+    if f is None or isinstance(f, str):
+        return f
+    cells = tuple(repr(c.cell_contents) for c in getattr(f, "__closure__", None) or ())
+    return (getattr(f, "__module__", None), getattr(f, "__qualname__", repr(f)), cells)
+
+
 class ScriptedBackend(Backend):
     """Answers the last user message.
 
@@ -115,9 +125,7 @@ class ScriptedBackend(Backend):
         self.max_parallel = max_parallel
         # the "model file" is the script: two backends announce the same sha256
         # only if they answer alike (copies, which the coordinator counts once)
-        script = repr((sorted(self._answers.items()), default, accuracy,
-                       *(f if isinstance(f, str) or f is None else getattr(f, "__qualname__", "fn")
-                         for f in (rule, wrong))))
+        script = repr((sorted(self._answers.items()), default, accuracy, _fingerprint(rule), _fingerprint(wrong)))
         digest = hashlib.sha256(f"scripted:{model}:{seed}:{script}".encode()).hexdigest()
         self._info = ModelInfo(model=model, sha256=digest, quantization="none", n_ctx=n_ctx,
                                backend=self.name, gpu_layers=0)
