@@ -11,7 +11,7 @@ import trio
 from p2pnet import config, wire
 from p2pnet.experts import scripted
 from p2pnet.experts.expert import Expert
-from p2pnet.experts.selection import SelectionPolicy
+from p2pnet.experts.selection import SelectionPolicy, UcbCostPolicy
 from p2pnet.node import Node
 
 from .conftest_net import wait_for
@@ -360,6 +360,22 @@ async def test_single_respondent_streams_as_it_generates(nursery, tmp_path):
     assert "".join(pieces) == answer
     # the text came over AnswerChunks while it was generated, not only after the Answer
     assert coordinator_of(nodes[0]).chunks_received >= 2
+
+
+async def test_a_failed_answer_is_replaced_by_a_copy(nursery, tmp_path):
+    """At temperature 0 the node asks one expert per model; when that answer
+    fails, the copy it left out covers for it."""
+    nodes = await start_cluster(nursery, tmp_path, [paris(failure=scripted.ERROR), paris()])
+    broken, spare = nodes[1].network.peer_id, nodes[2].network.peer_id
+    co = coordinator_of(nodes[0])
+    co.policy, co.default_respondents = UcbCostPolicy(exploration=0.0), 2
+    co.standing = lambda peer, domain: {broken: (0.95, 50.0), spare: (0.9, 50.0)}.get(peer, (0.5, 0.0))
+    resp = await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, domain="geography"))
+    prov = resp.model_extra["p2pnet"]
+    assert resp.choices[0].message.content == "The capital of France is Paris."
+    assert "1 not 2: 1 more is a copy of a chosen model" in prov["selection"]["reason"]
+    rows = [(r["peer_id"], r["status"]) for r in prov["respondents"]]
+    assert rows == [(nodes[1].peer_id, "error"), (nodes[2].peer_id, "ok")], prov
 
 
 async def test_busy_respondent_is_replaced_by_another_expert(nursery, tmp_path):

@@ -228,7 +228,7 @@ class Coordinator:
             prompt = dataclasses.replace(prompt, stream=True)
         self.queries += 1
         timed_out = await self._collect(pending, prompt, domain, deadline_s)
-        timed_out = await self._retry_busy(pending, candidates, domain, prompt, deadline_s, timed_out)
+        timed_out = await self._retry_failed(pending, candidates, domain, prompt, deadline_s, timed_out)
         escalated = None
         if probe is None and not judges and not req.respondents:
             timed_out, escalated = await self._escalate(pending, candidates, domain, prompt, deadline_s,
@@ -269,17 +269,22 @@ class Coordinator:
         return timed_out, {"reason": why, "confidence": answer.confidence, "below": below,
                            "to": [{"peer_id": ref.peer_str, "expert_id": ref.card.expert_id} for ref in chosen]}
 
-    async def _retry_busy(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
-                          deadline_s: float, timed_out: bool, max_rounds: int = 2) -> bool:
-        """When every respondent said "busy", ask as many others (not asked yet,
-        chosen by the same policy) while the deadline allows. Their answers join
-        ``pending``; returns whether the deadline passed."""
+    async def _retry_failed(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
+                            deadline_s: float, timed_out: bool, max_rounds: int = 2) -> bool:
+        """When no answer is usable and respondents failed in a way another
+        expert need not share (busy, an error, an invalid or blank answer), ask
+        as many others (not asked yet, chosen by the same policy) while the
+        deadline allows; not when one refused the prompt itself. With one
+        expert per model at temperature 0, this is what a copy is for. Their
+        answers join ``pending``; returns whether the deadline passed."""
         for _ in range(max_rounds):
-            answers = pending.answers.values()
-            busy = sum(1 for c in answers if c.status == "busy")
-            if timed_out or not busy or any(c.status == "ok" for c in answers):
+            answers = list(pending.answers.values())
+            failed = sum(1 for c in answers if c.status in ("busy", "error", "invalid")
+                         or (c.status == "ok" and not is_usable(c)))
+            if (timed_out or not failed or any(is_usable(c) for c in answers)
+                    or any(c.status == "rejected" for c in answers)):
                 break
-            asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, busy)
+            asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, failed)
             if asked is None:
                 break
             timed_out, _ = asked
