@@ -9,7 +9,13 @@
     127.0.0.1, in one process) whose experts are scripted and answer at once, so
     what is left is selection, sealing, gossip, answer collection, evaluation and
     HTTP (target p50 < 30 ms);
-(c) backend total tokens/s with 8 concurrent generations vs 1.
+(c) backend total tokens/s with 8 concurrent generations vs 1;
+(d) a real local swarm as ``p2pnet swarm up --nodes 3 --validators 0`` starts
+    it (three node processes, each hosting the default model: copies): temperature-0
+    questions with the respondents left to the node (one per model, so one
+    copy) vs ``respondents=3`` (every copy, as the node chose before it asked
+    one per model), interleaved; latency through the HTTP API and the tokens
+    the swarm generated per question.
 
 Each part is a function returning rows ``(metric, value, note)``; ``main``
 prints them as a table headed by the machine's core count.
@@ -192,7 +198,58 @@ def part_b(data_dir: Path, threads: int, tokens: int, reps: int, queries: int = 
     return rows
 
 
-PARTS: dict[str, Callable[..., list[Row]]] = {"a": part_a, "b": part_b, "c": part_c}
+SWARM_QUESTIONS = ("What is the capital of France?", "What is 12 + 30?", "Name three primary colors.",
+                   "Explain in two sentences why the sky is blue.")
+
+
+def part_d(data_dir: Path, threads: int, tokens: int, reps: int) -> list[Row]:
+    """Real processes: what asking one copy instead of every copy saves."""
+    import tempfile
+
+    from p2pnet.api import client
+    from p2pnet_testnet import swarm
+
+    _model(data_dir)  # the nodes load it from this store
+    modes = {"one per model (node's choice)": None, "every copy (respondents=3)": 3}
+    latency = {m: [] for m in modes}
+    generated = {m: [] for m in modes}
+    asked = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(prefix="p2pnet-bench-swarm-") as tmp:
+        nodes = swarm.up(3, Path(tmp), model_store=data_dir, timeout_s=300)
+        try:
+            url = nodes[0]["api"] + "/v1/chat/completions"
+            for rep in range(reps + 1):  # the first round warms the models up
+                order = list(modes) if rep % 2 else list(reversed(modes))
+                for question in SWARM_QUESTIONS:
+                    for mode in order:
+                        body = {"model": "p2pnet", "messages": [{"role": "user", "content": question}],
+                                "max_tokens": tokens, "temperature": 0.0, "deadline_s": 300}
+                        if modes[mode]:
+                            body["respondents"] = modes[mode]
+                        t0 = time.perf_counter()
+                        out = client.post_json(url, body, timeout=320)
+                        ms = (time.perf_counter() - t0) * 1000
+                        rows = out["p2pnet"]["respondents"]
+                        if rep:
+                            latency[mode].append(ms)
+                            generated[mode].append(sum(r["completion_tokens"] for r in rows))
+                            asked[mode].append(len(rows))
+        finally:
+            swarm.down(Path(tmp), quiet=True)
+    out_rows: list[Row] = []
+    n = reps * len(SWARM_QUESTIONS)
+    for mode in modes:
+        out_rows += [
+            (f"(d) {mode} p50", f"{statistics.median(latency[mode]):.0f} ms", f"{n} questions, end to end"),
+            (f"(d) {mode} respondents", f"{statistics.mean(asked[mode]):.2f}", "per question"),
+            (f"(d) {mode} tokens", f"{statistics.mean(generated[mode]):.1f}", "generated per question, all respondents"),
+        ]
+    one, every = (statistics.median(latency[m]) for m in modes)
+    out_rows.append(("(d) latency, one / every copy", f"{one / every:.2f}", "p50 ratio, same run"))
+    return out_rows
+
+
+PARTS: dict[str, Callable[..., list[Row]]] = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}
 """Benchmark parts by letter."""
 
 
