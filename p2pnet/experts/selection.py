@@ -298,7 +298,6 @@ class ReputationPolicy(SelectionPolicy):
         notes = []
         unsure = False
         one = distinct_models
-
         if probe and unsettled:
             target = min(unsettled, key=lambda row: (row[2].evidence, -row[3]))
             chosen = [target] + take(est + fresh + poor, k - 1, [target], one)
