@@ -284,11 +284,44 @@ async def test_respondent_dies_mid_answer(nursery, tmp_path):
     assert statuses[nodes[1].peer_id] == "ok" and statuses[dying.peer_id] == "timeout"
 
 
+async def test_a_respondent_that_is_gone_is_forgotten_until_it_announces(nursery, tmp_path, monkeypatch):
+    """A node that died keeps its cards in the directory until they expire. The
+    first query that picks it waits out its deadline; then, since the node is no
+    longer connected, its cards are forgotten and the next query goes to the
+    copy that is still there. (Here the "dead" node sends no answers and its
+    connection is hidden from the coordinator's peer list; with real processes
+    a SIGKILLed node's connection closes by itself.)"""
+    nodes = await start_cluster(nursery, tmp_path, [paris(), paris()])
+    dead, live = nodes[1], nodes[2]
+    co = coordinator_of(nodes[0])
+    co.policy = UcbCostPolicy(exploration=0.0)
+    co.standing = lambda peer, domain: (0.95, 50.0) if peer == dead.network.peer_id else (0.9, 50.0)
+    async def never_answers(*args, **kwargs):
+        pass
+
+    monkeypatch.setattr(dead.services[0], "_send", never_answers)
+    connected = nodes[0].network.peers
+    monkeypatch.setattr(nodes[0].network, "peers", lambda: [p for p in connected() if p != dead.network.peer_id])
+    with pytest.raises(openai.APIStatusError) as exc:
+        await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, deadline_s=1))
+    assert exc.value.status_code == 504
+    assert co.status()["respondents_forgotten"] == 1
+    assert [r.peer for r in co.directory.all(co.clock())] == [live.network.peer_id]
+    resp = await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url))
+    assert [r["peer_id"] for r in resp.model_extra["p2pnet"]["respondents"]] == [live.peer_id]
+    # its next announcement brings it back
+    monkeypatch.setattr(nodes[0].network, "peers", connected)
+    await wait_for(lambda: len(co.directory.all(co.clock())) == 2, 30, "the next announcement")
+
+
 async def test_deadline_with_no_answer_is_504(nursery, tmp_path):
     nodes = await start_cluster(nursery, tmp_path, [paris(failure=scripted.HANG)])
     with pytest.raises(openai.APIStatusError) as exc:
         await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, respondents=1, deadline_s=1))
     assert exc.value.status_code == 504
+    # still connected, so only slow: it stays in the directory
+    co = coordinator_of(nodes[0])
+    assert co.status()["respondents_forgotten"] == 0 and len(co.directory.all(co.clock())) == 1
 
 
 async def test_tampered_answer_is_rejected(nursery, tmp_path, monkeypatch):

@@ -109,6 +109,7 @@ class Coordinator:
         self._pending: dict[bytes, _Pending] = {}
         self.queries = 0
         self.failed = 0
+        self.forgotten = 0  # respondents that timed out and were no longer connected
         self.chunks_received = 0
         self._recent: deque = deque(maxlen=200)  # respondents of recent queries, for traffic shares
         node.network.on(topics.ANNOUNCE, self._on_announce)
@@ -397,16 +398,28 @@ class Coordinator:
                      "error": result.error})
 
     def _cancel_remote(self, pending: _Pending) -> None:
-        if any(k[0] != self.node.network.peer_id and k not in pending.answers for k in pending.asked):
+        """At the deadline: cancel the query where it still runs, and mark who
+        did not answer. A remote respondent that did not answer and is no longer
+        connected is likely gone (a node that died keeps its cards until they
+        expire): its cards are forgotten, so later queries do not wait on it.
+        Its next announcement brings them back."""
+        me = self.node.network.peer_id
+        if any(k[0] != me and k not in pending.answers for k in pending.asked):
             try:
                 self.node.network.publish_nowait(topics.QUERIES, wire.Cancel(pending.query_id))
             except OutboxFull:
                 pass
+        connected = None
         for key, ref in pending.asked.items():
             if key not in pending.answers:
                 pending.answers[key] = Candidate(ref.peer_str, ref.card.expert_id, "timeout",
                                                  latency_ms=int((self.clock() - pending.started) * 1000))
                 pending.hashes[key] = {}
+                if ref.peer != me:
+                    connected = set(self.node.network.peers()) if connected is None else connected
+                    if ref.peer not in connected and self.directory.get(*key) is not None:
+                        self.directory.forget(ref.peer)
+                        self.forgotten += 1
 
     async def _finish(self, pending: _Pending, selection, prompt, domain, timed_out, on_delta,
                       req: ChatRequest, *, probe=None, judges: int = 0, tiebreakers=(),
@@ -589,6 +602,7 @@ class Coordinator:
 
     def status(self) -> dict:
         return {"queries": self.queries, "queries_failed": self.failed, "queries_in_flight": len(self._pending),
+                "respondents_forgotten": self.forgotten,
                 "ratings_pending": len(self.ratings) if self.ratings is not None else 0,
                 "known_experts": len(self.directory.all(self.clock()))}
 
