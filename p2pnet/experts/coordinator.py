@@ -323,14 +323,14 @@ class Coordinator:
         if left <= 0.5:
             return None
         rest = [r for r in candidates if r.key not in pending.asked]
-        if new_voice and prompt.temperature == 0:
+        one_voice = new_voice and prompt.temperature == 0
+        if one_voice:
             models = {ref.card.sha256 for ref in pending.asked.values() if ref.card.sha256}
             rest = [r for r in rest if r.card.sha256 not in models]
         rest = self.policy.eligible(rest, domain, self.standing)
         if not rest:
             return None
-        chosen = self.policy.select(rest, n, domain, self.standing, self.rng,
-                                    distinct_models=new_voice and prompt.temperature == 0).chosen
+        chosen = self.policy.select(rest, n, domain, self.standing, self.rng, distinct_models=one_voice).chosen
         if not chosen:
             return None
         more = _Pending(os.urandom(16), self.clock(), {ref.key: ref for ref in chosen})
@@ -404,22 +404,22 @@ class Coordinator:
         expire): its cards are forgotten, so later queries do not wait on it.
         Its next announcement brings them back."""
         me = self.node.network.peer_id
-        if any(k[0] != me and k not in pending.answers for k in pending.asked):
+        silent = [k for k in pending.asked if k[0] != me and k not in pending.answers]
+        if silent:
             try:
                 self.node.network.publish_nowait(topics.QUERIES, wire.Cancel(pending.query_id))
             except OutboxFull:
                 pass
-        connected = None
+            connected = set(self.node.network.peers())
+            for key in silent:
+                if key[0] not in connected and self.directory.get(*key) is not None:
+                    self.directory.forget(key[0])
+                    self.forgotten += 1
         for key, ref in pending.asked.items():
             if key not in pending.answers:
                 pending.answers[key] = Candidate(ref.peer_str, ref.card.expert_id, "timeout",
                                                  latency_ms=int((self.clock() - pending.started) * 1000))
                 pending.hashes[key] = {}
-                if ref.peer != me:
-                    connected = set(self.node.network.peers()) if connected is None else connected
-                    if ref.peer not in connected and self.directory.get(*key) is not None:
-                        self.directory.forget(ref.peer)
-                        self.forgotten += 1
 
     async def _finish(self, pending: _Pending, selection, prompt, domain, timed_out, on_delta,
                       req: ChatRequest, *, probe=None, judges: int = 0, tiebreakers=(),

@@ -30,7 +30,7 @@ def take(rows: Sequence[tuple], n: int, have: Sequence[tuple] = (), distinct: bo
     for row in rows:
         if len(out) >= n:
             break
-        if row in have or row in out:
+        if row in have:
             continue
         model = row[1].card.sha256
         if distinct and model:
@@ -44,9 +44,11 @@ def take(rows: Sequence[tuple], n: int, have: Sequence[tuple] = (), distinct: bo
 def copies_note(chosen: Sequence[tuple], rows: Sequence[tuple], k: int) -> list[str]:
     """The reason's note when ``take(..., distinct=True)`` asked fewer than
     ``k`` because the rest of ``rows`` hold copies of a chosen model."""
+    if len(chosen) >= k:
+        return []
     models = {row[1].card.sha256 for row in chosen if row[1].card.sha256}
     left = sum(1 for row in rows if row not in chosen and row[1].card.sha256 in models)
-    if not left or len(chosen) >= k:
+    if not left:
         return []
     return [f"{len(chosen)} not {k}: {left} more {'is a copy' if left == 1 else 'are copies'} of a chosen model"]
 
