@@ -161,7 +161,9 @@ def test_blocks_come_from_the_real_bft_core():
 def test_random_policy_baseline_is_worse(small_run):
     sc = parse_scenario(SMALL).with_policy("random")
     rnd = run_scenario(sc)
-    assert rnd["policy"] == "random" and rnd["tail"]["mean_respondents"] == 1.0
+    # one expert a query, and another where a lost message left the first silent past its patience
+    assert rnd["policy"] == "random" and 1.0 <= rnd["tail"]["mean_respondents"] < 1.05
+    assert rnd["tail"]["failed"] == 0
     assert rnd["adversary_share"] > 0.15
     assert rnd["tail"]["accuracy"] < small_run["tail"]["accuracy"]
 

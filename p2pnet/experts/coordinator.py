@@ -5,7 +5,10 @@ For one query it selects k respondents (a pluggable SelectionPolicy), seals
 the prompt to each of them (NaCl box: relays see only ciphertext), publishes
 the Query on GossipSub, collects signed answers until it has k or the deadline
 passes, cancels the stragglers, picks one answer (a pluggable Evaluator) and
-returns it with its provenance. Every query leaves signed Rating records in a
+returns it with its provenance. A respondent that disconnects while asked is
+"gone" at once, and one still silent after its patience (a few times its own
+card's time for a full-length answer) is "slow"; both are replaced by other
+experts while the deadline allows. Every query leaves signed Rating records in a
 durable local queue for the ledger.
 
 It implements p2pnet.api.types.QueryService.
@@ -59,6 +62,7 @@ class _Pending:
     on_delta: Optional[Callable] = None
     streamed: str = ""
     next_chunk: int = 0
+    watched: tuple = ()  # remote respondents connected when asked: their connection is watched
 
     async def deliver(self, text: str) -> None:
         """Pass streamed text on to the client; a client gone away stops the stream."""
@@ -86,7 +90,8 @@ class Coordinator:
                  default_max_tokens: int = 256, max_pending: int = 256,
                  rng: Optional[random.Random] = None, clock=time.time,
                  weights: SignalWeights = SignalWeights(), default_judges: int = 0,
-                 judge_max_tokens: int = 16, feedback_capacity: int = 1024, tiebreak: int = 1) -> None:
+                 judge_max_tokens: int = 16, feedback_capacity: int = 1024, tiebreak: int = 1,
+                 patience_factor: float = 3.0, patience_floor_s: float = 5.0, watch_s: float = 1.0) -> None:
         self.node = node
         self.local = {e.expert_id: e for e in local_experts}
         self.policy = policy or UcbCostPolicy()
@@ -104,12 +109,16 @@ class Coordinator:
         self.default_judges = default_judges
         self.judge_max_tokens = judge_max_tokens
         self.tiebreak = tiebreak  # extra experts asked, one by one, when the answers have no majority
+        self.patience_factor, self.patience_floor_s = patience_factor, patience_floor_s  # see _patience
+        self.watch_s = watch_s  # how often a query in flight checks that its respondents are connected
         self.feedback_book = signals.FeedbackBook(feedback_capacity)
         self.directory = Directory()
         self._pending: dict[bytes, _Pending] = {}
         self.queries = 0
         self.failed = 0
-        self.forgotten = 0  # respondents that timed out and were no longer connected
+        self.forgotten = 0  # respondents no longer connected, their cards forgotten
+        self.slow = 0  # respondents given up on after their patience
+        self.gone = 0  # respondents that disconnected while asked
         self.chunks_received = 0
         self._recent: deque = deque(maxlen=200)  # respondents of recent queries, for traffic shares
         node.network.on(topics.ANNOUNCE, self._on_announce)
@@ -228,7 +237,8 @@ class Coordinator:
             pending.stream_key, pending.on_delta = selection.chosen[0].key, on_delta
             prompt = dataclasses.replace(prompt, stream=True)
         self.queries += 1
-        timed_out = await self._collect(pending, prompt, domain, deadline_s)
+        timed_out = await self._collect(pending, prompt, domain, deadline_s,
+                                        patience=self._patience(selection.chosen, prompt, deadline_s))
         timed_out = await self._retry_failed(pending, candidates, domain, prompt, deadline_s, timed_out)
         escalated = None
         if probe is None and not judges and not req.respondents:
@@ -273,14 +283,15 @@ class Coordinator:
     async def _retry_failed(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
                             deadline_s: float, timed_out: bool, max_rounds: int = 2) -> bool:
         """When no answer is usable and respondents failed in a way another
-        expert need not share (busy, an error, an invalid or blank answer), ask
+        expert need not share (busy, an error, an invalid or blank answer,
+        slow or gone), ask
         as many others (not asked yet, chosen by the same policy) while the
         deadline allows; not when one refused the prompt itself. With one
         expert per model at temperature 0, this is what a copy is for. Their
         answers join ``pending``; returns whether the deadline passed."""
         for _ in range(max_rounds):
             answers = list(pending.answers.values())
-            failed = sum(1 for c in answers if c.status in ("busy", "error", "invalid")
+            failed = sum(1 for c in answers if c.status in ("busy", "error", "invalid", "slow", "gone")
                          or (c.status == "ok" and not is_usable(c)))
             if (timed_out or not failed or any(is_usable(c) for c in answers)
                     or any(c.status == "rejected" for c in answers)):
@@ -337,7 +348,7 @@ class Coordinator:
         if stream and pending.on_delta is not None and len(chosen) == 1:
             more.stream_key, more.on_delta = chosen[0].key, pending.on_delta
         self._recent.append(tuple(ref.peer_str for ref in chosen))
-        timed_out = await self._collect(more, prompt, domain, left)
+        timed_out = await self._collect(more, prompt, domain, left, patience=self._patience(chosen, prompt, left))
         pending.asked.update(more.asked)
         pending.answers.update(more.answers)
         pending.hashes.update(more.hashes)
@@ -345,13 +356,24 @@ class Coordinator:
             pending.stream_key, pending.streamed = more.stream_key, more.streamed
         return timed_out, chosen
 
-    async def _collect(self, pending: _Pending, prompt: wire.PromptBody, domain: str, deadline_s: float) -> bool:
-        """Ask everyone in ``pending``; True if the deadline passed first."""
+    async def _collect(self, pending: _Pending, prompt: wire.PromptBody, domain: str, deadline_s: float,
+                       patience: Optional[float] = None) -> bool:
+        """Ask everyone in ``pending``; True if the deadline passed first.
+        Meanwhile a respondent that disconnects is "gone"; one still silent
+        after ``patience`` seconds (if less than the deadline) is "slow"."""
         self._pending[pending.query_id] = pending
         try:
             async with trio.open_nursery() as nursery:
                 self._dispatch(nursery, pending, prompt, domain, pending.started + deadline_s)
-                with trio.move_on_at(trio.current_time() + deadline_s):
+                if pending.watched:
+                    nursery.start_soon(self._watch, pending)
+                start = trio.current_time()
+                if patience is not None and patience < deadline_s:
+                    with trio.move_on_at(start + patience):
+                        await pending.done.wait()
+                    if not pending.done.is_set():
+                        self._give_up_on_slow(pending)
+                with trio.move_on_at(start + deadline_s):
                     await pending.done.wait()
                 nursery.cancel_scope.cancel()
             timed_out = not pending.done.is_set()
@@ -361,10 +383,83 @@ class Coordinator:
             del self._pending[pending.query_id]
         return timed_out
 
+    def _patience(self, refs, prompt: wire.PromptBody, deadline_s: float) -> float:
+        """How long a respondent may stay silent before it counts as slow:
+        ``patience_factor`` times the time its card announces for a
+        full-length answer (prompt and ``max_tokens``, times one more than its
+        announced load), the slowest respondent's, at least
+        ``patience_floor_s`` and at most half the deadline, so that another
+        expert still has the other half."""
+        prompt_tokens = 8 + sum(len(m.content) for m in prompt.messages) / 4  # about 4 characters a token
+        expected = max((prompt_tokens / max(ref.card.prompt_tps, 1e-3) + prompt.max_tokens / max(ref.card.gen_tps, 1e-3))
+                       * (1 + max(0, ref.card.load)) for ref in refs) if refs else 0.0
+        return min(deadline_s / 2, max(self.patience_floor_s, self.patience_factor * expected))
+
+    def _give_up_on_slow(self, pending: _Pending) -> None:
+        """Past its patience: a respondent that sent nothing (a streaming one
+        that sent text is alive, and is waited for) is "slow". Its query is
+        cancelled where it still runs, and a late answer is ignored."""
+        slow = [key for key in pending.asked if key not in pending.answers
+                and not (key == pending.stream_key and pending.next_chunk)]
+        if not slow:
+            return
+        if any(key[0] != self.node.network.peer_id for key in slow):
+            self._send_cancel(pending)
+            self._forget_unconnected(slow)
+        self.slow += len(slow)
+        self._mark(pending, slow, "slow")
+
+    async def _watch(self, pending: _Pending) -> None:
+        """Every ``watch_s``: a watched respondent that has not answered and is
+        no longer connected is gone (a node that died or left). Its cards are
+        forgotten until it announces again, and the query stops waiting for it."""
+        while True:
+            await trio.sleep(self.watch_s)
+            waiting = [key for key in pending.watched if key not in pending.answers]
+            if not waiting:
+                return
+            connected = set(self.node.network.peers())
+            gone = [key for key in waiting if key[0] not in connected]
+            if gone:
+                self.gone += len(gone)
+                for key in gone:
+                    self._forget(key)
+                self._mark(pending, gone, "gone")
+
+    def _send_cancel(self, pending: _Pending) -> None:
+        """Cancel ``pending`` wherever it still runs (best effort)."""
+        try:
+            self.node.network.publish_nowait(topics.QUERIES, wire.Cancel(pending.query_id))
+        except OutboxFull:
+            pass
+
+    def _mark(self, pending: _Pending, keys, status: str) -> None:
+        latency = int((self.clock() - pending.started) * 1000)
+        for key in keys:
+            ref = pending.asked[key]
+            pending.add(key, Candidate(ref.peer_str, ref.card.expert_id, status, latency_ms=latency), {})
+
+    def _forget(self, key) -> None:
+        if self.directory.get(*key) is not None:
+            self.directory.forget(key[0])
+            self.forgotten += 1
+
+    def _forget_unconnected(self, keys) -> None:
+        """Silent remote respondents that are no longer connected are likely
+        gone (a node that died keeps its cards until they expire): forget
+        their cards, so later queries do not wait on them."""
+        connected = set(self.node.network.peers())
+        for key in keys:
+            if key[0] != self.node.network.peer_id and key[0] not in connected:
+                self._forget(key)
+
     def _dispatch(self, nursery, pending: _Pending, prompt: wire.PromptBody, domain: str,
                   deadline: float) -> None:
         me = self.node.network.peer_id
         remote = [ref for ref in pending.asked.values() if ref.peer != me]
+        if remote:
+            connected = set(self.node.network.peers())
+            pending.watched = tuple(ref.key for ref in remote if ref.peer in connected)
         for ref in pending.asked.values():
             if ref.peer == me:
                 nursery.start_soon(self._ask_local, pending, ref, prompt, deadline)
@@ -398,28 +493,14 @@ class Coordinator:
                      "error": result.error})
 
     def _cancel_remote(self, pending: _Pending) -> None:
-        """At the deadline: cancel the query where it still runs, and mark who
-        did not answer. A remote respondent that did not answer and is no longer
-        connected is likely gone (a node that died keeps its cards until they
-        expire): its cards are forgotten, so later queries do not wait on it.
-        Its next announcement brings them back."""
+        """At the deadline: cancel the query where it still runs, forget silent
+        respondents that are no longer connected, and mark who did not answer."""
         me = self.node.network.peer_id
-        silent = [k for k in pending.asked if k[0] != me and k not in pending.answers]
-        if silent:
-            try:
-                self.node.network.publish_nowait(topics.QUERIES, wire.Cancel(pending.query_id))
-            except OutboxFull:
-                pass
-            connected = set(self.node.network.peers())
-            for key in silent:
-                if key[0] not in connected and self.directory.get(*key) is not None:
-                    self.directory.forget(key[0])
-                    self.forgotten += 1
-        for key, ref in pending.asked.items():
-            if key not in pending.answers:
-                pending.answers[key] = Candidate(ref.peer_str, ref.card.expert_id, "timeout",
-                                                 latency_ms=int((self.clock() - pending.started) * 1000))
-                pending.hashes[key] = {}
+        silent = [k for k in pending.asked if k not in pending.answers]
+        if any(k[0] != me for k in silent):
+            self._send_cancel(pending)
+            self._forget_unconnected(silent)
+        self._mark(pending, silent, "timeout")
 
     async def _finish(self, pending: _Pending, selection, prompt, domain, timed_out, on_delta,
                       req: ChatRequest, *, probe=None, judges: int = 0, tiebreakers=(),
@@ -470,7 +551,7 @@ class Coordinator:
             if refusals and not timed_out:  # the prompt is at fault: asking again will not help
                 raise BadQuery(f"{len(refusals)} of {len(cands)} experts cannot answer this prompt: "
                                f"{refusals[0] or 'no reason given'}")
-            if timed_out or "timeout" in statuses:
+            if timed_out or "timeout" in statuses or "slow" in statuses:
                 raise DeadlineExceeded(f"no answer before the deadline (respondents: {', '.join(statuses)})")
             raise NoExpertAvailable(f"no usable answer (respondents: {', '.join(statuses)})")
         best = cands[evaluation.chosen]
@@ -602,7 +683,8 @@ class Coordinator:
 
     def status(self) -> dict:
         return {"queries": self.queries, "queries_failed": self.failed, "queries_in_flight": len(self._pending),
-                "respondents_forgotten": self.forgotten,
+                "respondents_forgotten": self.forgotten, "respondents_slow": self.slow,
+                "respondents_gone": self.gone,
                 "ratings_pending": len(self.ratings) if self.ratings is not None else 0,
                 "known_experts": len(self.directory.all(self.clock()))}
 

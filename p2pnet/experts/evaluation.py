@@ -25,7 +25,7 @@ class Candidate:
 
     peer: str
     expert_id: str
-    status: str  # ok | busy | error | cancelled | timeout | invalid
+    status: str  # ok | busy | error | cancelled | timeout | invalid | rejected; slow | gone (the coordinator's)
     text: str = ""
     latency_ms: int = 0
     completion_tokens: int = 0
@@ -176,8 +176,8 @@ def is_usable(c: Candidate) -> bool:
 
 
 def failure_scores(candidates: Sequence[Candidate]) -> list:
-    """0.0 for a failed answer (error, timeout, invalid, empty), None otherwise."""
-    return [0.0 if c.status in ("error", "timeout", "invalid") or (c.status == "ok" and not c.text.strip())
+    """0.0 for a failed answer (error, timeout, slow, gone, invalid, empty), None otherwise."""
+    return [0.0 if c.status in ("error", "timeout", "slow", "gone", "invalid") or (c.status == "ok" and not c.text.strip())
             else None for c in candidates]
 
 
@@ -197,7 +197,7 @@ class AgreementEvaluator(Evaluator):
     agreement with the others, and the evaluation is ``undecided``: the
     coordinator may ask one more expert to break the tie. With one usable
     answer there is no evidence of quality: it is chosen but not rated.
-    Failed answers (error, timeout, invalid) score 0; busy ones are not rated."""
+    Failed answers (error, timeout, slow, gone, invalid) score 0; busy ones are not rated."""
 
     def evaluate(self, candidates: Sequence[Candidate]) -> Evaluation:
         usable = [i for i, c in enumerate(candidates) if is_usable(c)]
