@@ -284,11 +284,11 @@ class Coordinator:
                             deadline_s: float, timed_out: bool, max_rounds: int = 2) -> bool:
         """When no answer is usable and respondents failed in a way another
         expert need not share (busy, an error, an invalid or blank answer,
-        slow or gone), ask
-        as many others (not asked yet, chosen by the same policy) while the
-        deadline allows; not when one refused the prompt itself. With one
-        expert per model at temperature 0, this is what a copy is for. Their
-        answers join ``pending``; returns whether the deadline passed."""
+        slow or gone), ask as many others (not asked yet, chosen by the same
+        policy) while the deadline allows; not when one refused the prompt
+        itself. With one expert per model at temperature 0, this is what a
+        copy is for. Their answers join ``pending``; returns whether the
+        deadline passed."""
         for _ in range(max_rounds):
             answers = list(pending.answers.values())
             failed = sum(1 for c in answers if c.status in ("busy", "error", "invalid", "slow", "gone")
@@ -391,8 +391,9 @@ class Coordinator:
         ``patience_floor_s`` and at most half the deadline, so that another
         expert still has the other half."""
         prompt_tokens = 8 + sum(len(m.content) for m in prompt.messages) / 4  # about 4 characters a token
-        expected = max((prompt_tokens / max(ref.card.prompt_tps, 1e-3) + prompt.max_tokens / max(ref.card.gen_tps, 1e-3))
-                       * (1 + max(0, ref.card.load)) for ref in refs) if refs else 0.0
+        expected = max(((prompt_tokens / max(ref.card.prompt_tps, 1e-3)
+                         + prompt.max_tokens / max(ref.card.gen_tps, 1e-3)) * (1 + max(0, ref.card.load))
+                        for ref in refs), default=0.0)
         return min(deadline_s / 2, max(self.patience_floor_s, self.patience_factor * expected))
 
     def _give_up_on_slow(self, pending: _Pending) -> None:

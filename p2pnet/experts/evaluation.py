@@ -177,8 +177,8 @@ def is_usable(c: Candidate) -> bool:
 
 def failure_scores(candidates: Sequence[Candidate]) -> list:
     """0.0 for a failed answer (error, timeout, slow, gone, invalid, empty), None otherwise."""
-    return [0.0 if c.status in ("error", "timeout", "slow", "gone", "invalid") or (c.status == "ok" and not c.text.strip())
-            else None for c in candidates]
+    return [0.0 if c.status in ("error", "timeout", "slow", "gone", "invalid")
+            or (c.status == "ok" and not c.text.strip()) else None for c in candidates]
 
 
 AGREES = 0.5
