@@ -223,6 +223,20 @@ async def test_an_answer_below_the_confidence_bar_is_escalated(nursery, tmp_path
     prov = (await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=1, domain="geography"))
             ).model_extra["p2pnet"]
     assert prov["escalated"] is None and len(prov["respondents"]) == 1
+    # the policy judges no second expert worth its price: the unsure answer stands, and says why
+    coordinator.policy = _OneNeverChecked()
+    resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, domain="geography"))
+    prov = resp.model_extra["p2pnet"]
+    assert resp.choices[0].message.content == "Lyon." and prov["escalated"] is None
+    assert prov["escalation_declined"] == ("its confidence 0.30 is below 0.50, but no second expert is asked: "
+                                           "not worth its price (test)")
+    assert [r["expert_id"] for r in prov["respondents"]] == ["a"]
+
+
+class _OneNeverChecked(_OneByExpertId):
+    def second_opinion(self, first, confidence, rest, domain, standing=None, rng=None):
+        assert first.card.expert_id == "a" and confidence == 0.3 and {r.card.expert_id for r in rest} == {"b", "c"}
+        return None, "not worth its price (test)"
 
 
 async def test_prompts_are_sealed_to_the_chosen_respondents(nursery, tmp_path):

@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from p2pnet import wire
 from p2pnet.experts.directory import ExpertRef
-from p2pnet.experts.selection import Posterior, RandomPolicy, ReputationPolicy, UcbCostPolicy, no_standing
+from p2pnet.experts.selection import (Posterior, RandomPolicy, ReputationPolicy, UcbCostPolicy, check_gain,
+                                      no_standing, wrong_when_unsure)
 
 
 def ref(i: int, price: float = 1.0, load: int = 0, model: str = "0" * 64) -> ExpertRef:
@@ -243,3 +244,37 @@ def test_distinct_models_never_asks_two_copies(rows, k, seed, adapt, probe):
                         distinct_models=True)
     models = [r.card.sha256 for r in sel.chosen]
     assert 1 <= len(models) == len(set(models))
+
+
+def test_an_unsure_answer_is_wrong_more_often_than_its_expert():
+    assert wrong_when_unsure(0.9, 1.0) == pytest.approx(0.1)  # unsure says nothing: the standing alone
+    assert wrong_when_unsure(0.9, 3.0) == pytest.approx(0.3 / 1.2)
+    assert wrong_when_unsure(1.0, 3.0) == 0.0 and wrong_when_unsure(0.0, 3.0) == 1.0
+
+
+@given(st.floats(0, 1), st.floats(0, 1))
+def test_check_gain_is_bounded_by_the_chance_the_first_is_wrong(p_wrong, quality):
+    gain, tie = check_gain(p_wrong, quality)
+    assert -(1 - p_wrong) - 1e-9 <= gain <= p_wrong + 1e-9 and 0 <= tie <= 1
+    perfect, perfect_tie = check_gain(p_wrong, 1.0)  # an expert never wrong: every wrong answer is caught
+    assert perfect == pytest.approx(p_wrong) and perfect_tie == pytest.approx(p_wrong)
+
+
+def test_a_check_must_be_worth_its_price():
+    first, cheap, dear = ref(1, price=1.0), ref(2, price=1.0), ref(3, price=10.0)
+    standing = table([first, cheap, dear], [(0.92, 500), (0.92, 500), (0.92, 500)])
+    policy = ReputationPolicy(cost_weight=0.02, unsure_odds=4.0, escalate_below=0.6)
+    # an equal expert at price 1 is worth asking; at price 10 (and a likely tie-break) it is not
+    picked, why = policy.second_opinion(first, 0.5, [cheap, dear], "math", standing, random.Random(1))
+    assert picked is cheap and "adds +0." in why
+    picked, why = policy.second_opinion(first, 0.5, [dear], "math", standing, random.Random(1))
+    assert picked is None and why.startswith("not worth its price")
+    # a first expert that is often wrong makes the dear check worth it
+    weak = table([first, dear], [(0.6, 500), (0.92, 500)])
+    assert policy.second_opinion(first, 0.5, [dear], "math", weak, random.Random(1))[0] is dear
+    # without a price on quality, any check that helps is asked
+    free = ReputationPolicy(cost_weight=0.0, escalate_below=0.6)
+    assert free.second_opinion(first, 0.5, [dear], "math", standing, random.Random(1))[0] is dear
+    assert policy.second_opinion(first, 0.5, [], "math", standing) == (None, "no other expert")
+    with pytest.raises(ValueError):
+        ReputationPolicy(unsure_odds=-1.0)

@@ -63,6 +63,7 @@ class _Pending:
     streamed: str = ""
     next_chunk: int = 0
     watched: tuple = ()  # remote respondents connected when asked: their connection is watched
+    declined: Optional[str] = None  # why an unsure single answer got no second expert
 
     async def deliver(self, text: str) -> None:
         """Pass streamed text on to the client; a client gone away stops the stream."""
@@ -259,7 +260,7 @@ class Coordinator:
         below = self.policy.escalate_below
         if timed_out or below <= 0 or len(pending.asked) != 1 or pending.streamed:
             return timed_out, None
-        (answer,) = pending.answers.values()
+        ((key, answer),) = pending.answers.items()
         if not is_usable(answer):
             if not unsure:
                 return timed_out, None
@@ -272,8 +273,17 @@ class Coordinator:
             why = f"its confidence {answer.confidence:.2f} is below {below:.2f}"
         else:
             return timed_out, None
+        refs = None
+        if is_usable(answer):  # is a check worth its price? (an unusable answer is simply replaced)
+            ref, note = self.policy.second_opinion(pending.asked[key], answer.confidence,
+                                                   self._others(pending, candidates, domain, prompt, True),
+                                                   domain, self.standing, self.rng)
+            if ref is None:
+                pending.declined = f"{why}, but no second expert is asked: {note}"
+                return timed_out, None
+            refs, why = (ref,), f"{why}; {note}" if note else why
         asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, 1, stream=False,
-                                     new_voice=True)
+                                     new_voice=True, refs=refs)
         if asked is None:
             return timed_out, None
         timed_out, chosen = asked
@@ -320,28 +330,33 @@ class Coordinator:
             extra += chosen
         return extra
 
+    def _others(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
+                new_voice: bool) -> list:
+        """The candidates the policy would use anyway (never one it has shut
+        out) that are not asked yet. With ``new_voice``, at temperature 0, not
+        a copy of a model already asked: it would repeat that model's answer."""
+        rest = [r for r in candidates if r.key not in pending.asked]
+        if new_voice and prompt.temperature == 0:
+            models = {ref.card.sha256 for ref in pending.asked.values() if ref.card.sha256}
+            rest = [r for r in rest if r.card.sha256 not in models]
+        return self.policy.eligible(rest, domain, self.standing)
+
     async def _ask_more(self, pending: _Pending, candidates, domain: str, prompt: wire.PromptBody,
-                        deadline_s: float, n: int, stream: bool = True,
-                        new_voice: bool = False) -> Optional[tuple[bool, tuple]]:
-        """Ask ``n`` more experts the policy would use anyway (never one it has
-        shut out), not asked yet, if at least half a second of the deadline is
-        left; their answers join ``pending`` (one of them streams if ``stream``
-        and it is the only one). With ``new_voice``, at temperature 0, not a
-        copy of a model already asked: it would repeat that model's answer.
-        Returns (whether the deadline passed, the refs asked), or None if
-        nobody was asked."""
+                        deadline_s: float, n: int, stream: bool = True, new_voice: bool = False,
+                        refs: Optional[tuple] = None) -> Optional[tuple[bool, tuple]]:
+        """Ask ``refs``, or else ``n`` more of :meth:`_others` chosen by the
+        policy, if at least half a second of the deadline is left; their
+        answers join ``pending`` (one of them streams if ``stream`` and it is
+        the only one). Returns (whether the deadline passed, the refs asked),
+        or None if nobody was asked."""
         left = pending.started + deadline_s - self.clock()
         if left <= 0.5:
             return None
-        rest = [r for r in candidates if r.key not in pending.asked]
-        one_voice = new_voice and prompt.temperature == 0
-        if one_voice:
-            models = {ref.card.sha256 for ref in pending.asked.values() if ref.card.sha256}
-            rest = [r for r in rest if r.card.sha256 not in models]
-        rest = self.policy.eligible(rest, domain, self.standing)
-        if not rest:
-            return None
-        chosen = self.policy.select(rest, n, domain, self.standing, self.rng, distinct_models=one_voice).chosen
+        chosen = refs
+        if chosen is None:
+            rest = self._others(pending, candidates, domain, prompt, new_voice)
+            chosen = rest and self.policy.select(rest, n, domain, self.standing, self.rng,
+                                                 distinct_models=new_voice and prompt.temperature == 0).chosen
         if not chosen:
             return None
         more = _Pending(os.urandom(16), self.clock(), {ref.key: ref for ref in chosen})
@@ -529,6 +544,7 @@ class Coordinator:
                           "scores": [list(s) for s in selection.scores[:16]]},
             "tiebreakers": [{"peer_id": ref.peer_str, "expert_id": ref.card.expert_id} for ref in tiebreakers],
             "escalated": escalated,
+            "escalation_declined": pending.declined,
             "respondents": [
                 {"peer_id": c.peer, "expert_id": c.expert_id, "status": c.status,
                  "latency_ms": c.latency_ms, "completion_tokens": c.completion_tokens,

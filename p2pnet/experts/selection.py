@@ -11,6 +11,11 @@ from typing import Callable, Optional, Sequence
 
 from p2pnet.experts.directory import ExpertRef
 
+UNSURE_ODDS = 2.3
+"""How much likelier a wrong answer of the default model is than a right one
+to have a confidence below 0.6: 0.377 against 0.162 (bench/cascade.py,
+docs/benchmarks.md)."""
+
 # (respondent peer, domain) -> (posterior mean quality in [0,1], evidence count)
 Standing = Callable[[bytes, str], tuple[float, float]]
 
@@ -83,6 +88,17 @@ class SelectionPolicy(ABC):
         """The candidates this policy would ever send traffic to while others
         exist (all of them, unless a policy excludes some)."""
         return list(candidates)
+
+    def second_opinion(self, first: ExpertRef, confidence: Optional[float], rest: Sequence[ExpertRef],
+                       domain: str, standing: Standing = no_standing,
+                       rng: Optional[random.Random] = None) -> tuple[Optional[ExpertRef], str]:
+        """Whom to ask after ``first``'s single answer looked unsure: its
+        ``confidence`` was below :attr:`escalate_below`, or (None) it reported
+        none while its expert is not reliable yet. ``rest``: the experts that
+        may be asked. Returns the expert, or None and why nobody is worth
+        asking. This default asks whom :meth:`select` would pick."""
+        chosen = self.select(rest, 1, domain, standing, rng).chosen
+        return (chosen[0], "") if chosen else (None, "no other expert")
 
     def select(self, candidates: Sequence[ExpertRef], k: int, domain: str,
                standing: Standing = no_standing, rng: Optional[random.Random] = None,
@@ -164,6 +180,29 @@ class Posterior:
         return f"Posterior(mean={self.mean:.3f}, evidence={self.evidence:.2f}, sd={self.sd:.3f})"
 
 
+def wrong_when_unsure(quality: float, odds: float) -> float:
+    """The chance that an unsure answer is wrong: its expert is right with
+    probability ``quality``, and ``odds`` is how much likelier a wrong answer
+    is than a right one to be unsure (1: being unsure says nothing)."""
+    w = (1.0 - quality) * odds
+    return w / (w + quality) if w + quality > 0 else 0.0
+
+
+def check_gain(p_wrong: float, quality: float) -> tuple[float, float]:
+    """What a second expert, right with probability ``quality``, adds to an
+    answer wrong with probability ``p_wrong``, settled as the coordinator
+    settles it: two answers that agree stand; two that differ get one more
+    expert like the second (the tie-break), and its majority stands, or, with
+    three different answers, any one of them. Wrong answers never agree.
+    Returns (the gain in the chance that the delivered answer is right, the
+    chance that the tie-break is needed)."""
+    agree = (1.0 - p_wrong) * quality
+    one_right = (1.0 - p_wrong) * (1.0 - quality) + p_wrong * quality
+    none_right = p_wrong * (1.0 - quality)
+    right = agree + one_right * (quality + (1.0 - quality) / 3) + none_right * quality / 3
+    return right - (1.0 - p_wrong), 1.0 - agree
+
+
 class ReputationPolicy(SelectionPolicy):
     """Thompson sampling on the ledger's posterior, minus the price:
     ``value = theta - cost_weight * price - load_weight * load`` with
@@ -184,7 +223,8 @@ class ReputationPolicy(SelectionPolicy):
       With ``escalate_below`` > 0 the check waits for the answer instead
       (``Selection.unsure``): the coordinator asks one more expert when the
       answer's own confidence is below ``escalate_below``, or when it reports
-      none. Any other single answer below ``escalate_below`` gets one too.
+      none. Any other single answer below ``escalate_below`` gets one too,
+      if one is worth its price (:meth:`second_opinion`).
     - Probes (``select(..., probe=True)``) measure where the verdict is open:
       the first slot goes to the *unsettled* expert with the least evidence,
       a newcomer whose first ratings were poor (mean below the floor) or a
@@ -208,14 +248,15 @@ class ReputationPolicy(SelectionPolicy):
                  min_evidence: float = 2.0, newcomer_evidence: float = 2.0, confident: float = 0.7,
                  z: float = 1.0, max_k: int = 3, uncertain_k: int = 3, load_weight: float = 0.2,
                  prior_weight: float = 2.0, audit_share: float = 0.0, recheck_evidence: float = 4.0,
-                 escalate_below: float = 0.0) -> None:
+                 escalate_below: float = 0.0, unsure_odds: float = UNSURE_ODDS) -> None:
         if not 0.0 <= explore_share <= 1.0 or not 0.0 <= audit_share <= 1.0:
             raise ValueError("explore_share and audit_share must lie in [0, 1]")
         if not 1 <= max_k <= 16 or not 1 <= uncertain_k <= 16:
             raise ValueError("max_k and uncertain_k must be between 1 and 16")
         for name, v in (("cost_weight", cost_weight), ("min_evidence", min_evidence), ("z", z),
                         ("newcomer_evidence", newcomer_evidence), ("load_weight", load_weight),
-                        ("prior_weight", prior_weight), ("recheck_evidence", recheck_evidence)):
+                        ("prior_weight", prior_weight), ("recheck_evidence", recheck_evidence),
+                        ("unsure_odds", unsure_odds)):
             if not v >= 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0.0 <= floor <= 1.0 or not 0.0 <= confident <= 1.0 or not 0.0 <= escalate_below <= 1.0:
@@ -225,6 +266,7 @@ class ReputationPolicy(SelectionPolicy):
         self.z, self.max_k, self.uncertain_k = z, int(max_k), int(uncertain_k)
         self.load_weight, self.prior_weight, self.audit_share = load_weight, prior_weight, audit_share
         self.recheck_evidence, self.escalate_below = recheck_evidence, escalate_below
+        self.unsure_odds = unsure_odds
 
     # ------------------------------------------------------------ pure parts
 
@@ -249,6 +291,32 @@ class ReputationPolicy(SelectionPolicy):
     def score(self, ref, domain, standing, total_evidence, rng) -> float:
         post = self.posterior(ref, domain, standing)
         return self.value(ref, rng.betavariate(post.alpha, post.beta))
+
+    def second_opinion(self, first, confidence, rest, domain, standing=no_standing, rng=None):
+        """MetaLLM's reward applied to the check itself: ask the expert whose
+        gain in the chance of a right answer (:func:`check_gain`, its quality
+        sampled from its posterior) minus ``cost_weight`` times what it and a
+        likely tie-break cost is highest, if that is above 0. The first
+        answer is wrong with the chance :func:`wrong_when_unsure` gives from
+        its expert's posterior mean and ``unsure_odds`` (1 when it reported
+        no confidence: then only its standing speaks)."""
+        rng = rng or random.Random(0)
+        quality = self.posterior(first, domain, standing).mean
+        p_wrong = wrong_when_unsure(quality, self.unsure_odds if confidence is not None else 1.0)
+        pool = [r for r in rest if r.card.load < r.card.max_concurrency] or list(rest)
+        best = None
+        for ref in pool:
+            post = self.posterior(ref, domain, standing)
+            gain, tie = check_gain(p_wrong, rng.betavariate(post.alpha, post.beta))
+            worth = self.value(ref, gain) - self.cost_weight * ref.card.price_per_1k * tie
+            if best is None or (worth, gain) > best[:2]:
+                best = (worth, gain, ref)
+        if best is None:
+            return None, "no other expert"
+        worth, gain, ref = best
+        why = (f"the first answer is wrong with p={p_wrong:.2f}; the best check adds {gain:+.3f} "
+               f"to the chance of a right answer, {worth:+.3f} after {self.cost_weight:g} x its price")
+        return (ref, why) if worth > 0 else (None, f"not worth its price: {why}")
 
     def respondents(self, candidates, domain, standing=no_standing, requested_k=None) -> Optional[int]:
         if requested_k:
