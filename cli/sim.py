@@ -79,6 +79,10 @@ def sim_command(scenario: Path, seed, policy_name, json_out, plot_out) -> None:
         f"(of probe slots {t['probe_adversary_share']})"
         + ("" if below is None else f", below 5% after {below} queries"),
     ]
+    w = summary["after_warmup"]
+    if w["from_query"]:
+        lines.append(f"  from query {w['from_query']} (the scenario's warmup) on: accuracy ratio "
+                     f"{w['accuracy_vs_oracle']}, cost vs always-best {w['cost_vs_best']}")
     click.echo("\n".join(lines), err=str(json_out) == "-")
 
 

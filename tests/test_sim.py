@@ -306,7 +306,7 @@ def test_a_scenario_file_that_is_not_text_or_too_large_names_the_file(tmp_path):
 
 def test_cli_writes_json(tmp_path):
     sc = tmp_path / "tiny.toml"
-    sc.write_text(BASE + "[workload]\nqueries = 40\n")
+    sc.write_text(BASE + "[workload]\nqueries = 40\nwarmup = 10\n")
     out = tmp_path / "out.json"
     code = "import sys; from p2pnet_cli import main, sim; main.main(sys.argv[1:])"
     proc = subprocess.run([sys.executable, "-c", code, "sim", str(sc), "--seed", "3", "--json", str(out)],
@@ -314,6 +314,9 @@ def test_cli_writes_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(out.read_text())
     assert summary["seed"] == 3 and summary["queries"] == 40 and "last 20%: accuracy" in proc.stdout
+    w = summary["after_warmup"]
+    assert (f"from query 10 (the scenario's warmup) on: accuracy ratio {w['accuracy_vs_oracle']}, "
+            f"cost vs always-best {w['cost_vs_best']}") in proc.stdout
     assert summary["standings"] == "chain" and "true accuracies" not in proc.stdout
     sc.write_text(BASE + "[workload]\nqueries = 40\n[ledger]\nstandings = 'truth'\n")
     proc = subprocess.run([sys.executable, "-c", code, "sim", str(sc)], capture_output=True, text=True, timeout=60)
