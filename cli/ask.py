@@ -232,5 +232,10 @@ def _print_provenance(prov: dict) -> None:
         click.echo(f"{mark:2}{r['peer_id'][:16] + '…':18} {r['expert_id'][:16]:16} {r['status']:9} "
                    f"{r.get('latency_ms', 0):>7} {r.get('completion_tokens', 0):>6} {score:>6}", err=True)
     click.echo(f"  chosen: {prov.get('reason', '')}; selection: {prov.get('selection', {}).get('reason', '')}", err=True)
+    if prov.get("escalated"):
+        to = ", ".join(e.get("expert_id", "") for e in prov["escalated"].get("to", []))
+        click.echo(f"  escalated to {to}: {prov['escalated'].get('reason', '')}", err=True)
+    elif prov.get("escalation_declined"):
+        click.echo(f"  not escalated: {prov['escalation_declined']}", err=True)
     if prov.get("query_id"):
         click.echo(f"  query: {prov['query_id']} (p2pnet feedback {prov['query_id']} accept|reject)", err=True)

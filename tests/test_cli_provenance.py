@@ -1,0 +1,22 @@
+"""What `p2pnet ask` prints of an answer's provenance (on stderr)."""
+
+from p2pnet_cli.ask import _print_provenance
+
+ROW = {"peer_id": "12D3KooWabcdefghijklmnop", "expert_id": "smollm2", "status": "ok", "latency_ms": 310,
+       "completion_tokens": 8, "score": None}
+
+
+def test_an_escalation_and_a_declined_one_are_shown(capsys):
+    prov = {"query_id": "ab" * 16, "reason": "majority answer (2 of 2 agree)", "chosen": ROW,
+            "selection": {"reason": "reputation: 1 of 3 free experts"}, "respondents": [ROW, {**ROW, "expert_id": "b"}],
+            "escalated": {"reason": "its confidence 0.41 is below 0.60", "to": [{"peer_id": "x", "expert_id": "b"}]}}
+    _print_provenance(prov)
+    err = capsys.readouterr().err
+    assert "  escalated to b: its confidence 0.41 is below 0.60" in err and "not escalated" not in err
+    _print_provenance({**prov, "escalated": None,
+                       "escalation_declined": "its confidence 0.41 is below 0.60, but no second expert is asked: x"})
+    err = capsys.readouterr().err
+    assert "  not escalated: its confidence 0.41 is below 0.60, but no second expert is asked: x" in err
+    assert "escalated to" not in err
+    _print_provenance({**prov, "escalated": None})  # a sure answer: neither line
+    assert "escalat" not in capsys.readouterr().err
