@@ -233,6 +233,29 @@ async def test_an_answer_below_the_confidence_bar_is_escalated(nursery, tmp_path
     assert [r["expert_id"] for r in prov["respondents"]] == ["a"]
 
 
+async def test_an_unsure_answer_whose_only_peers_are_copies_says_so(nursery, tmp_path):
+    """At temperature 0 a copy of the unsure expert's model would repeat its
+    answer: no second expert is asked, and provenance says why."""
+    coord = await start_node(nursery, tmp_path, "coord")
+    nodes = [coord]
+    for name in ("a", "c"):  # one scripted model, two hosts
+        backend = scripted.ScriptedBackend({QUESTION: "Lyon."}, confidence=scripted.claimed_confidence(0.3))
+        nodes.append(await start_node(nursery, tmp_path, name, boot_addr(coord), backend, expert_id=name))
+    await wait_for(lambda: all(len(x.network.peers()) == 2 for x in nodes), 30, "mesh")
+    coordinator = coordinator_of(coord)
+    await wait_for(lambda: len(coordinator.directory.all(coordinator.clock())) == 2, 30, "announcements")
+    coordinator.policy = _OneByExpertId()
+    prov = (await trio.to_thread.run_sync(lambda: ask(coord.api_url, domain="geography"))).model_extra["p2pnet"]
+    assert [r["expert_id"] for r in prov["respondents"]] == ["a"] and prov["escalated"] is None
+    assert prov["escalation_declined"] == (
+        "its confidence 0.30 is below 0.50, but no second expert is asked: no other expert "
+        "(1 more is a copy of its model, which would repeat its answer at temperature 0)")
+    # a sampled answer is an independent draw: the copy is asked
+    prov = (await trio.to_thread.run_sync(lambda: ask(coord.api_url, domain="geography", temperature=0.7))
+            ).model_extra["p2pnet"]
+    assert [e["expert_id"] for e in prov["escalated"]["to"]] == ["c"] and prov["escalation_declined"] is None
+
+
 class _OneNeverChecked(_OneByExpertId):
     def second_opinion(self, first, confidence, rest, domain, standing=None, rng=None):
         assert first.card.expert_id == "a" and confidence == 0.3 and {r.card.expert_id for r in rest} == {"b", "c"}

@@ -275,10 +275,15 @@ class Coordinator:
             return timed_out, None
         refs = None
         if is_usable(answer):  # is a check worth its price? (an unusable answer is simply replaced)
-            ref, note = self.policy.second_opinion(pending.asked[key], answer.confidence,
-                                                   self._others(pending, candidates, domain, prompt, True),
-                                                   domain, self.standing, self.rng)
+            first = pending.asked[key]
+            rest = self._others(pending, candidates, domain, prompt, True)
+            ref, note = self.policy.second_opinion(first, answer.confidence, rest, domain, self.standing, self.rng)
             if ref is None:
+                copies = sum(1 for r in candidates if r.key != key and first.card.sha256
+                             and r.card.sha256 == first.card.sha256)
+                if not rest and copies and prompt.temperature == 0:
+                    note += (f" ({copies} more {'is a copy' if copies == 1 else 'are copies'} of its model, "
+                             "which would repeat its answer at temperature 0)")
                 pending.declined = f"{why}, but no second expert is asked: {note}"
                 return timed_out, None
             refs, why = (ref,), f"{why}; {note}" if note else why
