@@ -286,7 +286,9 @@ class Coordinator:
                              "which would repeat its answer at temperature 0)")
                 pending.declined = f"{why}, but no second expert is asked: {note}"
                 return timed_out, None
-            refs, why = (ref,), f"{why}; {note}" if note else why
+            refs = (ref,)
+            if note:
+                why = f"{why}; {note}"
         asked = await self._ask_more(pending, candidates, domain, prompt, deadline_s, 1, stream=False,
                                      new_voice=True, refs=refs)
         if asked is None:
