@@ -70,6 +70,7 @@ class Node:
             announce_interval_s=config.announce_interval_s,
             announce_extra=self._announce_extra,
             clock=clock,
+            state_dir=config.data_dir,
         )
         self.network.on(topics.BROADCAST, self._on_broadcast)
 
@@ -193,6 +194,8 @@ class Node:
             "data_dir": str(self.config.data_dir),
             "peers": [wire.peer_id_str(p) for p in peers],
             "peer_count": len(peers),
+            # "ready" only with peers: a node cut off from the network says so.
+            "state": "ready" if peers else "no peers",
             "topics": self.network.mesh(),
             "counters": self.network.stats.as_json(),
             "outbox": self.network.outbox_len(),

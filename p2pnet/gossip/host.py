@@ -7,13 +7,20 @@ See ../shared/notes/libp2p-0.8.1.md. Traps handled here:
 3. pubsub must run before any dial: the caller starts the services first
    (see :mod:`p2pnet.gossip.network`);
 6. the default host accepts plaintext: Noise is the only security transport;
-8. the timestamp message id breaks dedup: the id is sha256 of the data, which
-   is also what js-libp2p peers can agree on.
+7. abuse py-libp2p refuses before the node's validator runs (cached
+   verdicts, bad GossipSub signatures, oversized RPCs) is reported and
+   counted: see :mod:`p2pnet.gossip.guard`;
+8. the timestamp message id breaks dedup: the id is the GossipSub spec's,
+   the publisher's peer id and sequence number. js-libp2p derives the same
+   id under StrictSign with its spec rule, so IHAVE/IWANT/IDONTWANT match
+   in a mixed mesh (a content hash matched 0 of 5 js ids). It deduplicates
+   because a (from, seqno) pair is signed by its publisher and never reused
+   (sequence numbers start at the clock in nanoseconds); an envelope
+   re-published under a new seqno is caught by the node's replay guard.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import multiaddr
@@ -34,12 +41,16 @@ class GossipParams:
 
 
 def message_id(msg) -> bytes:
-    """Content-addressed GossipSub message id."""
-    return hashlib.sha256(msg.data).digest()
+    """The GossipSub spec's message id: publisher peer id bytes + seqno."""
+    return msg.from_id + msg.seqno
 
 
-def build_stack(identity, listen_addrs: list[str], params: GossipParams):
-    """Return ``(host, pubsub, gossipsub)``; nothing runs yet."""
+def build_stack(identity, listen_addrs: list[str], params: GossipParams, *, on_reject, is_banned):
+    """Return ``(host, pubsub, gossipsub)``; nothing runs yet.
+
+    ``on_reject(peer, reason, detail)`` hears of every message py-libp2p
+    refuses before the node's validator; ``is_banned(peer)`` keeps banned
+    peers' messages out (see :mod:`p2pnet.gossip.guard`)."""
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
     from libp2p.pubsub.gossipsub import (
@@ -48,7 +59,6 @@ def build_stack(identity, listen_addrs: list[str], params: GossipParams):
         PROTOCOL_ID_V12,
         GossipSub,
     )
-    from libp2p.pubsub.pubsub import Pubsub
     from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
     from libp2p.security.noise.transport import Transport as NoiseTransport
     from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -84,9 +94,13 @@ def build_stack(identity, listen_addrs: list[str], params: GossipParams):
     # /gossip.py, 2 of 9 runs). The standard GossipSub v1.1 backoff (prune_back_off)
     # still applies; only this extra check is off.
     gossipsub.graft_flood_threshold = 0.0
-    pubsub = Pubsub(
+    from p2pnet.gossip.guard import build_guarded_pubsub
+
+    pubsub = build_guarded_pubsub(
         host,
         gossipsub,
+        on_reject=on_reject,
+        is_banned=is_banned,
         strict_signing=True,
         msg_id_constructor=message_id,
         max_inbound_rpc_size=params.max_message_bytes + 64 * 1024,

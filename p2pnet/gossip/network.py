@@ -4,14 +4,17 @@ envelopes, direct request/response streams, and peer exchange.
 Inbound gossip is checked by a GossipSub topic validator *before* it is
 relayed: envelope size, form, schema, signature, that the envelope's sender is
 the GossipSub publisher, that the message type belongs on the topic, replay and
-staleness. A bad message is dropped with one log line and counted against the
-peer that forwarded it; a peer with too many strikes is disconnected and
-banned for a while.
+staleness. No verdict is cached (see guard.py): every refused copy is counted
+against the peer that sent it, with one rate-limited log line. Bad content is
+the forwarder's fault (honest peers validate before relaying); a stale or
+re-published envelope is its origin's. A peer with too many strikes is banned
+for a while: disconnected, never dialled, its connections refused at once.
 
-Outbound messages go through one bounded outbox drained by a single publisher
-task. py-libp2p drops silently past 32 queued RPCs per peer, so the publisher
-waits while any peer's queue is more than half full, and paces publishes.
-``publish_nowait`` raises :class:`OutboxFull` when the outbox is full.
+Outbound messages go through two bounded lanes drained by a single publisher
+task: consensus first and unpaced, user traffic after it. py-libp2p drops
+silently past 32 queued RPCs per peer, so the publisher waits while any
+peer's queue is more than half full, and paces user publishes.
+``publish_nowait`` raises :class:`OutboxFull` when a lane is full.
 
 Shutdown does not lose acknowledged messages: the outbox and the per-peer
 queues are drained, then every peer is asked over a direct stream (``Flush``)
@@ -19,9 +22,9 @@ to confirm it has validated our last gossip message, before the host stops.
 A peer's reply means the bytes left the sockets: stopping can no longer reset
 a connection with our messages still unread in it.
 
-Peer exchange: every node announces its listen addresses on the announce
-topic; nodes dial announced peers they are not connected to, so a star of
-bootstrap connections becomes a mesh.
+Peers are found and kept by :class:`~p2pnet.gossip.connector.Connector`
+(peer exchange, bootstrap and remembered peers, never giving up) and
+remembered across restarts in the data dir (peerbook.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, defaultdict
+from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Optional
 
 import multiaddr
@@ -36,8 +40,12 @@ import trio
 
 from p2pnet import wire
 from p2pnet.gossip import rpc, topics
-from p2pnet.gossip.errors import OutboxFull, RpcFailed
+from p2pnet.gossip.connector import Connector
+from p2pnet.gossip.errors import GossipError, OutboxFull, RpcFailed
+from p2pnet.gossip.guard import BanGate
 from p2pnet.gossip.host import GossipParams, build_stack, message_id
+from p2pnet.gossip.peerbook import PeerBook, remember_listen, sticky_listen
+from p2pnet.logs import LogLimiter
 from p2pnet.gossip.stats import PeerPenalties, Stats
 
 log = logging.getLogger("p2pnet.gossip")
@@ -50,6 +58,8 @@ TOPIC_KINDS = {
     topics.TXS: {wire.Rating.KIND, wire.Tx.KIND},  # Tx: an aged rating re-stamped by its node
     topics.BROADCAST: {wire.Broadcast.KIND},
 }
+
+URGENT_TOPICS = frozenset({topics.CONSENSUS})
 
 Handler = Callable[[wire.Envelope], Awaitable[None]]
 RequestHandler = Callable[[wire.Envelope], Awaitable[wire.Message]]
@@ -66,6 +76,7 @@ class GossipNetwork:
         announce_addrs: Iterable[str] = (),
         params: GossipParams = GossipParams(),
         outbox_size: int = 1024,
+        urgent_size: int = 256,
         inbox_size: int = 512,
         publish_gap_s: float = 0.003,
         announce_interval_s: float = 5.0,
@@ -77,6 +88,9 @@ class GossipNetwork:
         wire_wait_s: float = 2.0,
         announce_extra: Callable[[], dict] = dict,
         clock: Callable[[], float] = time.time,
+        state_dir: Optional[Path] = None,
+        target_peers: int = 3,
+        reconnect_max_s: float = 30.0,
     ) -> None:
         self.identity = identity
         self.signer = signer
@@ -94,16 +108,26 @@ class GossipNetwork:
         self.announce_extra = announce_extra
         self.clock = clock
         self.inbox_size = inbox_size
+        self.state_dir = state_dir
+        self.target_peers = target_peers
+        self.reconnect_max_s = reconnect_max_s
+        self.book = PeerBook(state_dir, clock=clock)
 
         self.stats = Stats()
         self.penalties = PeerPenalties()
         self.guard = wire.ReplayGuard()
+        self.loglimit = LogLimiter(log, clock=clock)
         self.known_addrs: dict[bytes, tuple[str, ...]] = {}
 
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._rpc_handlers: dict[str, RequestHandler] = {}
         self._outbox_send, self._outbox_recv = trio.open_memory_channel(outbox_size)
-        self._dial_send, self._dial_recv = trio.open_memory_channel(64)
+        # Consensus has its own lane, served first and never paced behind
+        # user traffic (a flood of broadcasts once held votes back for
+        # seconds against round timeouts of 0.5-1 s).
+        self._urgent_send, self._urgent_recv = trio.open_memory_channel(urgent_size)
+        self._outbox_ready = trio.Event()
+        self.connector = Connector(self)
         self._kick_send, self._kick_recv = trio.open_memory_channel(64)
         self._decoded: "OrderedDict[bytes, wire.Envelope]" = OrderedDict()
         self._rpc_slots = trio.Semaphore(max_rpc_streams)
@@ -145,23 +169,29 @@ class GossipNetwork:
         """Queue an envelope sealed elsewhere (possibly by another peer)."""
         self._enqueue_nowait(topic, data, None)
 
+    def _lane(self, topic: str):
+        return self._urgent_send if topic in URGENT_TOPICS else self._outbox_send
+
     def _enqueue_nowait(self, topic: str, data: bytes, own_seq: Optional[int]) -> None:
+        lane = self._lane(topic)
         try:
-            self._outbox_send.send_nowait((topic, data, own_seq))
+            lane.send_nowait((topic, data, own_seq))
         except trio.ClosedResourceError:
             raise OutboxFull("node is shutting down") from None
         except trio.WouldBlock:
-            self.stats.drop("outbox_full")
-            raise OutboxFull(f"outbound queue full ({self._outbox_send.statistics().max_buffer_size})") from None
+            self.stats.drop("urgent_outbox_full" if lane is self._urgent_send else "outbox_full")
+            raise OutboxFull(f"outbound queue full ({lane.statistics().max_buffer_size})") from None
+        self._outbox_ready.set()
 
     async def publish(self, topic: str, message: wire.Message) -> bytes:
         """Like publish_nowait but waits for room in the outbox."""
         data = self.signer.seal(message)
         seq = self.signer.last_seq
         try:
-            await self._outbox_send.send((topic, data, seq))
+            await self._lane(topic).send((topic, data, seq))
         except trio.ClosedResourceError:
             raise OutboxFull("node is shutting down") from None
+        self._outbox_ready.set()
         return data
 
     def peers(self) -> list[bytes]:
@@ -174,8 +204,13 @@ class GossipNetwork:
             return {}
         return {t: len(peers) for t, peers in self.gossipsub.mesh.items()}
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def outbox_len(self) -> int:
-        return self._outbox_send.statistics().current_buffer_used
+        return (self._outbox_send.statistics().current_buffer_used
+                + self._urgent_send.statistics().current_buffer_used)
 
     def announce_soon(self) -> None:
         self._announce_now.set()
@@ -227,13 +262,21 @@ class GossipNetwork:
         from libp2p.custom_types import TProtocol
         from libp2p.tools.anyio_service import background_trio_service
 
-        self.host, self.pubsub, self.gossipsub = build_stack(self.identity, self.listen, self.params)
-        maddrs = [multiaddr.Multiaddr(a) for a in self.listen]
+        listen = sticky_listen(self.state_dir, self.listen)
+        self.host, self.pubsub, self.gossipsub = build_stack(
+            self.identity, listen, self.params,
+            on_reject=self._on_pubsub_reject, is_banned=self._is_banned,
+        )
+        BanGate(self._is_banned, self._on_ban_refused).install(self.host)
+        maddrs = [multiaddr.Multiaddr(a) for a in listen]
         # Trap 3: the pubsub services must run before any connection arrives.
         async with background_trio_service(self.pubsub), background_trio_service(self.gossipsub):
             await self.pubsub.wait_until_ready()
             async with self.host.run(listen_addrs=maddrs):
                 self.listen_addrs = [str(a) for a in self.host.get_addrs()]
+                if not self.listen_addrs:
+                    raise GossipError(f"not listening: no address of {', '.join(listen)} could be bound")
+                remember_listen(self.state_dir, self.listen, self.listen_addrs)
                 self.host.set_stream_handler(TProtocol(topics.RPC_PROTOCOL), self._serve_stream)
                 async with trio.open_nursery() as nursery:
                     for topic in topics.ALL:
@@ -243,11 +286,10 @@ class GossipNetwork:
                         nursery.start_soon(self._read_topic, topic, sub, send)
                         nursery.start_soon(self._dispatch_topic, topic, recv)
                     nursery.start_soon(self._publisher)
-                    nursery.start_soon(self._dialer)
+                    nursery.start_soon(self.connector.dialer)
                     nursery.start_soon(self._kicker)
                     nursery.start_soon(self._announcer)
-                    for addr in self.bootstrap:
-                        nursery.start_soon(self._connect_bootstrap, addr)
+                    nursery.start_soon(self.connector.keep_connected)
                     self.ready = True
                     log.info("listening on %s as %s", ", ".join(self.listen_addrs), wire.peer_id_str(self.peer_id))
                     task_status.started(self)
@@ -263,15 +305,18 @@ class GossipNetwork:
         ``linger_s``."""
         with trio.move_on_after(self.linger_s) as scope:
             self._outbox_send.close()
-            while self._outbox_recv.statistics().current_buffer_used or self._publishing:
+            self._urgent_send.close()
+            self._outbox_ready.set()
+            while self.outbox_len() or self._publishing:
                 await trio.sleep(0.005)
             while self._peer_queue_max():
                 await trio.sleep(0.005)
             if self._last_own_seq is not None:
                 await self._flush_peers(self._last_own_seq)
+        self.book.save()
         if scope.cancelled_caught:
             log.warning("shutdown: gave up waiting for peers after %.1fs; %d messages still queued",
-                        self.linger_s, self._outbox_recv.statistics().current_buffer_used + self._peer_queue_max())
+                        self.linger_s, self.outbox_len() + self._peer_queue_max())
 
     async def _flush_peers(self, seq: int) -> None:
         peers = self.peers()
@@ -315,21 +360,40 @@ class GossipNetwork:
             return
         self.stats.drop("peer_queue_stalled")
 
+    def _next_outbound(self):
+        """The next message to publish: the urgent lane first."""
+        for lane in (self._urgent_recv, self._outbox_recv):
+            try:
+                return lane.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                continue
+        return None
+
     async def _publisher(self) -> None:
-        async for topic, data, own_seq in self._outbox_recv:
+        while True:
+            item = self._next_outbound()
+            if item is None:
+                if self._stopping.is_set() and not self.outbox_len():
+                    return
+                await self._outbox_ready.wait()
+                self._outbox_ready = trio.Event()
+                continue
+            topic, data, own_seq = item
+            urgent = topic in URGENT_TOPICS
             self._publishing = True
             try:
-                await self._wait_for_wire_room()
+                if not urgent:
+                    await self._wait_for_wire_room()
                 await self.pubsub.publish(topic, data)
                 if own_seq is not None:
                     self._last_own_seq = own_seq
                 self.stats.sent[topic] += 1
             except Exception as exc:  # never let one publish kill the node
                 self.stats.drop("publish_failed")
-                log.warning("publish on %s failed: %s", topic, exc)
+                self.loglimit.warning("publish_failed", "publish on %s failed: %s", topic, exc)
             finally:
                 self._publishing = False
-            if self.publish_gap_s:
+            if self.publish_gap_s and not urgent:
                 await trio.sleep(self.publish_gap_s)
 
     def _make_validator(self, topic: str):
@@ -337,22 +401,30 @@ class GossipNetwork:
         my_id = self.peer_id
 
         def validate(forwarder, msg) -> bool:
+            # Runs for every copy not yet accepted (no verdict is cached: see
+            # guard.py), so each refusal is counted against who sent it.
             if msg.from_id == my_id:
                 return True
             fwd = forwarder.to_bytes() if forwarder is not None else msg.from_id
             now = self.clock()
-            if self.penalties.is_banned(fwd, now):
-                self.stats.drop("banned", wire.peer_id_str(fwd))
-                return False
             try:
                 env = wire.open_envelope(msg.data, self.params.max_message_bytes)
                 if env.sender != msg.from_id:
                     raise wire.WireError(wire.BAD_SIGNATURE, "envelope sender is not the gossip publisher")
                 if env.kind not in allowed:
                     raise wire.WireError(wire.SCHEMA, f"{env.kind} does not belong on {topic}")
+            except wire.WireError as exc:
+                # Honest peers validate before they relay: bad content is the
+                # forwarder's fault.
+                self._strike(fwd, exc.reason, f"{topic}: {exc}", now)
+                return False
+            try:
                 self.guard.check(env, int(now * 1000))
             except wire.WireError as exc:
-                self._strike(fwd, exc.reason, f"{topic}: {exc}", now)
+                # A stale or re-published envelope is genuine and signed by
+                # its origin, whom honest peers may relay in good faith: the
+                # origin answers for it, never the forwarder.
+                self._strike(env.sender, exc.reason, f"{topic}: {exc}", now)
                 return False
             self._decoded[message_id(msg)] = env
             while len(self._decoded) > 4096:
@@ -361,17 +433,51 @@ class GossipNetwork:
 
         return validate
 
+    def _is_banned(self, peer: bytes) -> bool:
+        return self.penalties.is_banned(peer, self.clock())
+
+    def _on_pubsub_reject(self, peer: bytes, reason: str, detail: str) -> None:
+        """py-libp2p refused a message before the validator (guard.py)."""
+        if reason in ("banned", "banned_origin"):
+            self.stats.drop(reason, wire.peer_id_str(peer))
+            self.loglimit.debug(reason, "dropped message from %s: %s", wire.peer_id_str(peer)[:20], detail)
+            return
+        self._strike(peer, reason, f"gossip: {detail}", self.clock())
+
+    def _on_ban_refused(self, peer: bytes, direction: str) -> None:
+        """The ban gate refused a dial to, or a connection from, a banned peer."""
+        self.stats.drop(f"banned_{direction}", wire.peer_id_str(peer))
+        if direction == "inbound":
+            self._kick(peer)
+
     def _strike(self, peer: bytes, reason: str, detail: str, now: float) -> None:
         name = wire.peer_id_str(peer)
         self.stats.drop(reason, name)
-        log.warning("dropped message from %s: %s", name[:20], detail)
+        self.loglimit.warning(f"drop:{reason}", "dropped message from %s: %s", name[:20], detail)
         if self.penalties.strike(peer, now):
             self.stats.disconnected_for_abuse += 1
-            log.warning("disconnecting %s: too many bad messages", name[:20])
+            log.warning("banning %s for %.0f s: too many bad messages", name[:20], self.penalties.ban_s)
+            self._forget_addrs(peer)
+            self._kick(peer)
+
+    def _kick(self, peer: bytes) -> None:
+        try:
+            self._kick_send.send_nowait(peer)
+        except trio.WouldBlock:
+            pass
+
+    def _forget_addrs(self, peer: bytes) -> None:
+        """Nothing dials a banned peer (the gate refuses it anyway); keep its
+        addresses out of py-libp2p's peer store and our peer exchange."""
+        from libp2p.peer.id import ID
+
+        self.known_addrs.pop(peer, None)
+        self.book.forget(peer)
+        if self.host is not None:
             try:
-                self._kick_send.send_nowait(peer)
-            except trio.WouldBlock:
-                pass
+                self.host.get_peerstore().clear_addrs(ID(peer))
+            except Exception as exc:
+                log.debug("clearing addresses of a banned peer: %s", exc)
 
     async def _kicker(self) -> None:
         from libp2p.peer.id import ID
@@ -404,7 +510,7 @@ class GossipNetwork:
     async def _dispatch_topic(self, topic: str, recv) -> None:
         async for env in recv:
             if topic == topics.ANNOUNCE:
-                self._note_announce(env)
+                self.connector.note_announce(env)
             for handler in self._handlers.get(topic, ()):
                 try:
                     await handler(env)
@@ -413,55 +519,6 @@ class GossipNetwork:
                     log.exception("handler for %s failed on %s from %s", topic, env.kind, env.sender_str[:20])
 
     # -------------------------------------------------------- peer exchange
-
-    def _note_announce(self, env: wire.Envelope) -> None:
-        addrs = tuple(a for a in env.message.addrs if "/p2p/" not in a)
-        self.known_addrs[env.sender] = addrs
-        if env.sender not in set(self.peers()) and addrs:
-            try:
-                self._dial_send.send_nowait((env.sender, addrs))
-            except trio.WouldBlock:
-                pass
-
-    async def _dialer(self) -> None:
-        from libp2p.peer.id import ID
-        from libp2p.peer.peerinfo import PeerInfo
-
-        async for peer, addrs in self._dial_recv:
-            now = self.clock()
-            if peer == self.peer_id or peer in set(self.peers()) or self.penalties.is_banned(peer, now):
-                continue
-            try:
-                maddrs = [multiaddr.Multiaddr(a) for a in addrs]
-                with trio.move_on_after(10):
-                    await self.host.connect(PeerInfo(ID(peer), maddrs))
-                    log.info("peer exchange: connected to %s", wire.peer_id_str(peer)[:20])
-            except Exception as exc:
-                log.info("peer exchange: cannot dial %s: %s", wire.peer_id_str(peer)[:20], exc)
-
-    async def _connect_bootstrap(self, addr: str) -> None:
-        from libp2p.peer.peerinfo import info_from_p2p_addr
-
-        try:
-            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-        except Exception as exc:
-            log.error("bad bootstrap address %s: %s", addr, exc)
-            return
-        delay = 0.2
-        for _attempt in range(12):
-            if self._stopping.is_set():
-                return
-            try:
-                with trio.fail_after(10):
-                    await self.host.connect(info)
-                log.info("connected to bootstrap peer %s", addr)
-                self.announce_soon()
-                return
-            except Exception as exc:
-                log.info("bootstrap %s not reachable yet (%s); retrying in %.1fs", addr, exc or type(exc).__name__, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        log.error("gave up on bootstrap peer %s", addr)
 
     def _announce_message(self) -> wire.Announce:
         addrs = tuple(self.announce_addrs or [a.split("/p2p/")[0] for a in self.listen_addrs])

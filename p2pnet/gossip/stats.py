@@ -24,10 +24,14 @@ class PeerPenalties:
         while q and q[0] < now - self.window_s:
             q.popleft()
         if len(q) >= self.limit and not self.is_banned(peer, now):
-            self._banned[peer] = now + self.ban_s
-            q.clear()
+            self.ban(peer, now)
             return True
         return False
+
+    def ban(self, peer: bytes, now: float) -> None:
+        """Ban ``peer`` for ``ban_s`` from ``now`` (as crossing the limit does)."""
+        self._banned[peer] = now + self.ban_s
+        self._events.pop(peer, None)
 
     def is_banned(self, peer: str, now: float) -> bool:
         until = self._banned.get(peer)
