@@ -67,7 +67,9 @@ class HttpClient:
         self.conn = h11.Connection(h11.CLIENT)
 
     async def send(self, method: str, target: str, body: bytes = b"", headers=()) -> None:
-        hdrs = [("host", "test"), *headers]
+        hdrs = [("host", "127.0.0.1"), *headers]
+        if method in ("POST", "PUT") and not any(name == "content-type" for name, _ in headers):
+            hdrs.append(("content-type", "application/json"))
         if body:
             hdrs.append(("content-length", str(len(body))))
         data = self.conn.send(h11.Request(method=method, target=target, headers=hdrs))
@@ -167,8 +169,8 @@ async def test_pipelined_requests_are_answered_in_order(nursery):
     stream = await connect(port)
     async with stream:
         await stream.send_all(
-            b"GET /hello?name=1 HTTP/1.1\r\nhost: x\r\n\r\n"
-            b"GET /hello?name=2 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+            b"GET /hello?name=1 HTTP/1.1\r\nhost: localhost\r\n\r\n"
+            b"GET /hello?name=2 HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
         )
         data = await read_until_closed(stream)
     assert data.count(b"HTTP/1.1 200") == 2
@@ -185,8 +187,10 @@ async def test_post_json_and_path_params(nursery):
 
 async def test_absolute_form_target_is_understood_and_asterisk_refused(nursery):
     _, port = await start(nursery)
-    head, body = await request_once(port, "GET", "http://node.local/hello?name=abs")
+    head, body = await request_once(port, "GET", "http://localhost/hello?name=abs")
     assert (head.status_code, json.loads(body)) == (200, {"hello": "abs"})
+    head, body = await request_once(port, "GET", "http://node.local/hello")  # it names another host
+    assert (head.status_code, json.loads(body)["error"]["code"]) == (421, "host_not_allowed")
     head, _ = await request_once(port, "OPTIONS", "*")
     assert head.status_code == 400
 
@@ -196,7 +200,8 @@ async def test_expect_100_continue(nursery):
     stream = await connect(port)
     async with stream:
         await stream.send_all(
-            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 4\r\n"
+            b"expect: 100-continue\r\n\r\n"
         )
         interim = b""
         while b"\r\n\r\n" not in interim:
@@ -267,7 +272,8 @@ def test_router_refuses_a_route_twice():
         b"GARBAGE\r\n\r\n",
         b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
         b"GET /hello HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
-        b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: chunked\r\n\r\nzz\r\n",
     ],
 )
 async def test_malformed_request_gets_400_and_close(nursery, raw):
@@ -286,7 +292,8 @@ async def test_declared_oversize_body_is_413_without_reading_it(nursery):
     _, port = await start(nursery, max_body_bytes=100)
     stream = await connect(port)
     async with stream:
-        await stream.send_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 101\r\n\r\n")
+        await stream.send_all(b"POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
+                              b"content-length: 101\r\n\r\n")
         status, _, body = parse_raw_response(await read_until_closed(stream))
     assert status == 413
     assert body["error"]["code"] == "body_too_large"
@@ -298,7 +305,8 @@ async def test_chunked_oversize_body_is_413(nursery):
     async with stream:
         chunk = b"40\r\n" + b"x" * 64 + b"\r\n"
         await stream.send_all(
-            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n" + chunk + chunk
+            b"POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n" + chunk + chunk
         )
         status, _, _ = parse_raw_response(await read_until_closed(stream))
     assert status == 413
@@ -308,35 +316,58 @@ async def test_oversize_headers_are_431(nursery):
     _, port = await start(nursery, max_header_bytes=1024)
     stream = await connect(port)
     async with stream:
-        await stream.send_all(b"GET /hello HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 2000 + b"\r\n\r\n")
+        await stream.send_all(b"GET /hello HTTP/1.1\r\nhost: localhost\r\nx-big: " + b"a" * 2000 + b"\r\n\r\n")
         status, _, _ = parse_raw_response(await read_until_closed(stream))
     assert status == 431
 
 
-async def test_over_the_connection_limit_clients_get_503_busy(nursery):
-    server, port = await start(nursery, max_connections=2)
-    held = [HttpClient(await connect(port)) for _ in range(2)]
-    for client in held:  # both are being served
-        head, _ = await client.request("GET", "/hello")
-        assert head.status_code == 200
-    extra = await connect(port)
-    async with extra:
-        await extra.send_all(b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n")
-        status, headers, body = parse_raw_response(await read_until_closed(extra))
-    assert status == 503
-    assert body["error"]["code"] == "busy"
-    assert headers["retry-after"] == "1"
-    assert server.stats()["rejected_busy"] == 1
-    # a slot freed is a slot served
-    await held[0].stream.aclose()
-    await wait_until(lambda: server.stats()["connections_active"] == 1)
+async def test_when_every_slot_serves_a_request_a_newcomer_gets_503_busy(nursery):
+    release = trio.Event()
+
+    async def slow(request):
+        await release.wait()
+        return Response.json(200, {})
+
+    # 2 slots: 1 for work, 1 kept for control routes (here /hello and /hold)
+    server, port = await start(nursery, make_router(slow=slow, hold=slow), max_connections=2,
+                               control_paths=["/hello", "/hold"])
+    worker = HttpClient(await connect(port))
+    await worker.send("GET", "/slow")
+    await wait_until(lambda: server.stats()["connections_working"] == 1)
+    # a second request for work: no room, answered at once
+    head, body = await request_once(port, "GET", "/slow")
+    assert (head.status_code, json.loads(body)["error"]["code"]) == (503, "busy")
+    assert header(head, "retry-after") == "1"
+    # a control request still is served, on the slot kept for it
+    control = HttpClient(await connect(port))
+    head, _ = await control.request("GET", "/hello")
+    assert head.status_code == 200
+    # ... and now it waits, pending, for its next request: a newcomer evicts it
     head, _ = await request_once(port, "GET", "/hello")
     assert head.status_code == 200
-    await held[1].stream.aclose()
+    assert await read_until_closed(control.stream) == b""  # closed without a word: it was idle
+    # every slot busy with a request (work + a control request in progress): 503 at accept
+    blocker = await connect(port)
+    await blocker.send_all(b"GET /hold HTTP/1.1\r\nhost: localhost\r\n\r\n")
+    await wait_until(lambda: server.stats()["connections_active"] == 2 and server.stats()["connections_pending"] == 0)
+    extra = await connect(port)
+    async with extra:
+        await extra.send_all(b"GET /hello HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        status, headers, body = parse_raw_response(await read_until_closed(extra))
+    assert (status, body["error"]["code"], headers["retry-after"]) == (503, "busy", "1")
+    assert "every connection slot" in body["error"]["message"]
+    release.set()
+    head, _ = await worker.response()
+    assert head.status_code == 200
+    await worker.stream.aclose()
+    await blocker.aclose()
+    await control.stream.aclose()
+    await wait_until(lambda: server.stats()["connections_active"] == 0)
+    assert server.stats()["rejected_busy"] == 2
 
 
 async def test_idle_client_is_dropped(nursery, autojump_clock):
-    server, port = await start(nursery, read_timeout_s=5)
+    server, port = await start(nursery, header_timeout_s=5)
     stream = await connect(port)
     async with stream:
         start_time = trio.current_time()
@@ -346,20 +377,22 @@ async def test_idle_client_is_dropped(nursery, autojump_clock):
 
 
 async def test_idle_keep_alive_connection_is_dropped(nursery, autojump_clock):
-    _, port = await start(nursery, read_timeout_s=5)
+    _, port = await start(nursery, idle_timeout_s=7, header_timeout_s=2)
     client = HttpClient(await connect(port))
     async with client.stream:
         head, _ = await client.request("GET", "/hello")
         assert head.status_code == 200
+        start_time = trio.current_time()
         assert await read_until_closed(client.stream) == b""
+        assert trio.current_time() - start_time == pytest.approx(7, abs=0.1)
 
 
 async def test_slow_request_gets_408(nursery, autojump_clock):
     # slowloris: a trickle of bytes does not extend the deadline
-    _, port = await start(nursery, read_timeout_s=5)
+    _, port = await start(nursery, header_timeout_s=5)
     stream = await connect(port)
     async with stream:
-        for piece in (b"GET /hello HTTP/1.1\r\n", b"host: x\r\n", b"x-a: b\r\n"):
+        for piece in (b"GET /hello HTTP/1.1\r\n", b"host: localhost\r\n", b"x-a: b\r\n"):
             await stream.send_all(piece)
             await trio.sleep(2)
         status, _, body = parse_raw_response(await read_until_closed(stream))
@@ -482,7 +515,7 @@ async def test_stream_crashing_after_start_cuts_the_connection(nursery, caplog):
     server, port = await start(nursery, make_router(events=events))
     stream = await connect(port)
     async with stream:
-        await stream.send_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+        await stream.send_all(b"GET /events HTTP/1.1\r\nhost: localhost\r\n\r\n")
         data = await read_until_closed(stream)
     assert b"data: one" in data and not data.endswith(b"0\r\n\r\n")  # no last chunk
     assert "writer bug" in caplog.text

@@ -108,7 +108,7 @@ async def post_raw(port: int, body: bytes) -> tuple[int, bytes]:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         conn = h11.Connection(h11.CLIENT)
-        headers = [("host", "x"), ("content-type", "application/json"), ("content-length", str(len(body)))]
+        headers = [("host", "127.0.0.1"), ("content-type", "application/json"), ("content-length", str(len(body)))]
         data = conn.send(h11.Request(method="POST", target="/v1/chat/completions", headers=headers))
         data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
         await stream.send_all(data)

@@ -13,7 +13,11 @@ MAX_BROADCAST_CHARS = 64 * 1024
 
 def mount_control(router: Router, node) -> None:
     async def status(request: Request) -> Response:
-        return Response.json(200, node.status())
+        out = node.status()
+        server = getattr(node, "http", None)  # the HttpServer serving this API, once it runs
+        if server is not None and "http" not in out:
+            out["http"] = server.stats()
+        return Response.json(200, out)
 
     async def peers(request: Request) -> Response:
         return Response.json(200, {"peer_id": node.peer_id, "peers": node.peers()})

@@ -3,10 +3,16 @@
     server = HttpServer(router, port=0)
     url = await nursery.start(server.run)     # "http://127.0.0.1:PORT"
 
-Every limit is bounded: connections (over the limit a client gets 503 "busy"
-and is closed), header and body sizes, the time to receive a request and to
-send a response. Handlers' HttpErrors become OpenAI-style JSON error answers;
-any other exception becomes a 500 and one log record, and the server goes on.
+Every limit is bounded: connections, in pools (limits.py) that keep a
+slowloris wave or one greedy client from locking out the rest and keep room
+for the control routes (a full server answers 503 "busy" and closes, never
+hangs); header and body sizes; the time to send a request head
+(header_timeout_s), its body (body_timeout_s), to start the next request on
+a keep-alive connection (idle_timeout_s) and to take a response
+(write_timeout_s). Requests from web pages are kept out (guard.py): Host
+must name this node, a foreign Origin is refused, a body must be JSON.
+Handlers' HttpErrors become OpenAI-style JSON error answers; any other
+exception becomes a 500 and one log record, and the server goes on.
 """
 
 from __future__ import annotations
@@ -18,19 +24,25 @@ import logging
 from collections import Counter
 from dataclasses import replace
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Iterable
+from urllib.parse import unquote, urlsplit
 
 import h11
 import trio
 
 from p2pnet.api.errors import ApiError, HttpError, InsecureBindError
+from p2pnet.api.guard import RequestGuard, check_content_type
 from p2pnet.api.http import Headers, Request, Response, Router, StreamingResponse
+from p2pnet.api.limits import PENDING, WORK, Pools, Slot
 
 _RECEIVE_SIZE = 64 * 1024
 _LINGER_S = 1.0  # a closing connection waits this long for the client to read our answer
 _ACCEPT_PAUSE_S = 0.1  # after running out of file descriptors
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+CONTROL_PATHS = ("/status", "/peers", "/messages", "/health")
+"""Routes whose bodiless GETs always find a connection slot (see limits.py)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -50,6 +62,10 @@ class _ReadTimeout(Exception):
     """The client did not send the whole request in time."""
 
 
+class _Evicted(Exception):
+    """The connection was still waiting for a request head and gave its slot to another."""
+
+
 def _encode_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
@@ -61,7 +77,24 @@ def _reason(status: int) -> bytes:
         return b""
 
 
+def _busy(why: str) -> HttpError:
+    return HttpError(503, f"the node is busy: {why}; try again", code="busy", headers=(("retry-after", "1"),))
+
+
+def _with_headers(response: Response | StreamingResponse, extra: Headers) -> Response | StreamingResponse:
+    return replace(response, headers=(*response.headers, *extra)) if extra else response
+
+
 class HttpServer:
+    """`max_connections` connections at most (at least 2); of them at most
+    `max_pending` (default half) waiting for a request head, and at most
+    `max_connections - control_reserve` (default 1/16 kept) serving requests
+    other than a bodiless GET of `control_paths`; one client (source address)
+    holds at most `max_per_client` (default a quarter) pending connections
+    and as many such requests. `allowed_hosts`: more names the Host header
+    may give besides loopback names and the bound address; `allowed_origins`:
+    web origins (``https://ui.example:8443``) allowed to call the API."""
+
     def __init__(
         self,
         router: Router,
@@ -69,11 +102,19 @@ class HttpServer:
         port: int = 0,
         api_key: str | None = None,
         *,
-        max_connections: int = 64,
+        max_connections: int = 256,
+        max_pending: int | None = None,
+        max_per_client: int | None = None,
+        control_reserve: int | None = None,
+        control_paths: Iterable[str] = CONTROL_PATHS,
         max_header_bytes: int = 16 * 1024,
         max_body_bytes: int = 1024 * 1024,
-        read_timeout_s: float = 30.0,
+        header_timeout_s: float = 10.0,
+        body_timeout_s: float = 30.0,
+        idle_timeout_s: float = 30.0,
         write_timeout_s: float = 30.0,
+        allowed_hosts: Iterable[str] = (),
+        allowed_origins: Iterable[str] = (),
         logger: logging.Logger | None = None,
     ) -> None:
         if not api_key and not is_loopback(host):
@@ -85,24 +126,34 @@ class HttpServer:
             ("max_connections", max_connections),
             ("max_header_bytes", max_header_bytes),
             ("max_body_bytes", max_body_bytes),
-            ("read_timeout_s", read_timeout_s),
+            ("header_timeout_s", header_timeout_s),
+            ("body_timeout_s", body_timeout_s),
+            ("idle_timeout_s", idle_timeout_s),
             ("write_timeout_s", write_timeout_s),
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, not {value!r}")
+        self._pools = Pools(
+            max_connections,
+            max_pending if max_pending is not None else max(1, max_connections // 2),
+            max_per_client if max_per_client is not None else max(1, max_connections // 4),
+            control_reserve if control_reserve is not None else max(1, max_connections // 16),
+        )
+        self._guard = RequestGuard(host, allowed_hosts, allowed_origins)
+        self._control_paths = frozenset(path.rstrip("/") or "/" for path in control_paths)
         self._router = router
         self._host = host
         self._port = port
         self._api_key = api_key.encode() if api_key else None
-        self._max_connections = max_connections
         self._max_header_bytes = max_header_bytes
         self._max_body_bytes = max_body_bytes
-        self._read_timeout_s = read_timeout_s
+        self._header_timeout_s = header_timeout_s
+        self._body_timeout_s = body_timeout_s
+        self._idle_timeout_s = idle_timeout_s
         self._write_timeout_s = write_timeout_s
         self._log = logger or logging.getLogger(__name__)
         self.url: str | None = None  # set once listening
-        self._active = 0
-        self._rejecting = 0
+        self._refusing = 0  # connections being answered 503 outside the pools
         self._connections_total = 0
         self._rejected_busy = 0
         self._abandoned = 0  # requests whose client left before the answer was complete
@@ -110,8 +161,11 @@ class HttpServer:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "connections_active": self._active,
+            "connections_active": self._pools.held,
+            "connections_pending": self._pools.count(PENDING),
+            "connections_working": self._pools.count(WORK),
             "connections_total": self._connections_total,
+            "connections_evicted": self._pools.evicted,
             "rejected_busy": self._rejected_busy,
             "requests_abandoned": self._abandoned,
             "requests_by_status": dict(self._responses),
@@ -149,59 +203,80 @@ class HttpServer:
                 await trio.sleep(_ACCEPT_PAUSE_S)
                 continue
             self._connections_total += 1
-            if self._active < self._max_connections:
-                self._active += 1
-                nursery.start_soon(self._connection_task, stream)
+            try:
+                client = stream.socket.getpeername()[:2]
+            except OSError:
+                await stream.aclose()
+                continue
+            slot = self._pools.admit(client[0])
+            if slot is not None:
+                nursery.start_soon(self._connection_task, stream, slot, client)
+                continue
+            self._rejected_busy += 1
+            if self._refusing < self._pools.max_pending:
+                self._refusing += 1
+                nursery.start_soon(self._reject_busy, stream)
             else:
-                self._rejected_busy += 1
-                if self._rejecting < self._max_connections:
-                    self._rejecting += 1
-                    nursery.start_soon(self._reject_busy, stream)
-                else:
-                    await stream.aclose()
+                await stream.aclose()
 
-    async def _connection_task(self, stream: trio.SocketStream) -> None:
+    async def _connection_task(self, stream: trio.SocketStream, slot: Slot, client: tuple) -> None:
         try:
-            await self._serve_connection(stream)
+            await self._serve_connection(stream, slot, client)
         except Exception:  # a bug of ours: lose this connection, keep the server
             self._log.exception("HTTP connection failed")
         finally:
-            self._active -= 1
+            self._pools.release(slot)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
     async def _reject_busy(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        error = HttpError(503, "the node is busy: too many connections", code="busy")
-        response = Response.error(error)
-        headers = (*response.headers, ("retry-after", "1"))
         try:
-            await self._send_response(conn, stream, Response(503, headers, response.body))
-            await self._linger(stream)
-        except _Closed:
-            pass
+            await self._refuse(h11.Connection(h11.SERVER), stream,
+                               Response.error(_busy("every connection slot is serving a request")))
         finally:
-            self._rejecting -= 1
+            self._refusing -= 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_bytes)
+    async def _refuse(self, conn: h11.Connection, stream: trio.SocketStream, response: Response) -> None:
         try:
-            client = stream.socket.getpeername()[:2]
-        except OSError:
-            return
+            await self._send_response(conn, stream, response)
+            await self._linger(stream)
+        except _Closed:
+            pass
+
+    async def _serve_connection(self, stream: trio.SocketStream, slot: Slot, client: tuple) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_bytes)
+        first = True
         try:
             while True:
-                await self._serve_request(conn, stream, client)
+                try:
+                    await self._serve_request(conn, stream, slot, client, first)
+                except _Evicted:
+                    await self._answer_evicted(conn, stream)
+                    return
+                first = False
                 if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                     conn.start_next_cycle()
+                    self._pools.to_pending(slot)
                     continue
                 if conn.our_state in (h11.DONE, h11.MUST_CLOSE) and conn.their_state is not h11.CLOSED:
                     await self._linger(stream)
                 return
         except _Closed:
             return
+
+    async def _answer_evicted(self, conn: h11.Connection, stream: trio.SocketStream) -> None:
+        """Closed without a word if it had sent nothing (an idle keep-alive
+        connection, as after idle_timeout_s), else 503 busy."""
+        if (conn.their_state is h11.IDLE and not conn.trailing_data[0]) or self._refusing >= self._pools.max_pending:
+            return
+        self._refusing += 1
+        try:
+            await self._refuse(conn, stream, Response.error(_busy(
+                "this connection sent no whole request in time, and gave its slot to another")))
+        finally:
+            self._refusing -= 1
 
     async def _linger(self, stream: trio.SocketStream) -> None:
         """Half-close, then read what the client still sends, so that closing
@@ -221,16 +296,31 @@ class HttpServer:
 
     # -- one request ----------------------------------------------------------
 
-    async def _serve_request(self, conn: h11.Connection, stream: trio.SocketStream, client: tuple) -> None:
-        deadline = trio.current_time() + self._read_timeout_s
+    async def _serve_request(self, conn: h11.Connection, stream: trio.SocketStream, slot: Slot,
+                             client: tuple, first: bool) -> None:
         head_only = False  # a HEAD request: the answer has headers and no body
+        cors: Headers = ()  # for a listed cross origin: its CORS headers
         try:
-            event = await self._receive_event(conn, stream, deadline)
+            event = await self._read_head(conn, stream, slot, first)
             if isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, h11.Request), event
             head_only = event.method == b"HEAD"
-            request = await self._read_request(conn, stream, event, client, deadline)
+            method, target, headers = self._parse_head(event)
+            has_body = any(name == "transfer-encoding" or (name == "content-length" and value.strip() != "0")
+                           for name, value in headers)
+            if not self._pools.start_request(slot, self._is_control(method, target, has_body)):
+                self._rejected_busy += 1
+                raise _busy("too many requests at once, from this client or in all")
+            cors, preflight = self._guard.check(method, target, headers)
+            if preflight is not None:
+                await self._read_body(conn, stream, headers)
+                await self._send_response(conn, stream, preflight)
+                return
+            self._check_api_key(headers)
+            check_content_type(method, headers, has_body)
+            body = await self._read_body(conn, stream, headers)
+            request = Request.from_target(method, target, headers, body, client)
         except _ReadTimeout:
             if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
                 return  # an idle connection: drop it without a word
@@ -242,9 +332,36 @@ class HttpServer:
         except HttpError as exc:
             error = exc
         else:
-            await self._respond(conn, stream, request)
+            await self._respond(conn, stream, request, cors)
             return
-        await self._send_response(conn, stream, Response.error(error), head_only)
+        await self._send_response(conn, stream, _with_headers(Response.error(error), cors), head_only)
+
+    async def _read_head(self, conn: h11.Connection, stream: trio.SocketStream, slot: Slot, first: bool) -> Any:
+        """The next request head (or ConnectionClosed). A new connection has
+        header_timeout_s to send it; a keep-alive one idle_timeout_s to start
+        it, then header_timeout_s. Raises _Evicted if the slot is given away."""
+        waiting = not first and not conn.trailing_data[0]  # idle, between keep-alive requests
+        deadline = trio.current_time() + (self._idle_timeout_s if waiting else self._header_timeout_s)
+        event = None
+        with slot.scope:
+            while True:
+                event = conn.next_event()
+                if event is not h11.NEED_DATA:
+                    break
+                with trio.move_on_at(deadline) as timeout:
+                    try:
+                        data = await stream.receive_some(_RECEIVE_SIZE)
+                    except _STREAM_ERRORS:
+                        raise _Closed from None
+                if timeout.cancelled_caught:
+                    raise _ReadTimeout
+                if waiting and data:
+                    waiting = False
+                    deadline = trio.current_time() + self._header_timeout_s
+                conn.receive_data(data)
+        if slot.scope.cancelled_caught:
+            raise _Evicted
+        return event
 
     async def _receive_event(self, conn: h11.Connection, stream: trio.SocketStream, deadline: float) -> Any:
         while True:
@@ -260,19 +377,27 @@ class HttpServer:
                 raise _ReadTimeout
             conn.receive_data(data)
 
-    async def _read_request(
-        self,
-        conn: h11.Connection,
-        stream: trio.SocketStream,
-        head: h11.Request,
-        client: tuple,
-        deadline: float,
-    ) -> Request:
+    def _parse_head(self, head: h11.Request) -> tuple[str, str, Headers]:
         # h11 bounds only heads that arrive in pieces; one read may hold a whole big head
         head_size = len(head.method) + len(head.target) + sum(len(n) + len(v) + 4 for n, v in head.headers)
         if head_size > self._max_header_bytes:
             raise HttpError(431, f"the request head is over {self._max_header_bytes} bytes", code="headers_too_large")
+        try:
+            method = head.method.decode("ascii")
+            target = head.target.decode("ascii")
+        except UnicodeDecodeError:
+            raise HttpError(400, "the request line is not ASCII", code="bad_request") from None
         headers = tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers)
+        return method, target, headers
+
+    def _is_control(self, method: str, target: str, has_body: bool) -> bool:
+        if method not in ("GET", "HEAD") or has_body:
+            return False
+        if target.startswith(("http://", "https://")):
+            target = urlsplit(target).path
+        return (unquote(target.partition("?")[0]).rstrip("/") or "/") in self._control_paths
+
+    def _check_api_key(self, headers: Headers) -> None:
         if self._api_key is not None and not self._authorized(headers):
             raise HttpError(
                 401,
@@ -280,10 +405,14 @@ class HttpServer:
                 code="invalid_api_key",
                 headers=(("www-authenticate", "Bearer"),),
             )
+
+    async def _read_body(self, conn: h11.Connection, stream: trio.SocketStream, headers: Headers) -> bytes:
+        """The body, which must arrive within body_timeout_s."""
+        deadline = trio.current_time() + self._body_timeout_s
         too_large = HttpError(
             413, f"the request body is over {self._max_body_bytes} bytes", code="body_too_large"
         )
-        length = next((int(value) for name, value in head.headers if name == b"content-length"), None)
+        length = next((int(value) for name, value in headers if name == "content-length"), None)
         if length is not None and length > self._max_body_bytes:
             raise too_large
         if conn.they_are_waiting_for_100_continue:
@@ -292,18 +421,12 @@ class HttpServer:
         while True:
             event = await self._receive_event(conn, stream, deadline)
             if isinstance(event, h11.EndOfMessage):
-                break
+                return bytes(body)
             if not isinstance(event, h11.Data):
                 raise _Closed
             body += event.data
             if len(body) > self._max_body_bytes:
                 raise too_large
-        try:
-            method = head.method.decode("ascii")
-            target = head.target.decode("ascii")
-        except UnicodeDecodeError:
-            raise HttpError(400, "the request line is not ASCII", code="bad_request") from None
-        return Request.from_target(method, target, headers, bytes(body), client)
 
     def _authorized(self, headers: Headers) -> bool:
         assert self._api_key is not None
@@ -313,7 +436,8 @@ class HttpServer:
         # compare_digest whatever the scheme, so that timing says nothing
         return hmac.compare_digest(presented, self._api_key) and scheme.lower() == "bearer"
 
-    async def _respond(self, conn: h11.Connection, stream: trio.SocketStream, request: Request) -> None:
+    async def _respond(self, conn: h11.Connection, stream: trio.SocketStream, request: Request,
+                       cors: Headers) -> None:
         """Run the handler (and a streaming body's writer) while watching the
         client: if it leaves, they are cancelled."""
         pending: Response | None = None  # the response still to send, if any
@@ -323,6 +447,7 @@ class HttpServer:
                 nursery.start_soon(self._watch_for_disconnect, conn, stream, client_gone)
                 # HEAD is GET without the body
                 response = await self._call_handler(replace(request, method="GET") if head_only else request)
+                response = _with_headers(response, cors)
                 if isinstance(response, StreamingResponse) and head_only:
                     pending = Response.error(HttpError(405, f"HEAD is not allowed on {request.path}: "
                                                             "its answer is a stream", code="method_not_allowed"))
