@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 
 import click
@@ -37,6 +35,10 @@ def node() -> None:
 @click.option("--api-host", default=None, help="API bind address (default 127.0.0.1; others need --api-key).")
 @click.option("--api-port", type=int, default=None, help="API port (default 8700; 0 picks a free one).")
 @click.option("--api-key", default=None, help="Bearer key required by the API (or $P2PNET_API_KEY).")
+@click.option("--api-allow-host", "api_allowed_hosts", multiple=True, metavar="NAME",
+              help="A Host name the API answers besides loopback names and its own address; repeatable.")
+@click.option("--api-allow-origin", "api_allowed_origins", multiple=True, metavar="ORIGIN",
+              help="A web origin (e.g. https://ui.example:8443) allowed to call the API; repeatable. Default: none.")
 @click.option("--expert", "experts", multiple=True, metavar="SPEC",
               help="Host an expert, e.g. model=smollm2-135m,domains=general+geography,price=0.1")
 @click.option("--no-experts", is_flag=True, default=None, help="Host no model (a relay/coordinator only node).")
@@ -95,11 +97,16 @@ def status(data_dir, api, as_json) -> None:
         emit(info)
         return
     c = info.get("counters", {})
+    if info.get("state") == "no peers":
+        click.secho("NO PEERS: this node is cut off from the network (it keeps dialling its bootstrap "
+                    "and remembered peers)", fg="red", bold=True, err=True)
+    click.echo(f"state     {info.get('state', 'ready')}")
     click.echo(f"peer id   {info['peer_id']}")
     click.echo(f"api       {info.get('api')}")
     click.echo(f"listen    {', '.join(info.get('listen', []))}")
     click.echo(f"uptime    {info.get('uptime_s')} s")
-    click.echo(f"peers     {info.get('peer_count')}")
+    click.echo(f"peers     {info.get('peer_count')}"
+               + (f"   banned {len(info['banned'])}" if info.get("banned") else ""))
     click.echo(f"received  {sum(c.get('received', {}).values())}   sent {sum(c.get('sent', {}).values())}"
                f"   dropped {sum(c.get('dropped', {}).values())} {c.get('dropped') or ''}")
     for topic, n in sorted(info.get("topics", {}).items()):
@@ -158,10 +165,14 @@ def messages(data_dir, api, as_json, since) -> None:
 
 def _check_before_start(cfg) -> None:
     """Fail before any startup work on what the node would fail on later:
-    each --expert spec and its model, the --genesis file."""
+    each --expert spec and its model, the --genesis file, a damaged ledger
+    (its head and sign record), and listen addresses that cannot be bound
+    (py-libp2p would run on without a listener, or share a busy port)."""
     from p2pnet.consensus import load_genesis
+    from p2pnet.consensus.store import check_ledger_at
     from p2pnet.experts import modelstore
     from p2pnet.experts.spec import SCRIPTED_PREFIX, parse_expert_spec
+    from p2pnet.gossip.listen import check_listen_addrs
 
     store = cfg.model_store or cfg.data_dir
     for text in () if cfg.no_experts else cfg.experts:
@@ -169,7 +180,8 @@ def _check_before_start(cfg) -> None:
         if not spec.model.startswith(SCRIPTED_PREFIX) and spec.model not in modelstore.default_registry():
             modelstore.resolve(spec.model, store)  # a known name is pulled at start; others must exist
     if cfg.genesis is not None:
-        load_genesis(cfg.genesis)
+        check_ledger_at(Path(cfg.data_dir) / "ledger", load_genesis(cfg.genesis))
+    check_listen_addrs(cfg.listen)
 
 
 def _pid_alive(pid) -> bool:
@@ -187,11 +199,6 @@ def _pid_alive(pid) -> bool:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # py-libp2p logs a lot at INFO; keep its warnings only.
-    for name in ("libp2p", "multiaddr", "async_service", "aioquic"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
+    from p2pnet import logs
+
+    logs.setup(level)

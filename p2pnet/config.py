@@ -53,6 +53,8 @@ class NodeConfig:
     api_host: str = "127.0.0.1"
     api_port: int = 8700
     api_key: Optional[str] = None
+    api_allowed_hosts: tuple = ()    # Host names the API answers besides loopback and its own address
+    api_allowed_origins: tuple = ()  # web origins allowed to call the API (none by default)
     experts: tuple = ()
     model_store: Optional[Path] = None  # models live in <model_store>/models; default: data_dir
     no_experts: bool = False
@@ -78,6 +80,13 @@ class NodeConfig:
                     multiaddr.Multiaddr(addr)
                 except Exception as exc:
                     raise ConfigError(f"{key}: {addr!r} is not a multiaddr ({exc})") from None
+        from p2pnet.gossip.listen import ListenAddrError, parse_listen_addr
+
+        for addr in self.listen:
+            try:
+                parse_listen_addr(addr)  # the form only; whether it can be bound is checked at start
+            except ListenAddrError as exc:
+                raise ConfigError(str(exc)) from None  # "listen address ...: why; use ..."
         for addr in self.bootstrap:
             if "/p2p/" not in addr:
                 raise ConfigError(f"bootstrap: {addr!r} must end in /p2p/<peer id>")
@@ -90,6 +99,12 @@ class NodeConfig:
                 f"api_host: binding the API to {self.api_host} needs an api_key "
                 "(flag --api-key or $P2PNET_API_KEY)"
             )
+        from p2pnet.api.guard import RequestGuard
+
+        try:
+            RequestGuard(self.api_host, self.api_allowed_hosts, self.api_allowed_origins)
+        except ValueError as exc:
+            raise ConfigError(f"api_allowed_hosts/api_allowed_origins: {exc}") from None
         if self.validator and self.genesis is None:
             raise ConfigError("validator: a validator needs --genesis FILE")
         if self.log_level not in ("debug", "info", "warning", "error"):

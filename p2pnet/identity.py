@@ -83,11 +83,32 @@ def load(path: Path) -> Identity:
             f"key file {path} is accessible by other users (mode {stat.S_IMODE(mode):04o}); "
             f"fix it with: chmod 600 {path}"
         )
-    text = path.read_text().strip()
     try:
-        seed = bytes.fromhex(text)
-    except ValueError:
-        raise IdentityError(f"key file {path} is not a hex Ed25519 seed") from None
-    if len(seed) != 32:
-        raise IdentityError(f"key file {path} holds {len(seed)} bytes, expected 32")
+        with open(path, "rb") as fh:
+            data = fh.read(_KEY_FILE_MAX + 1)
+    except OSError as exc:
+        raise IdentityError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    seed = _parse_seed(data)
+    if seed is None:
+        raise IdentityError(
+            f"key file {path} is not a hex Ed25519 seed (64 hex digits); it is damaged or not a p2pnet "
+            f"key: restore it from a backup, or move it aside to start with a new identity"
+        )
     return Identity(seed)
+
+
+_KEY_FILE_MAX = 4096
+"""A key file is 65 bytes; anything much larger is not one (and is not read whole)."""
+
+
+def _parse_seed(data: bytes):
+    """The 32-byte seed a key file holds, or None for anything else: bytes
+    that are not ASCII, not hex, not exactly 64 hex digits, or too many."""
+    if len(data) > _KEY_FILE_MAX:
+        return None
+    try:
+        text = data.decode("ascii").strip()
+        seed = bytes.fromhex(text)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return seed if len(seed) == 32 and len(text) == 64 else None

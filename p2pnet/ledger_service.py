@@ -18,6 +18,7 @@ from p2pnet.api.errors import HttpError
 from p2pnet.api.http import Request, Response
 from p2pnet.consensus import ConsensusService, Ledger, LedgerError, load_genesis
 from p2pnet.consensus import reputation
+from p2pnet.consensus.store import check_ledger_at
 from p2pnet.consensus.views import block_json, reputation_json, verify_json
 from p2pnet.errors import P2PNetError
 from p2pnet.gossip import topics
@@ -73,7 +74,13 @@ class LedgerService:
         is_validator = any(v.peer_id == node.signer.peer_id for v in self.genesis.validators)
         if cfg.validator and not is_validator:
             raise P2PNetError(f"--validator: this node ({node.peer_id}) is not a validator in {cfg.genesis}")
-        self.ledger = Ledger.open(Path(cfg.data_dir) / "ledger", genesis=self.genesis)
+        path = Path(cfg.data_dir) / "ledger"
+        self.ledger = Ledger.open(path, genesis=self.genesis)
+        try:
+            check_ledger_at(path, self.genesis, self.ledger)  # the head and the sign record, cheaply
+        except LedgerError:
+            self.ledger.close()
+            raise
         self.service = ConsensusService(self.ledger, node.signer, self.genesis, net=_Net(node.network),
                                         on_commit=self._on_commit)
         self.coordinator = None  # set by build_services: traffic shares for /reputation

@@ -102,7 +102,9 @@ class Node:
                         if hasattr(service, "mount"):
                             service.mount(router)
                     server = HttpServer(router, host=self.config.api_host, port=self.config.api_port,
-                                        api_key=self.config.api_key)
+                                        api_key=self.config.api_key,
+                                        allowed_hosts=self.config.api_allowed_hosts,
+                                        allowed_origins=self.config.api_allowed_origins)
                     self.api_url = await inner.start(server.run)
                     self.http = server
                     self._write_runtime()

@@ -155,3 +155,23 @@ def test_feedback_verdict_from_a_pipe_is_still_read(tmp_path, fake_node, typed, 
                   home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert seen[-1] == ("/v1/feedback", {"query_id": "ab" * 16, "accept": accept})
+
+
+# ---------------------------------------------------------------- key file
+
+
+def test_node_start_with_a_key_file_of_random_bytes_is_one_line(tmp_path):
+    import random
+
+    d = tmp_path / "d"
+    d.mkdir()
+    key = d / "node.key"
+    key.write_bytes(random.Random(22).randbytes(65))  # not UTF-8: was "internal error: UnicodeDecodeError"
+    key.chmod(0o600)
+    for command in (("node", "start", "--data-dir", str(d), "--listen", "/ip4/127.0.0.1/tcp/0", "--api-port", "0",
+                     "--no-experts"), ("node", "id", "--data-dir", str(d))):
+        proc = p2pnet(*command, home=tmp_path, timeout=60)
+        assert proc.returncode == 1
+        assert one_line(proc) == f"p2pnet: error: key file {key} is not a hex Ed25519 seed (64 hex digits); " \
+                                 f"it is damaged or not a p2pnet key: restore it from a backup, or move it aside " \
+                                 f"to start with a new identity"

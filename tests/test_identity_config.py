@@ -94,3 +94,46 @@ def test_config_file_not_text_or_too_large_names_the_file(tmp_path):
         config.build(big, data_dir=tmp_path)
     big.write_bytes(b"#" * SMALL_FILE_BYTES)
     assert config.build(big, data_dir=tmp_path).api_port == 8700
+
+
+def _random_65():
+    import random
+
+    data = random.Random(22).randbytes(65)  # the size of a key file, not its text
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")
+    return data
+
+
+GOOD_SEED_HEX = "11" * 32
+
+
+@pytest.mark.parametrize("content", [
+    _random_65(),
+    b"",
+    b"\n",
+    GOOD_SEED_HEX[:40].encode() + b"\n",  # truncated
+    GOOD_SEED_HEX.encode() + b"ab\n",  # too long
+    b'{"seed": "' + GOOD_SEED_HEX.encode() + b'"}\n',  # JSON, not hex
+    b"\xff\xfe" + GOOD_SEED_HEX.encode("utf-16-le"),  # not UTF-8
+    GOOD_SEED_HEX[:-1].encode() + b"g\n",
+    " ".join(GOOD_SEED_HEX[i:i + 2] for i in range(0, 64, 2)).encode(),  # fromhex would take it: still not ours
+    b"0" * 5000,
+], ids=["random65", "empty", "newline", "truncated", "long", "json", "utf16", "nonhex", "spaced", "huge"])
+def test_every_bad_key_file_gets_the_same_clear_error(tmp_path, content):
+    path = tmp_path / identity.KEY_FILE
+    path.write_bytes(content)
+    os.chmod(path, 0o600)
+    with pytest.raises(identity.IdentityError) as info:
+        identity.load_or_create(tmp_path)
+    assert str(info.value) == (
+        f"key file {path} is not a hex Ed25519 seed (64 hex digits); it is damaged or not a p2pnet key: "
+        f"restore it from a backup, or move it aside to start with a new identity")
+
+
+def test_a_good_key_file_with_or_without_newline_loads(tmp_path):
+    path = tmp_path / identity.KEY_FILE
+    for text in (GOOD_SEED_HEX, GOOD_SEED_HEX + "\n", GOOD_SEED_HEX.upper() + "\r\n"):
+        path.write_text(text)
+        os.chmod(path, 0o600)
+        assert identity.load(path).seed == bytes.fromhex(GOOD_SEED_HEX)
