@@ -4,10 +4,13 @@ import pytest
 
 from p2pnet import wire
 from p2pnet.consensus import core as c
+from p2pnet.consensus.replica import Replica
 from p2pnet.consensus.reputation import genesis_state
-from p2pnet.consensus.sim import INVALID, Simulation, make_signer, scenario_txs, sim_genesis, sim_params
+from p2pnet.consensus.sim import (
+    INVALID, Simulation, make_signer, scenario_txs, sim_genesis, sim_params, validator_seed,
+)
 from p2pnet.consensus.store import MemoryLedger, verify_chain
-from p2pnet.consensus.validators import PRECOMMIT, PREVOTE
+from p2pnet.consensus.validators import PRECOMMIT, PREVOTE, ValidatorSet
 
 
 def test_happy_path_blocks_link_and_carry_commits_and_state_hashes():
@@ -199,3 +202,98 @@ def test_late_joiner_catches_up_by_fetching_blocks():
     target = sim.max_height([0, 1, 2, 3]) + 1
     assert sim.run_until_height(target, sim.now + 20_000, nodes=[4])
     assert verify_chain(sim.nodes[4].ledger) is None
+
+
+# ---- scripted: the valid value a proposer re-proposes (issue 22, soak seeds 424770, 425258, 425616)
+
+def _script_setup(proposer_round):
+    """4 validators; the node under test is the proposer of (1, proposer_round),
+    B is the block of the proposer of round 1."""
+    g = sim_genesis(4)
+    signers = {s.peer_id: s for s in (make_signer(validator_seed(i)) for i in range(4))}
+    vset = ValidatorSet(g.validators)
+    me = signers[vset.proposer(1, proposer_round)]
+    p1 = signers[vset.proposer(1, 1)]
+    block = Replica(g, MemoryLedger(g), p1).core._build_block()
+    others = [s for s in signers.values() if s.peer_id not in (me.peer_id, p1.peer_id)]
+    return g, me, p1, others, block
+
+
+def _signed_vote(g, signer, vote_type, round_, block_hash):
+    v = wire.Vote(g.chain_id, vote_type, 1, round_, block_hash, signer.peer_id)
+    return dataclasses.replace(v, signature=signer.sign_bytes(v.sign_bytes()))
+
+
+def _summary(actions):
+    """The actions as short tuples: (kind, round, ...)."""
+    out = []
+    for a in actions:
+        if isinstance(a, c.ScheduleTimeout):
+            out.append(("timeout", a.round, a.step))
+        elif isinstance(a, c.PersistSigned):
+            out.append(("persist", a.record.hrs()))
+        elif isinstance(a, c.Broadcast) and isinstance(a.message, wire.Proposal):
+            m = a.message
+            out.append(("proposal", m.round, m.pol_round, m.block.hash()))
+        elif isinstance(a, c.Broadcast) and isinstance(a.message, wire.Vote):
+            m = a.message
+            out.append(("prevote" if m.vote_type == PREVOTE else "precommit", m.round, m.block_hash))
+        else:
+            out.append((type(a).__name__,))
+    return out
+
+
+def test_restarted_locked_proposer_reproposes_its_locked_block():
+    """A validator locked on B in round 1 restarts; as the proposer of round 2
+    it must propose B with its proof-of-lock round (its valid value), not a new
+    block: it would not prevote a new block itself, nor would the others locked
+    on B. (It used to restore the lock but not the valid value.)"""
+    g, me, p1, others, block = _script_setup(2)
+    bh = block.hash()
+    prevote, precommit = _signed_vote(g, me, PREVOTE, 1, bh), _signed_vote(g, me, PRECOMMIT, 1, bh)
+    led = MemoryLedger(g)
+    led.save_sign_state(c.SignState(1, 1, c.SIGN_PRECOMMIT, bh, precommit.signature, 1, block.pack(),
+                                    (prevote.pack(), precommit.pack())))
+    core = Replica(g, led, me).core
+    assert _summary(core.step(c.Start(), 10)) == [
+        ("timeout", 1, "propose"), ("timeout", 1, "retry"), ("prevote", 1, bh), ("precommit", 1, bh)]
+    assert _summary(core.step(c.TimeoutIn(1, 1, "precommit"), 20)) == [
+        ("timeout", 2, "propose"), ("timeout", 2, "retry"), ("persist", (1, 2, c.SIGN_PROPOSAL)),
+        ("proposal", 2, 1, bh)]
+    # it prevotes its own proposal once it holds the proof-of-lock again (3 of 4)
+    assert _summary(core.step(c.VoteIn(_signed_vote(g, p1, PREVOTE, 1, bh)), 30)) == []
+    assert _summary(core.step(c.VoteIn(_signed_vote(g, others[0], PREVOTE, 1, bh)), 40)) == [
+        ("persist", (1, 2, c.SIGN_PREVOTE)), ("prevote", 2, bh)]
+    assert (core.locked_round, core.valid_round) == (1, 1)
+
+
+def test_proof_of_lock_seen_after_its_round_becomes_the_valid_value():
+    """2/3+ prevotes for B in round 1 that arrive only in round 2 still make B
+    the valid value, so as the proposer of round 3 this node re-proposes B with
+    pol_round 1 (which a peer locked on B in round 1 accepts) instead of a new
+    block (which it would not). Tendermint's rule L36 looks only at the
+    current round; with best-effort gossip and restarts that left no honest
+    proposer with the locked value."""
+    g, me, p1, others, block = _script_setup(3)
+    bh = block.hash()
+    core = Replica(g, MemoryLedger(g), me).core  # stepped directly: every action, persists included
+    script = [
+        (c.Start(), [("timeout", 0, "propose"), ("timeout", 0, "retry")]),
+        (c.TimeoutIn(1, 0, "propose"), [("persist", (1, 0, 2)), ("prevote", 0, b"")]),
+        (c.TimeoutIn(1, 0, "prevote"), [("persist", (1, 0, 3)), ("precommit", 0, b"")]),
+        (c.TimeoutIn(1, 0, "precommit"), [("timeout", 1, "propose"), ("timeout", 1, "retry")]),
+        (c.ProposalIn(p1.peer_id, wire.Proposal(1, 1, -1, block)), [("persist", (1, 1, 2)), ("prevote", 1, bh)]),
+        (c.TimeoutIn(1, 1, "prevote"), [("persist", (1, 1, 3)), ("precommit", 1, b"")]),
+        (c.TimeoutIn(1, 1, "precommit"), [("timeout", 2, "propose"), ("timeout", 2, "retry")]),
+        # round 1's prevotes for B come in late, in round 2: nothing to send, but B is now the valid value
+        (c.VoteIn(_signed_vote(g, p1, PREVOTE, 1, bh)), []),
+        (c.VoteIn(_signed_vote(g, others[0], PREVOTE, 1, bh)), []),
+        (c.TimeoutIn(1, 2, "propose"), [("persist", (1, 2, 2)), ("prevote", 2, b"")]),
+        (c.TimeoutIn(1, 2, "prevote"), [("persist", (1, 2, 3)), ("precommit", 2, b"")]),
+        (c.TimeoutIn(1, 2, "precommit"), [
+            ("timeout", 3, "propose"), ("timeout", 3, "retry"), ("persist", (1, 3, c.SIGN_PROPOSAL)),
+            ("proposal", 3, 1, bh), ("persist", (1, 3, 2)), ("prevote", 3, bh)]),
+    ]
+    for k, (event, expected) in enumerate(script):
+        assert _summary(core.step(event, 100 * (k + 1))) == expected, (k, event)
+    assert (core.locked_round, core.valid_round) == (-1, 1)

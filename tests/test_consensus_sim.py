@@ -38,3 +38,14 @@ def test_scenarios_are_deterministic():
     a, b = run_scenario(42, 4), run_scenario(42, 4)
     assert a.description == b.description and a.recovered_ms == b.recovered_ms
     assert [n.commits for n in a.sim.nodes] == [n.commits for n in b.sim.nodes]
+
+
+# 7 validators, an equivocator, crashes: a soak of 3,000 runs found these stuck
+# for good after the heal (restarted validators kept their lock but forgot their
+# valid value, and nobody who saw the proof-of-lock late took it as one).
+@pytest.mark.parametrize("seed", [424770, 425258, 425616])
+def test_soak_regressions_locked_value_is_proposed_again(seed):
+    r = run_scenario(seed, 7)
+    assert r.safety is None, f"seed {seed} {r.description}: {r.safety}"
+    assert r.live, f"seed {seed} {r.description}: stuck at height {r.final_height} after the heal"
+    assert r.final_height >= r.heal_height + 2

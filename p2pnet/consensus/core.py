@@ -310,7 +310,10 @@ class Core:
         in the record), so the round can go on without signing anything twice."""
         if ss.locked_round >= 0 and ss.locked_block:
             block = decode_block(ss.locked_block)
+            # valid_round >= locked_round (L36): as proposer, re-propose the
+            # locked block, not a new one that no node locked on it prevotes
             self.locked_round, self.locked_block = ss.locked_round, block
+            self.valid_round, self.valid_block = ss.locked_round, block
             self.h.blocks[block.hash()] = block
         self._start_round(ss.round)
         for packed in ss.votes:
@@ -639,6 +642,7 @@ class Core:
                     if self._validity(block, bh) is None:
                         self._decide(block, bh, self._make_commit(rr, bh))
                         return False
+        self._late_polka()
         prop = h.proposals.get(r)
         if self.round_step == PROPOSE and prop is not None:
             block, pol, bh = prop
@@ -677,6 +681,19 @@ class Core:
             h.fired.add(("precommit_timeout", r))
             self._emit(ScheduleTimeout(self.height, r, "precommit", self.params.timeout_ms("precommit", r)))
         return False
+
+    def _late_polka(self) -> None:
+        """2/3+ prevotes for a valid block in an earlier round than ours (seen
+        late, or again after a restart) make it the valid value; L36 sees only
+        the current round. Only proposing uses it, and every node checks the
+        proof-of-lock itself, so this is safe; it is what lets nodes locked on
+        that block prevote again once their locks' POLs arrived too late."""
+        for (rr, vt), tally in self.h.tally.items():
+            if vt == PREVOTE and self.valid_round < rr < self.round:
+                for bh, power in tally.items():
+                    block = self.h.blocks.get(bh)
+                    if bh and power >= self.vset.quorum and block is not None and self._validity(block, bh) is None:
+                        self.valid_round, self.valid_block = rr, block
 
     def _locked_hash(self) -> Optional[bytes]:
         return self.locked_block.hash() if self.locked_block is not None else None
