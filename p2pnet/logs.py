@@ -25,6 +25,17 @@ class _Window:
         self.clock = clock
         self._state: dict = {}  # key -> [window start, shown, suppressed]
 
+    def expired(self) -> list:
+        """(key, suppressed) of closed windows that hid lines; forgets them."""
+        now = self.clock()
+        out = []
+        for key, st in list(self._state.items()):
+            if now - st[0] >= self.window_s:
+                if st[2]:
+                    out.append((key, st[2]))
+                del self._state[key]
+        return out
+
     def admit(self, key) -> tuple[bool, int]:
         """(show this one?, how many were suppressed before it)."""
         now = self.clock()
@@ -59,6 +70,12 @@ class LogLimiter:
             if suppressed:
                 msg = f"{msg} (and {suppressed} like it not shown)"
             self.logger.log(level, msg, *args)
+
+    def flush(self) -> None:
+        """Say how many lines each closed window hid (call it now and then:
+        a line that never comes back would otherwise never say so)."""
+        for key, n in self._window.expired():
+            self.logger.warning("%d more lines like %r not shown in the last %.0f s", n, key, self._window.window_s)
 
     def warning(self, key, msg: str, *args) -> None:
         self.log(logging.WARNING, key, msg, *args)
@@ -104,9 +121,18 @@ def setup(level: str = "info", stream=None) -> None:
     root.addHandler(handler)
     numeric = getattr(logging, level.upper())
     root.setLevel(numeric)
-    # py-libp2p logs a lot at INFO; keep its warnings only.
+    # py-libp2p logs a lot at INFO; keep its warnings only. Some of its modules
+    # set their own logger to INFO at import (the auto-connector logs two lines
+    # every 10 s on an idle node): those are lowered too.
+    floor = max(logging.WARNING, numeric)
     for name in LIBRARY_LOGGERS:
         lib = logging.getLogger(name)
         lib.handlers.clear()
         lib.propagate = True
-        lib.setLevel(max(logging.WARNING, numeric))
+        lib.setLevel(floor)
+    for name, lib in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(lib, logging.Logger) and name.split(".")[0] in LIBRARY_LOGGERS:
+            lib.handlers.clear()
+            lib.propagate = True
+            if lib.level != logging.NOTSET:
+                lib.setLevel(max(lib.level, floor))

@@ -718,9 +718,10 @@ def open_envelope(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
     version, kind, sender, seq, ts_ms, body, sig = obj
     if version != WIRE_VERSION:
         raise WireError(MALFORMED, f"unsupported wire version {version!r}")
-    if not (isinstance(kind, str) and isinstance(sender, bytes) and isinstance(sig, bytes)
-            and type(seq) is int and type(ts_ms) is int and isinstance(body, list)):
-        raise WireError(MALFORMED, "envelope field types")
+    for name, value, want in (("kind", kind, str), ("sender", sender, bytes), ("seq", seq, int),
+                              ("ts_ms", ts_ms, int), ("body", body, list), ("sig", sig, bytes)):
+        if type(value) is not want:
+            raise WireError(MALFORMED, f"envelope field {name} is {type(value).__name__}, not {want.__name__}")
     cls = KINDS.get(kind)
     if cls is None:
         raise WireError(UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")

@@ -120,3 +120,20 @@ async def test_deliver_drops_when_full_and_serve_request(autojump_clock):
     bad[-3] ^= 1
     ok, reason = svc.submit_tx(bytes(bad))
     assert not ok and "bad_signature" in reason
+
+
+async def test_an_announcement_during_shutdown_starts_no_sync(autojump_clock):
+    """A peer's height heard while the driver stops (its nursery closed to new
+    tasks) used to raise "Nursery is closed to new arrivals" in the node's
+    announce handler."""
+    net = Net(n=1)
+    svc = None
+    async with trio.open_nursery() as nursery:
+        svc = await net.start(nursery, 0)
+        nursery_of_driver = svc._nursery
+        net.stop(0)
+    assert svc._nursery is None
+    svc.observe_height(b"\x01" * 38, 50)  # after shutdown: ignored
+    svc._nursery = nursery_of_driver       # and in the window before the reference is dropped
+    svc.observe_height(b"\x01" * 38, 50)
+    assert not svc._syncing

@@ -107,8 +107,10 @@ async def test_bad_gossipsub_signatures_are_counted(nursery):
 
 
 def js_spec_msg_id(msg) -> bytes:
-    """js-libp2p gossipsub's StrictSign "spec" message id, written from the
-    GossipSub spec: the publisher's peer id (multihash bytes) then its seqno."""
+    """js-libp2p gossipsub's "spec" message id rule for StrictSign (go-libp2p's
+    default), written from the GossipSub spec: the publisher's peer id
+    (multihash bytes) then its seqno. scripts/interop checks it against a
+    real js-libp2p peer."""
     return bytes(msg.from_id) + bytes(msg.seqno)
 
 

@@ -46,6 +46,9 @@ def test_library_warnings_get_the_node_format(monkeypatch):
         assert len(lines) == 5  # rate-limited
         assert all(" ERROR libp2p.transport.tcp.tcp: Failed to open TCP stream: refused" in ln for ln in lines)
         assert lines[0][:4].isdigit()  # a timestamp first
+        # a py-libp2p module that set its own logger to INFO at import is lowered too
+        logging.getLogger("libp2p.network.auto_connector").info("AUTO_CONNECTOR_STATE: ...")
+        assert len(buf.getvalue().splitlines()) == 5
     finally:
         for h in list(root.handlers):
             root.removeHandler(h)
@@ -62,8 +65,14 @@ def test_log_limiter_counts_what_it_hides(caplog):
             lim.warning("junk", "dropped message %d", i)
         clock.t = 11
         lim.warning("junk", "dropped message %d", 99)
+        for i in range(5):
+            lim.warning("junk", "dropped message %d", i)
+        clock.t = 22
+        lim.flush()  # the window closed with 4 lines hidden and none came after them
+        lim.flush()  # said once
     msgs = [r.getMessage() for r in caplog.records]
-    assert msgs == ["dropped message 0", "dropped message 1", "dropped message 99 (and 4 like it not shown)"]
+    assert msgs == ["dropped message 0", "dropped message 1", "dropped message 99 (and 4 like it not shown)",
+                    "dropped message 0", "4 more lines like 'junk' not shown in the last 10 s"]
 
 
 def test_peer_book_survives_a_restart_and_a_bad_file(tmp_path):

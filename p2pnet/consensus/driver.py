@@ -94,12 +94,17 @@ class ConsensusService:
                 "mempool": len(self.mempool), "counters": dict(self.counters)}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._publisher)
-            self._apply(self.replica.start(self.clock()))
-            task_status.started()
-            await self._loop()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._publisher)
+                self._apply(self.replica.start(self.clock()))
+                task_status.started()
+                await self._loop()
+        finally:
+            # an announcement handled during shutdown must not start a sync in
+            # a closed nursery (it raised "Nursery is closed to new arrivals")
+            self._nursery = None
 
     async def deliver(self, env: wire.Envelope) -> None:
         """One verified inbound envelope. Never blocks: when the queue is
@@ -236,8 +241,11 @@ class ConsensusService:
     def _start_sync(self, req: c.RequestBlocks) -> None:
         if self._syncing or self.net is None or self._nursery is None:
             return
+        try:
+            self._nursery.start_soon(self._fetch, req)
+        except RuntimeError:  # the driver is shutting down: its nursery takes no new tasks
+            return
         self._syncing = True
-        self._nursery.start_soon(self._fetch, req)
 
     async def _fetch(self, req: c.RequestBlocks) -> None:
         try:

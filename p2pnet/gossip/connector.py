@@ -106,6 +106,7 @@ class Connector:
                 delay = min(delay * 2, self.net.reconnect_max_s)
             if self.net.clock() - saved_at > 30:
                 self.net.book.save()
+                self.net.loglimit.flush()
                 saved_at = self.net.clock()
             await trio.sleep(delay if after < self.net.target_peers else 5.0)
 

@@ -192,3 +192,22 @@ class BanGate:
                 pass
 
         swarm.register_notifee(_Notifee())
+
+
+def prioritise_topics(gossipsub, urgent: frozenset) -> None:
+    """Messages on ``urgent`` topics jump py-libp2p's per-peer send queue.
+
+    py-libp2p queues every RPC to a peer in one FIFO (its priority deque is
+    used only for control messages), so a vote, our own or one we relay,
+    waited behind every broadcast already queued for that peer: a flood of
+    user messages through one validator held the chain back for seconds on
+    every hop. ``send_rpc`` is wrapped on this instance only."""
+    send_rpc = gossipsub.send_rpc
+
+    def send_rpc_prioritised(peer_id, rpc, priority: bool = False) -> None:
+        if not priority and rpc.publish and all(
+                topic in urgent for msg in rpc.publish for topic in msg.topicIDs):
+            priority = True
+        send_rpc(peer_id, rpc, priority)
+
+    gossipsub.send_rpc = send_rpc_prioritised

@@ -11,12 +11,14 @@ See ../shared/notes/libp2p-0.8.1.md. Traps handled here:
    verdicts, bad GossipSub signatures, oversized RPCs) is reported and
    counted: see :mod:`p2pnet.gossip.guard`;
 8. the timestamp message id breaks dedup: the id is the GossipSub spec's,
-   the publisher's peer id and sequence number. js-libp2p derives the same
-   id under StrictSign with its spec rule, so IHAVE/IWANT/IDONTWANT match
-   in a mixed mesh (a content hash matched 0 of 5 js ids). It deduplicates
-   because a (from, seqno) pair is signed by its publisher and never reused
-   (sequence numbers start at the clock in nanoseconds); an envelope
-   re-published under a new seqno is caught by the node's replay guard.
+   the publisher's peer id and sequence number: go-libp2p's default, and
+   js-libp2p's spec rule for StrictSign (its ``msgIdFn``; js's *default* id,
+   protobuf public key + seqno, agrees with no other implementation's).
+   Measured with scripts/interop (docs/interop.md): 13 of 13 ids agreed with
+   js's spec rule; the content hash used before agreed with none. It
+   deduplicates because a (from, seqno) pair is signed by its publisher and
+   never reused (sequence numbers start at the clock in nanoseconds); an
+   envelope re-published under a new seqno is caught by the replay guard.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ def message_id(msg) -> bytes:
     return msg.from_id + msg.seqno
 
 
-def build_stack(identity, listen_addrs: list[str], params: GossipParams, *, on_reject, is_banned):
+def build_stack(identity, listen_addrs: list[str], params: GossipParams, *, on_reject, is_banned,
+                urgent_topics: frozenset = frozenset()):
     """Return ``(host, pubsub, gossipsub)``; nothing runs yet.
 
     ``on_reject(peer, reason, detail)`` hears of every message py-libp2p
     refuses before the node's validator; ``is_banned(peer)`` keeps banned
-    peers' messages out (see :mod:`p2pnet.gossip.guard`)."""
+    peers' messages out; messages on ``urgent_topics`` jump the per-peer
+    send queues (see :mod:`p2pnet.gossip.guard`)."""
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
     from libp2p.pubsub.gossipsub import (
@@ -94,7 +98,9 @@ def build_stack(identity, listen_addrs: list[str], params: GossipParams, *, on_r
     # /gossip.py, 2 of 9 runs). The standard GossipSub v1.1 backoff (prune_back_off)
     # still applies; only this extra check is off.
     gossipsub.graft_flood_threshold = 0.0
-    from p2pnet.gossip.guard import build_guarded_pubsub
+    from p2pnet.gossip.guard import build_guarded_pubsub, prioritise_topics
+
+    prioritise_topics(gossipsub, urgent_topics)
 
     pubsub = build_guarded_pubsub(
         host,

@@ -10,10 +10,12 @@ the forwarder's fault (honest peers validate before relaying); a stale or
 re-published envelope is its origin's. A peer with too many strikes is banned
 for a while: disconnected, never dialled, its connections refused at once.
 
-Outbound messages go through two bounded lanes drained by a single publisher
-task: consensus first and unpaced, user traffic after it. py-libp2p drops
-silently past 32 queued RPCs per peer, so the publisher waits while any
-peer's queue is more than half full, and paces user publishes.
+Outbound messages go through three bounded lanes drained by a single
+publisher task: consensus first and unpaced, then queries, answers, ratings
+and announcements, then plain broadcasts; all but consensus at most
+``user_rate_per_s`` (a token bucket). py-libp2p drops silently past 32 queued
+RPCs per peer, so the publisher waits while any peer's queue is more than
+half full, and paces user publishes.
 ``publish_nowait`` raises :class:`OutboxFull` when a lane is full.
 
 Shutdown does not lose acknowledged messages: the outbox and the per-peer
@@ -77,8 +79,11 @@ class GossipNetwork:
         params: GossipParams = GossipParams(),
         outbox_size: int = 1024,
         urgent_size: int = 256,
+        control_size: int = 512,
         inbox_size: int = 512,
         publish_gap_s: float = 0.003,
+        user_rate_per_s: float = 50.0,
+        user_burst: int = 100,
         announce_interval_s: float = 5.0,
         rpc_timeout_s: float = 30.0,
         max_rpc_streams: int = 64,
@@ -99,6 +104,17 @@ class GossipNetwork:
         self.announce_addrs = list(announce_addrs)
         self.params = params
         self.publish_gap_s = publish_gap_s
+        # User traffic (everything but consensus) is a token bucket: every
+        # node receives and relays every message at several ms of CPU each,
+        # so an unbounded flood through one node's API starves consensus on
+        # every node, not only on its own (measured: 100 user msg/s from one
+        # of three validators stalled the chain; 50/s let it commit).
+        self.user_rate_per_s = user_rate_per_s
+        self.user_burst = user_burst
+        self._tokens = float(user_burst)
+        self._tokens_at: Optional[float] = None
+        self._wire_wait_since: Optional[float] = None
+        self._last_user_at: Optional[float] = None
         self.announce_interval_s = announce_interval_s
         self.rpc_timeout_s = rpc_timeout_s
         self.linger_s = linger_s
@@ -121,11 +137,14 @@ class GossipNetwork:
 
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._rpc_handlers: dict[str, RequestHandler] = {}
-        self._outbox_send, self._outbox_recv = trio.open_memory_channel(outbox_size)
-        # Consensus has its own lane, served first and never paced behind
-        # user traffic (a flood of broadcasts once held votes back for
-        # seconds against round timeouts of 0.5-1 s).
+        # Three outbound lanes, served in this order. Consensus is never paced
+        # behind user traffic (a flood of broadcasts once held votes back for
+        # seconds against round timeouts of 0.5-1 s); queries, answers,
+        # ratings and announcements come next; plain broadcasts last, so a
+        # flood of them cannot delay a query either.
         self._urgent_send, self._urgent_recv = trio.open_memory_channel(urgent_size)
+        self._control_send, self._control_recv = trio.open_memory_channel(control_size)
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel(outbox_size)
         self._outbox_ready = trio.Event()
         self.connector = Connector(self)
         self._kick_send, self._kick_recv = trio.open_memory_channel(64)
@@ -170,16 +189,20 @@ class GossipNetwork:
         self._enqueue_nowait(topic, data, None)
 
     def _lane(self, topic: str):
-        return self._urgent_send if topic in URGENT_TOPICS else self._outbox_send
+        if topic in URGENT_TOPICS:
+            return self._urgent_send, "consensus_outbox_full"
+        if topic == topics.BROADCAST:
+            return self._outbox_send, "outbox_full"
+        return self._control_send, "control_outbox_full"
 
     def _enqueue_nowait(self, topic: str, data: bytes, own_seq: Optional[int]) -> None:
-        lane = self._lane(topic)
+        lane, reason = self._lane(topic)
         try:
             lane.send_nowait((topic, data, own_seq))
         except trio.ClosedResourceError:
             raise OutboxFull("node is shutting down") from None
         except trio.WouldBlock:
-            self.stats.drop("urgent_outbox_full" if lane is self._urgent_send else "outbox_full")
+            self.stats.drop(reason)
             raise OutboxFull(f"outbound queue full ({lane.statistics().max_buffer_size})") from None
         self._outbox_ready.set()
 
@@ -188,7 +211,7 @@ class GossipNetwork:
         data = self.signer.seal(message)
         seq = self.signer.last_seq
         try:
-            await self._lane(topic).send((topic, data, seq))
+            await self._lane(topic)[0].send((topic, data, seq))
         except trio.ClosedResourceError:
             raise OutboxFull("node is shutting down") from None
         self._outbox_ready.set()
@@ -209,8 +232,8 @@ class GossipNetwork:
         return self._stopping.is_set()
 
     def outbox_len(self) -> int:
-        return (self._outbox_send.statistics().current_buffer_used
-                + self._urgent_send.statistics().current_buffer_used)
+        return sum(lane.statistics().current_buffer_used
+                   for lane in (self._urgent_send, self._control_send, self._outbox_send))
 
     def announce_soon(self) -> None:
         self._announce_now.set()
@@ -266,6 +289,7 @@ class GossipNetwork:
         self.host, self.pubsub, self.gossipsub = build_stack(
             self.identity, listen, self.params,
             on_reject=self._on_pubsub_reject, is_banned=self._is_banned,
+            urgent_topics=URGENT_TOPICS,
         )
         BanGate(self._is_banned, self._on_ban_refused).install(self.host)
         maddrs = [multiaddr.Multiaddr(a) for a in listen]
@@ -304,8 +328,8 @@ class GossipNetwork:
         our last gossip message (see :class:`wire.Flush`), all within
         ``linger_s``."""
         with trio.move_on_after(self.linger_s) as scope:
-            self._outbox_send.close()
-            self._urgent_send.close()
+            for lane in (self._urgent_send, self._control_send, self._outbox_send):
+                lane.close()
             self._outbox_ready.set()
             while self.outbox_len() or self._publishing:
                 await trio.sleep(0.005)
@@ -348,53 +372,84 @@ class GossipNetwork:
         queues = getattr(self.pubsub, "peer_queues", None) or {}
         return max((len(q) for q in list(queues.values())), default=0)
 
-    async def _wait_for_wire_room(self) -> None:
-        """Trap 4: py-libp2p drops RPCs silently once a peer's queue holds 32.
-        Wait while any is past ``peer_queue_high``; past ``wire_wait_s`` (a
-        stalled peer) publish anyway, and count it."""
-        if self._peer_queue_max() < self.peer_queue_high:
-            return
-        with trio.move_on_after(self.wire_wait_s):
-            while self._peer_queue_max() >= self.peer_queue_high:
-                await trio.sleep(0.002)
-            return
-        self.stats.drop("peer_queue_stalled")
+    def _user_delay(self, now: float) -> float:
+        """Seconds before the next user message may go: ``publish_gap_s``
+        after the last one, until the token bucket has a token, and (trap 4: py-libp2p drops RPCs silently once a
+        peer's queue holds 32) while any peer's queue is past
+        ``peer_queue_high``, polled, for at most ``wire_wait_s`` (a stalled
+        peer), after which it goes anyway and is counted."""
+        wait = 0.0
+        if self._last_user_at is not None:
+            wait = self._last_user_at + self.publish_gap_s - now
+        if self.user_rate_per_s:
+            if self._tokens_at is not None:
+                self._tokens = min(float(self.user_burst),
+                                   self._tokens + (now - self._tokens_at) * self.user_rate_per_s)
+            self._tokens_at = now
+            if self._tokens < 1.0:
+                wait = max(wait, (1.0 - self._tokens) / self.user_rate_per_s)
+        if self._peer_queue_max() >= self.peer_queue_high:
+            if self._wire_wait_since is None:
+                self._wire_wait_since = now
+            if now - self._wire_wait_since < self.wire_wait_s:
+                return max(wait, 0.005)
+            self.stats.drop("peer_queue_stalled")
+        self._wire_wait_since = None
+        return wait
 
-    def _next_outbound(self):
-        """The next message to publish: the urgent lane first."""
-        for lane in (self._urgent_recv, self._outbox_recv):
+    def _receive_nowait(self, lanes):
+        for lane in lanes:
             try:
                 return lane.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 continue
         return None
 
+    async def _idle(self, seconds: Optional[float]) -> None:
+        """Sleep up to ``seconds`` (None: until woken); any enqueue wakes it."""
+        with trio.move_on_after(float("inf") if seconds is None else seconds):
+            await self._outbox_ready.wait()
+        self._outbox_ready = trio.Event()
+
     async def _publisher(self) -> None:
+        """One task publishes, consensus first. A user message is taken off
+        its lane only once it may go, so a vote never waits behind a user
+        message that waits for a token or for wire room."""
+        user_lanes = (self._control_recv, self._outbox_recv)
         while True:
-            item = self._next_outbound()
+            item = self._receive_nowait((self._urgent_recv,))
             if item is None:
-                if self._stopping.is_set() and not self.outbox_len():
-                    return
-                await self._outbox_ready.wait()
-                self._outbox_ready = trio.Event()
-                continue
+                if not any(lane.statistics().current_buffer_used for lane in user_lanes):
+                    if self._stopping.is_set() and not self.outbox_len():
+                        return
+                    await self._idle(None)
+                    continue
+                delay = self._user_delay(trio.current_time())
+                if delay > 0:
+                    await self._idle(delay)
+                    continue
+                item = self._receive_nowait(user_lanes)
+                if item is None:
+                    continue
+                if self.user_rate_per_s:
+                    self._tokens -= 1.0
             topic, data, own_seq = item
-            urgent = topic in URGENT_TOPICS
-            self._publishing = True
-            try:
-                if not urgent:
-                    await self._wait_for_wire_room()
-                await self.pubsub.publish(topic, data)
-                if own_seq is not None:
-                    self._last_own_seq = own_seq
-                self.stats.sent[topic] += 1
-            except Exception as exc:  # never let one publish kill the node
-                self.stats.drop("publish_failed")
-                self.loglimit.warning("publish_failed", "publish on %s failed: %s", topic, exc)
-            finally:
-                self._publishing = False
-            if self.publish_gap_s and not urgent:
-                await trio.sleep(self.publish_gap_s)
+            await self._publish_one(topic, data, own_seq)
+            if topic not in URGENT_TOPICS:
+                self._last_user_at = trio.current_time()
+
+    async def _publish_one(self, topic: str, data: bytes, own_seq: Optional[int]) -> None:
+        self._publishing = True
+        try:
+            await self.pubsub.publish(topic, data)
+            if own_seq is not None:
+                self._last_own_seq = own_seq
+            self.stats.sent[topic] += 1
+        except Exception as exc:  # never let one publish kill the node
+            self.stats.drop("publish_failed")
+            self.loglimit.warning("publish_failed", "publish on %s failed: %s", topic, exc)
+        finally:
+            self._publishing = False
 
     def _make_validator(self, topic: str):
         allowed = TOPIC_KINDS[topic]
