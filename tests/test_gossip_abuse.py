@@ -160,3 +160,40 @@ def test_a_restarted_node_never_reuses_a_seqno(tmp_path):
             assert first > last
         for _ in range(1000):
             last = int.from_bytes(pubsub._next_seqno(), "big")
+
+
+async def test_a_flood_of_valid_messages_is_held_in_tcp_not_in_tasks(nursery):
+    """Trap 7: py-libp2p starts a task per received message, without limit.
+    With ``max_inflight`` the node stops reading a stream while that many run,
+    so at most one more RPC's worth is ever started, and nothing is lost."""
+    from p2pnet.gossip.host import GossipParams
+
+    limit, per_rpc, rpcs = 4, 10, 40
+    net, col, (h,) = await _node_with_hostiles(nursery, 1, params=GossipParams(max_inflight=limit))
+    seen_max = []
+    orig = net.pubsub._is_subscribed_to_msg
+
+    def spy(msg):
+        ok = orig(msg)
+        seen_max.append(net.pubsub.inflight)
+        return ok
+
+    net.pubsub._is_subscribed_to_msg = spy
+    # a validator that takes its time, as a busy node's does: without the
+    # bound, every message read would have a task waiting in it
+    sync_validate = net._make_validator(topics.BROADCAST)
+
+    async def slow_validate(fwd, msg):
+        await trio.sleep(0.01)
+        return sync_validate(fwd, msg)
+
+    net.pubsub.set_topic_validator(topics.BROADCAST, slow_validate, True)
+    batch = b""
+    for r in range(rpcs):
+        msgs = [h.gossip(topics.BROADCAST, h.envelope(wire.Broadcast(f"{r}-{i}"))) for i in range(per_rpc)]
+        batch += frame(rpc_bytes(*msgs))
+    await h.send(net.peer_id, batch)  # all of it at once
+    await wait_for(lambda: len(col.items) == rpcs * per_rpc, 60, "every message delivered")
+    assert max(seen_max) <= limit + per_rpc
+    assert net.pubsub.throttled > 0  # the stream did wait for room
+    assert net.pubsub.inflight == 0

@@ -1,7 +1,7 @@
 """What py-libp2p 0.8.1 does with abuse before p2pnet can see it, and how the
 node takes that back.
 
-- ``GuardedPubsub``: py-libp2p's ``Pubsub`` with three changes.
+- ``GuardedPubsub``: py-libp2p's ``Pubsub`` with four changes.
   * No validation cache. py-libp2p remembers a message id's verdict for
     300 s, so the same junk resent by a second peer was refused before the
     node's validator ran (no count, no strike), and a copy refused for a
@@ -17,6 +17,9 @@ node takes that back.
     that published more than one message a second and restarted within the
     seen-cache window reused (from, seqno) pairs: with the spec message id
     its peers would drop its new messages as duplicates.
+  * At most ``max_inflight`` received messages are being handled at once
+    (py-libp2p starts a task for each, without limit: its trap 7); past that
+    its streams stop reading until there is room.
 - ``BanGate``: keeps a banned peer out for the whole ban, both ways. Every
   dial py-libp2p makes goes through ``Swarm.dial_peer`` (its auto-connector
   redials known peers ~60 s after they leave, the DHT and ``new_stream``
@@ -28,7 +31,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Awaitable, Callable
+
+import trio
 
 log = logging.getLogger("p2pnet.gossip")
 
@@ -63,10 +68,12 @@ class _FrameWatch:
     then the body; it refuses a length over its limit without saying who
     sent it. This sees the same prefix first and tells ``on_oversize``."""
 
-    def __init__(self, stream, limit: int, on_oversize: Callable[[int], None]) -> None:
+    def __init__(self, stream, limit: int, on_oversize: Callable[[int], None],
+                 wait_for_room: Callable[[], Awaitable[None]]) -> None:
         self._stream = stream
         self._limit = limit
         self._on_oversize = on_oversize
+        self._wait_for_room = wait_for_room
         self._prefix = b""
         self._body_left = 0
 
@@ -74,6 +81,10 @@ class _FrameWatch:
         return getattr(self._stream, name)
 
     async def read(self, n: int = -1) -> bytes:
+        if not self._body_left and not self._prefix:
+            # Between two RPCs: read the next only while the node has room
+            # for the messages it would start (trap 7).
+            await self._wait_for_room()
         data = await self._stream.read(n)
         if self._body_left:
             self._body_left = max(0, self._body_left - len(data))
@@ -91,7 +102,7 @@ class _FrameWatch:
 
 
 def build_guarded_pubsub(host, router, *, on_reject: RejectFn,
-                         is_banned: Callable[[bytes], bool], **kwargs):
+                         is_banned: Callable[[bytes], bool], max_inflight: int = 256, **kwargs):
     """A ``GuardedPubsub`` (the class is built here so that importing this
     module does not import libp2p)."""
     from libp2p.exceptions import ValidationError
@@ -104,6 +115,11 @@ def build_guarded_pubsub(host, router, *, on_reject: RejectFn,
             self.validation_cache = _NoVerdictCache()
             self.counter = time.time_ns()
             self._self_bytes = host.get_id().to_bytes()
+            self.inflight = 0      # received messages whose task runs
+            self.throttled = 0     # times a stream waited for room
+            self._counted: set = set()
+            self._room = trio.Event()
+            self._room.set()
 
         async def continuously_read_stream(self, stream) -> None:
             peer = stream.muxed_conn.peer_id.to_bytes()
@@ -111,9 +127,39 @@ def build_guarded_pubsub(host, router, *, on_reject: RejectFn,
             def oversize(length: int) -> None:
                 on_reject(peer, "oversized", f"gossip RPC of {length} bytes (limit {self.max_inbound_rpc_size})")
 
-            await super().continuously_read_stream(_FrameWatch(stream, self.max_inbound_rpc_size, oversize))
+            await super().continuously_read_stream(
+                _FrameWatch(stream, self.max_inbound_rpc_size, oversize, self._wait_for_room))
+
+        # Trap 7: py-libp2p starts a task per received message, without limit.
+        # The read loop asks ``_is_subscribed_to_msg`` of each message right
+        # before it starts that task: counted there, uncounted when the task
+        # ends; a stream reads its next RPC only while fewer than
+        # ``max_inflight`` are running, so a flood waits in TCP's window (the
+        # sender's problem), not in our memory.
+        def _is_subscribed_to_msg(self, msg) -> bool:
+            if not super()._is_subscribed_to_msg(msg):
+                return False
+            self._counted.add(id(msg))
+            self.inflight += 1
+            return True
+
+        async def _wait_for_room(self) -> None:
+            while self.inflight >= max_inflight:
+                self.throttled += 1
+                self._room = trio.Event() if self._room.is_set() else self._room
+                await self._room.wait()
 
         async def push_msg(self, msg_forwarder, msg) -> None:
+            try:
+                await self._push_msg(msg_forwarder, msg)
+            finally:
+                if id(msg) in self._counted:
+                    self._counted.discard(id(msg))
+                    self.inflight -= 1
+                    if self.inflight < max_inflight:
+                        self._room.set()
+
+        async def _push_msg(self, msg_forwarder, msg) -> None:
             fwd = msg_forwarder.to_bytes()
             if fwd != self._self_bytes and is_banned(fwd):
                 on_reject(fwd, "banned", "message from a banned peer")

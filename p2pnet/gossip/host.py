@@ -40,6 +40,8 @@ class GossipParams:
     # 60 s; see the note at the GossipSub constructor).
     prune_back_off_s: int = 10
     max_message_bytes: int = 1 << 20
+    # received messages handled at once before streams stop reading (trap 7)
+    max_inflight: int = 256
 
 
 def message_id(msg) -> bytes:
@@ -107,6 +109,7 @@ def build_stack(identity, listen_addrs: list[str], params: GossipParams, *, on_r
         gossipsub,
         on_reject=on_reject,
         is_banned=is_banned,
+        max_inflight=params.max_inflight,
         strict_signing=True,
         msg_id_constructor=message_id,
         max_inbound_rpc_size=params.max_message_bytes + 64 * 1024,
