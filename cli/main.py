@@ -27,6 +27,7 @@ def _register() -> None:
     from p2pnet_cli import ask, ledger, models, node, swarm  # noqa: F401  (each adds its commands)
     from p2pnet_cli import recommend  # noqa: F401  (adds `models recommend`)
     from p2pnet_cli import sim  # noqa: F401  (adds `sim`)
+    from p2pnet_cli import dashboard  # noqa: F401  (adds `dashboard`)
 
 
 def _user_errors(exc: BaseException) -> list:

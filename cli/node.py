@@ -73,8 +73,19 @@ def node_start(data_dir, config_file, **flags) -> None:
     _check_before_start(cfg)
     node_obj = Node(cfg, handle_signals=True)
     click.echo(f"p2pnet node {node_obj.peer_id} starting (data dir {cfg.data_dir})", err=True)
-    trio.run(node_obj.run)
+    trio.run(_run_node, node_obj)
     click.echo("p2pnet node stopped", err=True)
+
+
+async def _run_node(node_obj) -> None:
+    """Run the node; once it is ready, print where its dashboard is."""
+    import trio
+
+    from p2pnet.api.dashboard import dashboard_url
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node_obj.run)
+        click.echo(f"dashboard: {dashboard_url(node_obj.api_url, node_obj.config.api_key)}", err=True)
 
 
 @node.command("id")

@@ -67,6 +67,7 @@ def swarm_up(n, validators, experts, no_experts, threads, timeout_s, swarm_dir, 
     click.echo(f"swarm of {len(nodes)} nodes is up in {swarm_dir}; {ledger}")
     for node in nodes:
         click.echo(f"  node{node['index']}  {node['peer_id']}  api {node['api']}  peers {len(node['peers'])}")
+    click.echo(f"dashboard: {nodes[0]['api']}/   (or: p2pnet dashboard)")
     click.echo(f"ask it: p2pnet ask --api {nodes[0]['api']} \"What is the capital of France?\"")
 
 

@@ -104,12 +104,14 @@ class Node:
                     server = HttpServer(router, host=self.config.api_host, port=self.config.api_port,
                                         api_key=self.config.api_key,
                                         allowed_hosts=self.config.api_allowed_hosts,
-                                        allowed_origins=self.config.api_allowed_origins)
+                                        allowed_origins=self.config.api_allowed_origins,
+                                        extra_auth=self._dashboard_auth())
                     self.api_url = await inner.start(server.run)
                     self.http = server
                     self._write_runtime()
                     self.network.announce_soon()
-                    log.info("node %s ready; API at %s", self.peer_id, self.api_url)
+                    log.info("node %s ready; API at %s; dashboard at %s/", self.peer_id, self.api_url,
+                             self.api_url)
                     task_status.started(self)
                     await self._stop.wait()
                     log.info("shutting down")
@@ -121,6 +123,14 @@ class Node:
                     close = getattr(service, "close", None)
                     if close is not None:
                         close()
+
+    def _dashboard_auth(self):
+        """With an API key: the dashboard's token opens its pages (p2pnet.api.dashboard)."""
+        if not self.config.api_key:
+            return None
+        from p2pnet.api.dashboard import DashboardAuth
+
+        return DashboardAuth(self.config.api_key).allows
 
     async def _build_services(self, nursery) -> list:
         """Start experts, coordinator and ledger; each returns a service."""

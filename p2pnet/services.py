@@ -55,16 +55,17 @@ class _OpenAIService:
     """The OpenAI-compatible routes over the coordinator, with the cascade
     (a hosted model answers first) for requests that ask for it."""
 
-    def __init__(self, coordinator, experts) -> None:
+    def __init__(self, coordinator, experts, recent=None) -> None:
         from p2pnet.experts.cascade import CascadingService
 
         self.coordinator = coordinator
         self.queries = CascadingService(coordinator, experts)
+        self.recent = recent  # the dashboard's list of recent queries
 
     def mount(self, router) -> None:
         from p2pnet.api.openai import mount_openai
 
-        mount_openai(router, self.queries)
+        mount_openai(router, self.queries, on_done=self.recent.record if self.recent is not None else None)
 
     def status(self) -> dict:
         return {**self.coordinator.status(), **self.queries.status()}
@@ -101,8 +102,15 @@ async def build_services(node, nursery, preset_experts=None) -> list:
     )
     if ledger is not None:
         ledger.coordinator = coordinator
-    services.append(_OpenAIService(coordinator, experts))
+    from p2pnet.dashboard.recent import RecentQueries
+    from p2pnet.dashboard.service import DashboardService
+
+    recent = RecentQueries()
+    services.append(_OpenAIService(coordinator, experts, recent))
     services.append(FeedbackRoutes(coordinator))
+    dashboard = DashboardService(node, coordinator, ledger, recent)
+    await nursery.start(dashboard.run)
+    services.append(dashboard)
     if settings.probe_interval_s > 0:
         prober = Prober(coordinator, interval_s=settings.probe_interval_s)
         await nursery.start(prober.run)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install p2pnet into ./.venv on a fresh machine.
 #   bash scripts/bootstrap.sh        # the node and CLI
-#   bash scripts/bootstrap.sh dev    # plus the test tools
+#   bash scripts/bootstrap.sh dev    # plus the test tools (and Debian's chromium for the browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,19 @@ if ! { [ -f /usr/include/gmp.h ] || [ -f /usr/include/x86_64-linux-gnu/gmp.h ] |
   else
     echo "error: GMP headers missing; install libgmp-dev (or gmp-devel) and gcc first" >&2
     exit 1
+  fi
+fi
+
+# The dashboard's browser tests (dev) drive Debian's headless Chromium; nothing is downloaded at test time.
+if [ "${1:-}" = "dev" ] && ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "installing chromium and chromium-driver (for the dashboard's browser tests)" >&2
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends chromium chromium-driver fonts-liberation >/dev/null
+  else
+    echo "warning: chromium and chromedriver are missing: the dashboard's browser tests will fail" \
+         "(install them, or set P2PNET_NO_BROWSER=1 to skip those tests)" >&2
   fi
 fi
 

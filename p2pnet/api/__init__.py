@@ -9,6 +9,7 @@ Modules (nothing is re-exported here, so that importing `p2pnet.api.types` or
 - server: HttpServer
 - openai: mount_openai; openai_schema: parsing and response shapes, no I/O
 - sse: server-sent events, encoding and decoding
+- dashboard: the web dashboard's routes, assets and token (p2pnet.dashboard gathers its data)
 - client: synchronous JSON client for the CLI
 - errors: ApiError and its subclasses
 """

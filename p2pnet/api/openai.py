@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import trio
 
@@ -34,6 +34,9 @@ from p2pnet.experts.errors import QueryError
 
 # What the chat task hands the stream writer: a text delta, the result, or the failure.
 _StreamItem = Union[str, ChatResult, HttpError]
+# Told of every chat completion once it is answered or failed: (request, result
+# or None, the HttpError or None, seconds taken). The dashboard's recent list.
+OnDone = Callable[[ChatRequest, Optional[ChatResult], Optional[HttpError], float], None]
 
 
 def mount_openai(
@@ -44,9 +47,10 @@ def mount_openai(
     clock: Callable[[], float] = time.time,
     stream_buffer: int = 64,
     logger: logging.Logger | None = None,
+    on_done: OnDone | None = None,
 ) -> None:
     """Register the OpenAI-compatible routes for `service` on `router`."""
-    routes = _OpenAIRoutes(service, limits, clock, stream_buffer, logger or logging.getLogger(__name__))
+    routes = _OpenAIRoutes(service, limits, clock, stream_buffer, logger or logging.getLogger(__name__), on_done)
     router.add("GET", "/v1/models", routes.list_models)
     router.add("GET", "/v1/models/{model}", routes.get_model)
     router.add("POST", "/v1/chat/completions", routes.chat_completions)
@@ -60,12 +64,22 @@ class _OpenAIRoutes:
         clock: Callable[[], float],
         stream_buffer: int,
         logger: logging.Logger,
+        on_done: OnDone | None = None,
     ) -> None:
         self._service = service
         self._limits = limits
         self._clock = clock
         self._stream_buffer = stream_buffer
         self._log = logger
+        self._on_done = on_done
+
+    def _done(self, chat: ChatRequest, result: ChatResult | None, error: HttpError | None, started: float) -> None:
+        if self._on_done is None:
+            return
+        try:
+            self._on_done(chat, result, error, time.monotonic() - started)
+        except Exception:  # a recorder's bug must not fail the answer
+            self._log.exception("recording a chat completion failed")
 
     async def list_models(self, request: Request) -> Response:
         return Response.json(200, model_list(self._service.list_models()))
@@ -84,13 +98,21 @@ class _OpenAIRoutes:
         if chat.stream:
             write = partial(self._write_stream, chat, include_usage, completion_id, created)
             return StreamingResponse.event_stream(write)
+        started = time.monotonic()
         try:
             result = await self._service.chat(chat)
         except QueryError as exc:
-            raise query_error(exc) from None
+            error = query_error(exc)
+            self._done(chat, None, error, started)
+            raise error from None
+        except Exception:
+            self._done(chat, None, HttpError(500, "internal server error", code="internal_error"), started)
+            raise
+        self._done(chat, result, None, started)
         return Response.json(200, completion_object(completion_id, created, chat.model, result))
 
     async def _run_chat(self, chat: ChatRequest, channel: trio.MemorySendChannel[_StreamItem]) -> None:
+        started = time.monotonic()
         async with channel:
 
             async def on_delta(text: str) -> None:
@@ -104,6 +126,10 @@ class _OpenAIRoutes:
             except Exception:
                 self._log.exception("chat for model %r failed", chat.model)
                 result = HttpError(500, "internal server error", code="internal_error")
+            if isinstance(result, HttpError):
+                self._done(chat, None, result, started)
+            else:
+                self._done(chat, result, None, started)
             await channel.send(result)
 
     async def _write_stream(

@@ -24,7 +24,7 @@ import logging
 from collections import Counter
 from dataclasses import replace
 from http import HTTPStatus
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 import h11
@@ -93,7 +93,10 @@ class HttpServer:
     holds at most `max_per_client` (default a quarter) pending connections
     and as many such requests. `allowed_hosts`: more names the Host header
     may give besides loopback names and the bound address; `allowed_origins`:
-    web origins (``https://ui.example:8443``) allowed to call the API."""
+    web origins (``https://ui.example:8443``) allowed to call the API;
+    `extra_auth(method, target, headers)`: a second way in for a request
+    without the API key (the dashboard's token): True admits it, False
+    refuses it with the usual 401, an HttpError is answered instead."""
 
     def __init__(
         self,
@@ -115,6 +118,7 @@ class HttpServer:
         write_timeout_s: float = 30.0,
         allowed_hosts: Iterable[str] = (),
         allowed_origins: Iterable[str] = (),
+        extra_auth: Callable[[str, str, Headers], bool] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         if not api_key and not is_loopback(host):
@@ -145,6 +149,7 @@ class HttpServer:
         self._host = host
         self._port = port
         self._api_key = api_key.encode() if api_key else None
+        self._extra_auth = extra_auth
         self._max_header_bytes = max_header_bytes
         self._max_body_bytes = max_body_bytes
         self._header_timeout_s = header_timeout_s
@@ -317,7 +322,7 @@ class HttpServer:
                 await self._read_body(conn, stream, headers)
                 await self._send_response(conn, stream, preflight)
                 return
-            self._check_api_key(headers)
+            self._check_api_key(method, target, headers)
             check_content_type(method, headers, has_body)
             body = await self._read_body(conn, stream, headers)
             request = Request.from_target(method, target, headers, body, client)
@@ -397,14 +402,17 @@ class HttpServer:
             target = urlsplit(target).path
         return (unquote(target.partition("?")[0]).rstrip("/") or "/") in self._control_paths
 
-    def _check_api_key(self, headers: Headers) -> None:
-        if self._api_key is not None and not self._authorized(headers):
-            raise HttpError(
-                401,
-                "missing or wrong API key: send the header `Authorization: Bearer KEY`",
-                code="invalid_api_key",
-                headers=(("www-authenticate", "Bearer"),),
-            )
+    def _check_api_key(self, method: str, target: str, headers: Headers) -> None:
+        if self._api_key is None or self._authorized(headers):
+            return
+        if self._extra_auth is not None and self._extra_auth(method, target, headers):
+            return
+        raise HttpError(
+            401,
+            "missing or wrong API key: send the header `Authorization: Bearer KEY`",
+            code="invalid_api_key",
+            headers=(("www-authenticate", "Bearer"),),
+        )
 
     async def _read_body(self, conn: h11.Connection, stream: trio.SocketStream, headers: Headers) -> bytes:
         """The body, which must arrive within body_timeout_s."""
