@@ -4,11 +4,12 @@ hand-made GossipSub RPCs (tests/hostile.py)."""
 
 import os
 
+import pytest
 import trio
 
 from p2pnet import wire
 from p2pnet.gossip import topics
-from p2pnet.gossip.host import message_id
+from p2pnet.gossip.host import GossipParams, message_id
 from p2pnet.identity import Identity
 
 from .conftest_net import wait_for
@@ -162,13 +163,14 @@ def test_a_restarted_node_never_reuses_a_seqno(tmp_path):
             last = int.from_bytes(pubsub._next_seqno(), "big")
 
 
-async def test_a_flood_of_valid_messages_is_held_in_tcp_not_in_tasks(nursery):
+@pytest.mark.parametrize("limit", [4, GossipParams().max_inflight])
+async def test_a_flood_of_valid_messages_is_held_in_tcp_not_in_tasks(nursery, limit):
     """Trap 7: py-libp2p starts a task per received message, without limit.
     With ``max_inflight`` the node stops reading a stream while that many run,
-    so at most one more RPC's worth is ever started, and nothing is lost."""
-    from p2pnet.gossip.host import GossipParams
-
-    limit, per_rpc, rpcs = 4, 10, 40
+    so at most one more RPC's worth is ever started, and nothing is lost (at
+    the default bound, hundreds finish at once: py-libp2p's 32-slot
+    subscription channels dropped most of them)."""
+    per_rpc, rpcs = 10, 40
     net, col, (h,) = await _node_with_hostiles(nursery, 1, params=GossipParams(max_inflight=limit))
     seen_max = []
     orig = net.pubsub._is_subscribed_to_msg
@@ -195,5 +197,6 @@ async def test_a_flood_of_valid_messages_is_held_in_tcp_not_in_tasks(nursery):
     await h.send(net.peer_id, batch)  # all of it at once
     await wait_for(lambda: len(col.items) == rpcs * per_rpc, 60, "every message delivered")
     assert max(seen_max) <= limit + per_rpc
-    assert net.pubsub.throttled > 0  # the stream did wait for room
+    if limit < per_rpc * rpcs:
+        assert net.pubsub.throttled > 0  # the stream did wait for room
     assert net.pubsub.inflight == 0

@@ -120,6 +120,7 @@ def build_guarded_pubsub(host, router, *, on_reject: RejectFn,
             self._counted: set = set()
             self._room = trio.Event()
             self._room.set()
+            self.on_message = None  # (topic, msg) -> None, see notify_subscriptions
 
         async def continuously_read_stream(self, stream) -> None:
             peer = stream.muxed_conn.peer_id.to_bytes()
@@ -142,6 +143,15 @@ def build_guarded_pubsub(host, router, *, on_reject: RejectFn,
             self._counted.add(id(msg))
             self.inflight += 1
             return True
+
+        def notify_subscriptions(self, publish_message) -> None:
+            """Hand an accepted message to ``on_message(topic, msg)`` when the
+            node set one, instead of py-libp2p's 32-slot channels."""
+            if self.on_message is None:
+                return super().notify_subscriptions(publish_message)
+            for topic in publish_message.topicIDs:
+                if topic in self.topic_ids:
+                    self.on_message(topic, publish_message)
 
         async def _wait_for_room(self) -> None:
             while self.inflight >= max_inflight:
