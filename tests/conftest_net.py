@@ -73,3 +73,42 @@ def json_server(respond):
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+NODE_CLI = "import sys; from p2pnet_cli.main import main; main(sys.argv[1:])"
+
+
+def start_node_process(args, log, home, wait_s: float = 90):
+    """Run ``p2pnet ARGS`` (``node start ...``) with its output in ``log``;
+    return the process once it says ready or has exited, within ``wait_s``."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "P2PNET_HOME": str(home)}
+    env.pop("P2PNET_DEBUG", None)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-c", NODE_CLI, *map(str, args)],
+                                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + wait_s
+    while proc.poll() is None and b" ready; API at " not in log.read_bytes():
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise AssertionError(f"node neither ready nor exited in {wait_s}s: {log.read_text()}")
+        time.sleep(0.05)
+    return proc
+
+
+def stop_process(proc) -> None:
+    """SIGTERM, then SIGKILL after 30 s; always reaped."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -197,6 +197,6 @@ async def test_a_flood_of_valid_messages_is_held_in_tcp_not_in_tasks(nursery, li
     await h.send(net.peer_id, batch)  # all of it at once
     await wait_for(lambda: len(col.items) == rpcs * per_rpc, 60, "every message delivered")
     assert max(seen_max) <= limit + per_rpc
-    if limit < per_rpc * rpcs:
+    if limit < per_rpc:
         assert net.pubsub.throttled > 0  # the stream did wait for room
     assert net.pubsub.inflight == 0

@@ -4,11 +4,9 @@ start, in one line, on a ledger whose head or sign record is damaged."""
 
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
-import time
 
 import lmdb
 import pytest
@@ -20,7 +18,9 @@ from p2pnet.consensus.replica import Replica
 from p2pnet.consensus.sim import Simulation, scenario_txs
 from p2pnet.consensus.store import Ledger, verify_chain
 
-RUN = "import sys; from p2pnet_cli.main import main; main(sys.argv[1:])"
+from .conftest_net import NODE_CLI, start_node_process, stop_process
+
+RUN = NODE_CLI
 
 
 def p2pnet(*args, home, timeout=120):
@@ -187,30 +187,13 @@ def start_node(data_dir, genesis, home, wait_s=90):
     """Start `p2pnet node start` on ``data_dir``; return (process, log path)
     once it says ready or has exited, within ``wait_s``."""
     log = data_dir.parent / f"{data_dir.name}.log"
-    env = {**os.environ, "P2PNET_HOME": str(home)}
-    env.pop("P2PNET_DEBUG", None)
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RUN, "node", "start", "--data-dir", str(data_dir), "--genesis", str(genesis),
-             "--listen", "/ip4/127.0.0.1/tcp/0", "--api-port", "0", "--no-experts"],
-            stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + wait_s
-    while proc.poll() is None and b" ready; API at " not in log.read_bytes():
-        if time.monotonic() > deadline:
-            stop(proc)
-            raise AssertionError(f"node neither ready nor exited in {wait_s}s: {log.read_text()}")
-        time.sleep(0.05)
+    proc = start_node_process(["node", "start", "--data-dir", data_dir, "--genesis", genesis,
+                               "--listen", "/ip4/127.0.0.1/tcp/0", "--api-port", "0", "--no-experts"],
+                              log, home, wait_s)
     return proc, log
 
 
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+stop = stop_process
 
 
 @pytest.mark.slow

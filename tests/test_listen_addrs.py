@@ -4,12 +4,7 @@ binds a busy port a second time (SO_REUSEPORT). Only 127.0.0.1 is bound
 here; the foreign IP fails at bind, sending nothing."""
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -17,7 +12,8 @@ from p2pnet import config
 from p2pnet.gossip import listen
 from p2pnet.gossip.errors import GossipError
 
-RUN = "import sys; from p2pnet_cli.main import main; main(sys.argv[1:])"
+from .conftest_net import start_node_process, stop_process
+
 FOREIGN = "198.51.100.7"  # TEST-NET-2: no machine has it
 
 
@@ -99,30 +95,12 @@ def start_node(data_dir, listen_addr, home, wait_s=90):
     ready or has exited, within ``wait_s``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "out.log"
-    env = {**os.environ, "P2PNET_HOME": str(home)}
-    env.pop("P2PNET_DEBUG", None)
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RUN, "node", "start", "--data-dir", str(data_dir), "--listen", listen_addr,
-             "--api-port", "0", "--no-experts"],
-            stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + wait_s
-    while proc.poll() is None and b" ready; API at " not in log.read_bytes():
-        if time.monotonic() > deadline:
-            stop(proc)
-            raise AssertionError(f"node neither ready nor exited in {wait_s}s: {log.read_text()}")
-        time.sleep(0.05)
+    proc = start_node_process(["node", "start", "--data-dir", data_dir, "--listen", listen_addr,
+                               "--api-port", "0", "--no-experts"], log, home, wait_s)
     return proc, log
 
 
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+stop = stop_process
 
 
 def refused_in_one_line(proc, log) -> str:
