@@ -209,3 +209,12 @@ def test_signed_junk_bodies_raise_only_wire_error(body, kind):
         wire.open_envelope(_resign(kind, body))
     except wire.WireError:
         pass
+
+
+def test_an_envelope_of_the_wrong_field_type_says_which_field():
+    """A js peer's msgpack packed a large seq as a float: the error names it."""
+    data = msgpack.packb([wire.WIRE_VERSION, "broadcast", b"x" * 38, 1.5, 1, [], b"s" * 64], use_bin_type=True)
+    with pytest.raises(wire.WireError) as info:
+        wire.open_envelope(data)
+    assert info.value.reason == wire.MALFORMED
+    assert "envelope field seq is float, not int" in str(info.value)
