@@ -20,7 +20,7 @@ from p2pnet.dashboard.history import LedgerHistory
 from p2pnet.dashboard.recent import RecentQueries
 from p2pnet.dashboard.views import address_scope, experts_view, reachability
 
-from .test_http_guard import FakeNode, call, host
+from .test_http_guard import FakeNode, call, call_raw, host
 from .test_ledger_store import build_chain
 
 KEY = "s3cret-key"
@@ -37,28 +37,8 @@ async def serve(nursery, api_key=None, api_host="127.0.0.1"):
 
 
 async def raw(port, method, target, headers=()):
-    """Like test_http_guard.call, for answers that are not JSON."""
-    import h11
-    import trio
-
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        conn = h11.Connection(h11.CLIENT)
-        await stream.send_all(conn.send(h11.Request(method=method, target=target, headers=[host(port), *headers]))
-                              + conn.send(h11.EndOfMessage()))
-        head, body = None, b""
-        with trio.fail_after(10):
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, h11.Response):
-                    head = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                else:
-                    break
-    return head.status_code, {n.decode(): v.decode() for n, v in head.headers}, body
+    """One request with a loopback Host; (status, headers, body bytes)."""
+    return await call_raw(port, method, target, [host(port), *headers])
 
 
 async def test_the_page_its_assets_and_the_state_are_served_with_safe_headers(nursery):

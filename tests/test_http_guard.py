@@ -48,7 +48,13 @@ async def serve(nursery, **kwargs) -> tuple[FakeNode, int]:
 
 
 async def call(port: int, method: str, target: str, headers, body: bytes = b""):
-    """One request with exactly `headers` (no Host added); (status, headers dict, body)."""
+    """One request with exactly `headers` (no Host added); (status, headers dict, JSON body)."""
+    status, got, answer = await call_raw(port, method, target, headers, body)
+    return status, got, json.loads(answer) if answer else None
+
+
+async def call_raw(port: int, method: str, target: str, headers, body: bytes = b""):
+    """Like `call`, the body as bytes."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         conn = h11.Connection(h11.CLIENT)
@@ -70,8 +76,7 @@ async def call(port: int, method: str, target: str, headers, body: bytes = b""):
                     answer += event.data
                 else:
                     break
-    got = {name.decode(): value.decode() for name, value in head.headers}
-    return head.status_code, got, json.loads(answer) if answer else None
+    return head.status_code, {name.decode(): value.decode() for name, value in head.headers}, answer
 
 
 def host(port: int) -> tuple[str, str]:

@@ -353,13 +353,7 @@ class HttpServer:
                 event = conn.next_event()
                 if event is not h11.NEED_DATA:
                     break
-                with trio.move_on_at(deadline) as timeout:
-                    try:
-                        data = await stream.receive_some(_RECEIVE_SIZE)
-                    except _STREAM_ERRORS:
-                        raise _Closed from None
-                if timeout.cancelled_caught:
-                    raise _ReadTimeout
+                data = await self._receive_before(stream, deadline)
                 if waiting and data:
                     waiting = False
                     deadline = trio.current_time() + self._header_timeout_s
@@ -373,14 +367,18 @@ class HttpServer:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            with trio.move_on_at(deadline) as scope:
-                try:
-                    data = await stream.receive_some(_RECEIVE_SIZE)
-                except _STREAM_ERRORS:
-                    raise _Closed from None
-            if scope.cancelled_caught:
-                raise _ReadTimeout
-            conn.receive_data(data)
+            conn.receive_data(await self._receive_before(stream, deadline))
+
+    @staticmethod
+    async def _receive_before(stream: trio.SocketStream, deadline: float) -> bytes:
+        """The next bytes from the client (b"" when it closed); _ReadTimeout
+        past ``deadline``, _Closed when the connection broke."""
+        with trio.move_on_at(deadline):
+            try:
+                return await stream.receive_some(_RECEIVE_SIZE)
+            except _STREAM_ERRORS:
+                raise _Closed from None
+        raise _ReadTimeout  # only a cancelled scope gets here
 
     def _parse_head(self, head: h11.Request) -> tuple[str, str, Headers]:
         # h11 bounds only heads that arrive in pieces; one read may hold a whole big head
