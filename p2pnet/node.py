@@ -22,6 +22,7 @@ import trio
 
 from p2pnet import __version__, wire
 from p2pnet.config import NodeConfig
+from p2pnet.files import write_json_atomic
 from p2pnet.gossip import topics
 from p2pnet.gossip.errors import OutboxFull
 from p2pnet.gossip.network import GossipNetwork
@@ -38,12 +39,6 @@ def read_runtime(data_dir: Path) -> Optional[dict]:
         return json.loads((Path(data_dir) / RUNTIME_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return None
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 class Node:
@@ -149,7 +144,7 @@ class Node:
         return Path(self.config.data_dir) / RUNTIME_FILE
 
     def _write_runtime(self) -> None:
-        _write_json_atomic(self._runtime_path(), {
+        write_json_atomic(self._runtime_path(), {
             "peer_id": self.peer_id,
             "pid": os.getpid(),
             "api": self.api_url,
@@ -221,6 +216,6 @@ class Node:
 
     def peers(self) -> list[dict]:
         return [
-            {"peer_id": wire.peer_id_str(p), "addrs": list(self.network.known_addrs.get(p, ()))}
+            {"peer_id": wire.peer_id_str(p), "addrs": list(self.network.book.addrs(p))}
             for p in self.network.peers()
         ]

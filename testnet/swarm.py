@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from p2pnet.errors import P2PNetError
+from p2pnet.files import write_json_atomic
 
 STATE_FILE = "swarm.json"
 
@@ -98,10 +99,7 @@ def _launch(args: Sequence[str], log_path: Path) -> subprocess.Popen:
 
 
 def _save_state(swarm_dir: Path, nodes: list[SwarmNode], extra: dict) -> None:
-    path = Path(swarm_dir) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"nodes": [n.as_json() for n in nodes], **extra}, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(Path(swarm_dir) / STATE_FILE, {"nodes": [n.as_json() for n in nodes], **extra})
 
 
 def _wait(cond: Callable[[], bool], timeout_s: float, what: str, check: Callable[[], None] = lambda: None) -> None:

@@ -167,8 +167,8 @@ class DashboardService:
 
     def _peers(self, now: float, cards: list[dict]) -> list[dict]:
         net = self.node.network
-        connected = {wire.peer_id_str(p): list(net.known_addrs.get(p, ())) for p in net.peers()}
-        known = {wire.peer_id_str(p): list(addrs) for p, addrs in list(net.known_addrs.items())[:MAX_PEERS_TRACKED]}
+        connected = {wire.peer_id_str(p): list(net.book.addrs(p)) for p in net.peers()}
+        known = {wire.peer_id_str(p): list(addrs) for p, addrs in net.book.known()[:MAX_PEERS_TRACKED]}
         hosts = {card["peer_id"] for card in cards}
         dropped = dict(net.stats.dropped_by_peer)
         return peers_view(self.node.peer_id, connected, known, self._announced, self._validators(), hosts,

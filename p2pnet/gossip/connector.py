@@ -22,7 +22,6 @@ class Connector:
 
     def note_announce(self, env: wire.Envelope) -> None:
         addrs = tuple(a for a in env.message.addrs if "/p2p/" not in a)
-        self.net.known_addrs[env.sender] = addrs
         self.net.book.note(env.sender, addrs)
         if env.sender not in set(self.net.peers()) and addrs:
             try:
@@ -60,6 +59,7 @@ class Connector:
     def _dial_candidates(self, bootstrap: list) -> list:
         """Bootstrap peers, then remembered peers (most recent first), that
         are neither connected nor banned: at most 8 a round."""
+        from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo
 
         connected = set(self.net.peers()) | {self.net.peer_id}
@@ -73,8 +73,6 @@ class Connector:
             if peer in connected or peer in seen or self.net._is_banned(peer):
                 continue
             try:
-                from libp2p.peer.id import ID
-
                 info = PeerInfo(ID(peer), [multiaddr.Multiaddr(a) for a in addrs])
             except Exception:
                 self.net.book.forget(peer)

@@ -133,7 +133,6 @@ class GossipNetwork:
         self.penalties = PeerPenalties()
         self.guard = wire.ReplayGuard()
         self.loglimit = LogLimiter(log, clock=clock)
-        self.known_addrs: dict[bytes, tuple[str, ...]] = {}
 
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._rpc_handlers: dict[str, RequestHandler] = {}
@@ -532,7 +531,6 @@ class GossipNetwork:
         addresses out of py-libp2p's peer store and our peer exchange."""
         from libp2p.peer.id import ID
 
-        self.known_addrs.pop(peer, None)
         self.book.forget(peer)
         if self.host is not None:
             try:

@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from p2pnet import wire
+from p2pnet.files import write_json_atomic
 
 log = logging.getLogger("p2pnet.gossip")
 
 PEERS_FILE = "peers.json"
 LISTEN_FILE = "listen.json"
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 class PeerBook:
@@ -90,7 +84,7 @@ class PeerBook:
         if self.path is None or not self._dirty:
             return
         try:
-            _write_json_atomic(self.path, {"peers": {
+            write_json_atomic(self.path, {"peers": {
                 wire.peer_id_str(p): {"addrs": list(a), "last_seen": round(t, 3)}
                 for p, (a, t) in self._peers.items()
             }})
@@ -154,6 +148,6 @@ def remember_listen(directory: Optional[Path], asked: list[str], got: list[str])
                 break
     if ports:
         try:
-            _write_json_atomic(Path(directory) / LISTEN_FILE, {"ports": ports})
+            write_json_atomic(Path(directory) / LISTEN_FILE, {"ports": ports})
         except OSError as exc:
             log.warning("cannot save the listen port: %s", exc)
