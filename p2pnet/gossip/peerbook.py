@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from p2pnet import wire
 from p2pnet.files import write_json_atomic
+from p2pnet.gossip.listen import ListenAddrError, check_listen_addrs
 
 log = logging.getLogger("p2pnet.gossip")
 
@@ -93,20 +93,6 @@ class PeerBook:
             log.warning("cannot save %s: %s", self.path, exc)
 
 
-def _tcp_port_free(ip: str, port: int) -> bool:
-    """Whether a bind of ip:port without SO_REUSEPORT succeeds now: it fails
-    while anything listens there, not for connections left in TIME_WAIT by
-    the node's last run (SO_REUSEADDR)."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((ip, port))
-        return True
-    except OSError:
-        return False
-
-
 def sticky_listen(directory: Optional[Path], listen: list[str]) -> list[str]:
     """``listen`` with each ``/tcp/0`` replaced by the port this node had last
     time at that address, where that port is free; otherwise left at 0."""
@@ -123,11 +109,12 @@ def sticky_listen(directory: Optional[Path], listen: list[str]) -> list[str]:
         parts = addr.split("/")
         port = last.get(addr)
         if len(parts) >= 5 and parts[3] == "tcp" and parts[4] == "0" and isinstance(port, int):
-            if _tcp_port_free(parts[2], port):
-                parts[4] = str(port)
+            parts[4] = str(port)
+            try:
+                check_listen_addrs(["/".join(parts)])  # the same probe as at start
                 addr = "/".join(parts)
-            else:
-                log.info("port %d of the last run is taken; listening on a new one", port)
+            except ListenAddrError as exc:
+                log.info("the port of the last run is not free (%s); listening on a new one", exc)
         out.append(addr)
     return out
 
