@@ -74,7 +74,7 @@ def _mean_sd(values: list[float]) -> str:
 def main() -> None:
     import trio
 
-    from p2pnet.api.types import ChatRequest
+    from p2pnet.query import ChatRequest
     from p2pnet.experts import modelstore
     from p2pnet.experts.cascade import Cascade, CascadeSettings, open_local_model
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from p2pnet.config import MAX_JUDGES
+from p2pnet.query import ChatRequest, ChatResult, ExpertKey, Provenance
 from p2pnet_cli.main import cli
 from p2pnet_cli.util import api_base, api_url, emit, local_model_store, post_json
 
@@ -72,7 +73,7 @@ def ask(question, api, data_dir, domain, respondents, model, max_tokens, deadlin
     if stream is None:
         stream = sys.stdout.isatty() and not as_json
     if stream and not as_json:
-        provenance = {}
+        p2pnet: dict = {}
         usage_tokens = 0
         for chunk in client.stream_json(base + "/v1/chat/completions", {**body, "stream": True},
                                         timeout=timeout, api_key=key):
@@ -81,18 +82,19 @@ def ask(question, api, data_dir, domain, respondents, model, max_tokens, deadlin
                 if piece:
                     click.echo(piece, nl=False)
                     usage_tokens += 1
-            provenance = chunk.get("p2pnet") or provenance
+            p2pnet = chunk.get("p2pnet") or p2pnet
         click.echo()
-        _print_provenance(provenance)
+        _print_provenance(Provenance.from_json(p2pnet), p2pnet.get("query_id") or "")
         if with_feedback:
-            _ask_feedback(base, provenance.get("query_id"))
+            _ask_feedback(base, p2pnet.get("query_id"))
         return
     out = client.post_json(base + "/v1/chat/completions", body, timeout=timeout, api_key=key)
     if as_json:
         emit(out)
     else:
         click.echo(out["choices"][0]["message"]["content"])
-        _print_provenance(out.get("p2pnet") or {})
+        p2pnet = out.get("p2pnet") or {}
+        _print_provenance(Provenance.from_json(p2pnet), p2pnet.get("query_id") or "")
     if with_feedback:
         _ask_feedback(base, (out.get("p2pnet") or {}).get("query_id"))
 
@@ -124,7 +126,6 @@ def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_jso
     import trio
 
     from p2pnet.api.errors import ApiError
-    from p2pnet.api.types import ChatRequest, ChatResult
     from p2pnet.experts.cascade import NETWORK, Cascade, CascadeSettings, open_local_model
 
     store = local_model_store(model_store, data_dir)
@@ -142,12 +143,12 @@ def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_jso
         out = await trio.to_thread.run_sync(lambda: post_json(base_box[0] + "/v1/chat/completions", body,
                                                               timeout=(body.get("deadline_s") or 120) + 30))
         usage = out.get("usage") or {}
-        prov = dict(out.get("p2pnet") or {})
+        p2pnet = out.get("p2pnet") or {}
         return ChatResult(text=out["choices"][0]["message"]["content"],
                           finish_reason=out["choices"][0].get("finish_reason") or "stop",
                           prompt_tokens=usage.get("prompt_tokens", 0),
                           completion_tokens=usage.get("completion_tokens", 0),
-                          query_id=prov.pop("query_id", ""), provenance=prov)
+                          query_id=str(p2pnet.get("query_id") or ""), provenance=Provenance.from_json(p2pnet))
 
     backend = open_local_model(Path(store))
     try:
@@ -165,7 +166,7 @@ def _ask_cascade(body, api, data_dir, model_store, threshold, local_only, as_jso
     else:
         click.echo(result.text)
         if result.network is not None:
-            _print_provenance({"query_id": result.network.query_id, **result.network.provenance})
+            _print_provenance(result.network.provenance, result.network.query_id)
         limit = "" if local_only else f", threshold {threshold:.2f}"
         click.echo(f"  answered by: {result.path} (local confidence {result.local.confidence:.2f} "
                    f"by {result.local.method}{limit}); {result.reason}", err=True)
@@ -220,22 +221,23 @@ def feedback(query_id, verdict, api, data_dir, as_json) -> None:
         emit(out)
 
 
-def _print_provenance(prov: dict) -> None:
-    if not prov:
+def _print_provenance(prov: Provenance, query_id: str = "") -> None:
+    """Who answered ``query_id`` and why, on stderr."""
+    if prov == Provenance() and not query_id:
         return
-    chosen = prov.get("chosen") or {}
     click.echo("", err=True)
     click.echo(f"{'':2}{'peer':18} {'expert':16} {'status':9} {'ms':>7} {'tokens':>6} {'score':>6}", err=True)
-    for r in prov.get("respondents", []):
-        mark = "*" if (r.get("peer_id"), r.get("expert_id")) == (chosen.get("peer_id"), chosen.get("expert_id")) else " "
-        score = "" if r.get("score") is None else f"{r['score']:.2f}"
-        click.echo(f"{mark:2}{r['peer_id'][:16] + '…':18} {r['expert_id'][:16]:16} {r['status']:9} "
-                   f"{r.get('latency_ms', 0):>7} {r.get('completion_tokens', 0):>6} {score:>6}", err=True)
-    click.echo(f"  chosen: {prov.get('reason', '')}; selection: {prov.get('selection', {}).get('reason', '')}", err=True)
-    if prov.get("escalated"):
-        to = ", ".join(e.get("expert_id", "") for e in prov["escalated"].get("to", []))
-        click.echo(f"  escalated to {to}: {prov['escalated'].get('reason', '')}", err=True)
-    elif prov.get("escalation_declined"):
-        click.echo(f"  not escalated: {prov['escalation_declined']}", err=True)
-    if prov.get("query_id"):
-        click.echo(f"  query: {prov['query_id']} (p2pnet feedback {prov['query_id']} accept|reject)", err=True)
+    for r in prov.respondents:
+        mark = "*" if ExpertKey(r.peer_id, r.expert_id) == prov.chosen else " "
+        score = "" if r.score is None else f"{r.score:.2f}"
+        click.echo(f"{mark:2}{r.peer_id[:16] + '…':18} {r.expert_id[:16]:16} {r.status:9} "
+                   f"{r.latency_ms:>7} {r.completion_tokens:>6} {score:>6}", err=True)
+    selection = prov.selection.reason if prov.selection is not None else ""
+    click.echo(f"  chosen: {prov.reason}; selection: {selection}", err=True)
+    if prov.escalated is not None:
+        to = ", ".join(e.expert_id for e in prov.escalated.to)
+        click.echo(f"  escalated to {to}: {prov.escalated.reason}", err=True)
+    elif prov.escalation_declined:
+        click.echo(f"  not escalated: {prov.escalation_declined}", err=True)
+    if query_id:
+        click.echo(f"  query: {query_id} (p2pnet feedback {query_id} accept|reject)", err=True)

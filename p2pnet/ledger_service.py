@@ -100,11 +100,9 @@ class LedgerService:
     # ---- coordinator hooks
 
     def standing(self, peer: bytes, domain: str) -> tuple[float, float]:
-        """(posterior mean, evidence) of ``peer`` in ``domain`` from the committed chain."""
-        st = reputation.standing_of(self.service.state, peer, domain)
-        if st is None:
-            return (reputation.score(self.service.state, peer, domain), 0.0)
-        return (st.score, float(st.count))
+        """(posterior mean, evidence) of ``peer`` in ``domain`` in the committed
+        state: ``reputation.standing_view``, what the simulator reads too."""
+        return reputation.standing_view(self.service.state, peer, domain)
 
     def submit_rating(self, envelope: bytes) -> None:
         ok, reason = self.service.submit_tx(envelope)

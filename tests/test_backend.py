@@ -10,8 +10,8 @@ import trio
 
 from p2pnet.experts import modelstore
 from p2pnet.experts.backend import CancelToken
-from p2pnet.experts.errors import BadQuery
 from p2pnet.experts.llama import LlamaBackend, LlamaSettings, effective_gpu_layers, gpu_devices
+from p2pnet.query import BadQuery
 from p2pnet.wire import ChatMessage
 
 from .conftest_net import LoopTicker

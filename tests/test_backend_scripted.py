@@ -6,8 +6,9 @@ import pytest
 import trio
 
 from p2pnet.experts.backend import CancelToken
-from p2pnet.experts.errors import Busy, ScriptedFailure
+from p2pnet.experts.errors import ScriptedFailure
 from p2pnet.experts.scripted import ScriptedBackend
+from p2pnet.query import Busy
 from p2pnet.wire import ChatMessage
 
 

@@ -12,16 +12,15 @@ import pytest
 import trio
 
 from p2pnet import config, wire
-from p2pnet.api.types import ChatRequest, ChatResult
 from p2pnet.experts import scripted
 from p2pnet.experts.backend import Backend, GenerationResult, ModelInfo, confidence_from_logprobs
 from p2pnet.experts.cascade import (
     LOCAL, LOGPROB, NETWORK, SELF_AGREEMENT, Cascade, CascadeSettings, should_escalate,
 )
-from p2pnet.experts.errors import NoExpertAvailable
 from p2pnet.experts.expert import Expert
 from p2pnet.experts.llama import LlamaBackend, LlamaSettings
 from p2pnet.node import Node
+from p2pnet.query import ChatRequest, ChatResult, ExpertKey, NoExpertAvailable, Provenance
 
 from .conftest_net import wait_for
 
@@ -51,7 +50,7 @@ class Network:
         self.calls.append(req)
         if self.fail:
             raise self.fail
-        return ChatResult("4", "stop", 5, 1, "q1", {"chosen": {"peer_id": "x"}})
+        return ChatResult("4", "stop", 5, 1, "q1", Provenance(chosen=ExpertKey("x", "e")))
 
 
 def test_confidence_and_rule():
@@ -101,7 +100,7 @@ class Alternating(Backend):
 
 async def test_a_prompt_longer_than_the_local_context(smol):
     """local-only: 400 (the prompt is at fault), not 500; a cascade escalates it instead."""
-    from p2pnet.experts.errors import BadQuery
+    from p2pnet.query import BadQuery
 
     long = ChatRequest("p2pnet", (("user", "hello " * 600),), max_tokens=8)  # the fixture's n_ctx is 512
     with pytest.raises(BadQuery, match="context"):
@@ -283,7 +282,7 @@ async def test_cascade_answers_take_a_slot_of_the_hosted_expert():
     second cascade request goes straight to the network, a local-only one is busy."""
     from p2pnet.experts.backend import Speed
     from p2pnet.experts.cascade import BUSY, CascadingService
-    from p2pnet.experts.errors import Busy
+    from p2pnet.query import Busy
 
     release = trio.Event()
 
@@ -310,14 +309,14 @@ async def test_cascade_answers_take_a_slot_of_the_hosted_expert():
             turned_away = await expert.answer(b"q" * 16, prompt, timeout=5.0)
             escalated = await service.chat(req)
         assert turned_away.status == "busy", turned_away
-        cascade = escalated.provenance["cascade"]
+        cascade = escalated.provenance.cascade
         assert (escalated.text, cascade["path"], cascade["method"]) == ("4", NETWORK, BUSY), cascade
         assert "local model busy" in cascade["reason"] and len(network.calls) == 1
         with pytest.raises(Busy), trio.fail_after(10):
             await service.chat(dataclasses.replace(req, local_only=True))
         assert len(network.calls) == 1  # local-only never reaches the network
         release.set()
-    assert results[0].text == "4" and results[0].provenance["cascade"]["path"] == LOCAL
+    assert results[0].text == "4" and results[0].provenance.cascade["path"] == LOCAL
     assert service.status()["cascade_answered_locally"] == 1 and service.status()["cascade_escalated"] == 1
     assert service.running == 0 and expert.load == 0
     await expert.aclose()

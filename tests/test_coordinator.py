@@ -288,7 +288,7 @@ class _ContextTooSmall(scripted.ScriptedBackend):
     """Refuses every prompt the way llama.cpp refuses one longer than its context."""
 
     async def agenerate(self, *args, **kwargs):
-        from p2pnet.experts.errors import BadQuery
+        from p2pnet.query import BadQuery
         raise BadQuery("request (9026 tokens) exceeds the available context size (2048 tokens)")
 
 

@@ -13,12 +13,12 @@ from p2pnet.api.control import mount_control
 from p2pnet.api.dashboard import CSP, DashboardAuth, dashboard_token, dashboard_url, mount_dashboard
 from p2pnet.api.http import Router
 from p2pnet.api.server import HttpServer
-from p2pnet.api.types import ChatRequest, ChatResult
 from p2pnet.consensus import reputation
 from p2pnet.consensus.views import ledger_state
 from p2pnet.dashboard.history import LedgerHistory
 from p2pnet.dashboard.recent import RecentQueries
 from p2pnet.dashboard.views import address_scope, experts_view, reachability
+from p2pnet.query import ChatRequest, ChatResult, Provenance
 
 from .test_http_guard import FakeNode, call, call_raw, host
 from .test_ledger_store import build_chain
@@ -139,7 +139,7 @@ def test_recent_queries_keep_the_provenance_never_the_prompt_or_the_answer():
                              "score": 1.0, "signal": "agreement", "completion_tokens": 5}],
             "chosen": {"peer_id": "12D3KooWa", "expert_id": "e1"}, "reason": "majority",
             "cascade": {"path": "network", "confidence": 0.2, "reason": "low", "local_text": secret_answer}}
-    result = ChatResult(secret_answer, "stop", 7, 5, "ab" * 16, prov)
+    result = ChatResult(secret_answer, "stop", 7, 5, "ab" * 16, Provenance.from_json(prov))
     for _ in range(4):
         recent.record(req, result, None, 0.25)
     out = recent.as_json()

@@ -170,12 +170,12 @@ def test_events_survive_encoding(text):
     assert list(sse.iter_event_data(wire.splitlines(keepends=True))) == [expected, "next"]
 
 
-def test_types_and_client_import_without_the_server():
+def test_query_vocabulary_and_client_import_without_the_server():
     import subprocess
     import sys
 
     code = (
-        "import sys, p2pnet.api.types, p2pnet.api.client; "
+        "import sys, p2pnet.query, p2pnet.api.client; "
         "assert not {'trio', 'h11', 'p2pnet.api.server'} & set(sys.modules), sys.modules.keys()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

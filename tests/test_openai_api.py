@@ -12,14 +12,18 @@ from p2pnet.api import client as api_client
 from p2pnet.api.errors import HttpError
 from p2pnet.api.http import Router
 from p2pnet.api.openai import mount_openai
+from p2pnet.api.openai_schema import query_error_http
 from p2pnet.api.server import HttpServer
-from p2pnet.api.types import ChatRequest, ChatResult
-from p2pnet.experts.errors import (
+from p2pnet.query import (
     BadQuery,
     Busy,
+    ChatRequest,
+    ChatResult,
     DeadlineExceeded,
     NoExpertAvailable,
+    Provenance,
     QueryError,
+    RespondentReport,
     UnknownModel,
 )
 
@@ -28,6 +32,11 @@ MODELS = [
     {"id": "p2pnet/code", "owned_by": "peer-7", "created": 1700000001, "domains": ["code", "python"], "experts": 1},
 ]
 USER_HI = [{"role": "user", "content": "hi"}]
+
+
+def provenance_for(domain: str | None) -> Provenance:
+    return Provenance(domain=domain or "", respondents=(RespondentReport("peer-1", "e1", "ok"),
+                                                        RespondentReport("peer-2", "e2", "ok")))
 
 
 @dataclass
@@ -68,7 +77,7 @@ class FakeQueryService:
             prompt_tokens=7,
             completion_tokens=4,
             query_id="q-123",
-            provenance={"experts": ["peer-1", "peer-2"], "domain": req.domain},
+            provenance=provenance_for(req.domain),
         )
 
 
@@ -114,11 +123,12 @@ async def test_chat_completion(nursery):
     assert choice.finish_reason == "stop"
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (7, 4)
     assert completion.usage.total_tokens == 11
-    assert completion.model_extra["p2pnet"] == {
-        "query_id": "q-123",
-        "experts": ["peer-1", "peer-2"],
-        "domain": "medicine",
-    }
+    p2pnet = completion.model_extra["p2pnet"]
+    assert p2pnet == {"query_id": "q-123", **provenance_for("medicine").to_json()}
+    assert list(p2pnet) == ["query_id", "domain", "selection", "tiebreakers", "escalated", "escalation_declined",
+                            "respondents", "chosen", "reason"]
+    assert [r["peer_id"] for r in p2pnet["respondents"]] == ["peer-1", "peer-2"]
+    assert p2pnet["domain"] == "medicine"
     assert service.requests == [
         ChatRequest(
             model="p2pnet/general",
@@ -197,13 +207,14 @@ async def test_query_error_maps_to_its_status(nursery, error_class):
         return info.value
 
     error = await in_thread(url, use)
-    assert error.status_code == error_class.status
-    assert (error.response.headers.get("retry-after") == "1") == (error_class.status == 503)
+    status, error_type, code = query_error_http(error_class)
+    assert error.status_code == status
+    assert (error.response.headers.get("retry-after") == "1") == (status == 503)
     assert error.body == {
         "message": "it went wrong",
-        "type": error_class.error_type,
+        "type": error_type,
         "param": None,
-        "code": error_class.code,
+        "code": code,
     }
 
 
@@ -228,8 +239,9 @@ async def test_query_error_before_streaming_is_an_ordinary_error_response(nurser
         return info.value
 
     error = await in_thread(url, use)
-    assert error.status_code == error_class.status
-    assert error.code == error_class.code
+    status, _, code = query_error_http(error_class)
+    assert error.status_code == status
+    assert error.code == code
 
 
 async def test_query_error_after_streaming_started_is_an_error_event(nursery):

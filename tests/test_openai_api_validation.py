@@ -15,7 +15,7 @@ from p2pnet.api.http import Router
 from p2pnet.api.openai import mount_openai
 from p2pnet.api.openai_schema import ChatLimits, parse_chat_request
 from p2pnet.api.server import HttpServer
-from p2pnet.api.types import ROLES, ChatRequest, ChatResult
+from p2pnet.query import ROLES, ChatRequest, ChatResult
 
 KEYS = [
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "stream", "stream_options",

@@ -6,10 +6,12 @@ import random
 
 import pytest
 
+from p2pnet.api.openai_schema import query_error_http
 from p2pnet.experts import signals
 from p2pnet.experts.evaluation import (
     AgreementEvaluator, Candidate, Evaluation, SignalWeights, agreement, by_voice, combine, short_answer,
 )
+from p2pnet.query import FeedbackRepeated, UnknownQuery
 
 
 @pytest.mark.parametrize("text, short", [
@@ -160,12 +162,12 @@ def test_feedback_book_is_bounded_and_takes_one_verdict():
     for qid in ("a", "b", "c"):
         book.remember(qid, target)
     assert len(book) == 2
-    with pytest.raises(signals.UnknownQuery):
+    with pytest.raises(UnknownQuery):
         book.take("a")  # the oldest was forgotten
     assert book.take("b") == target
-    with pytest.raises(signals.FeedbackRepeated):
+    with pytest.raises(FeedbackRepeated):
         book.take("b")
-    assert signals.UnknownQuery.status == 404 and signals.FeedbackRepeated.status == 409
+    assert query_error_http(UnknownQuery)[0] == 404 and query_error_http(FeedbackRepeated)[0] == 409
 
 
 def test_signal_settings_from_config():
@@ -181,8 +183,7 @@ def test_signal_settings_from_config():
 async def test_prober_asks_like_a_user_at_its_rate(nursery, autojump_clock):
     import trio
 
-    from p2pnet.api.types import ChatRequest
-    from p2pnet.experts.errors import NoExpertAvailable
+    from p2pnet.query import ChatRequest, NoExpertAvailable
 
     class FakeCoordinator:
         def __init__(self):

@@ -11,7 +11,7 @@ import trio
 from p2pnet import config, wire
 from p2pnet.api import client
 from p2pnet.api.errors import HttpError
-from p2pnet.api.types import ChatRequest
+from p2pnet.query import ChatRequest
 from p2pnet.experts import scripted, signals
 from p2pnet.experts.expert import Expert
 from p2pnet.node import Node
@@ -110,12 +110,12 @@ async def test_judges_rank_hidden_answers_weighted_by_standing(nursery, tmp_path
     prov = result.provenance
     strong, weak = signals.judge_weight(0.9, 100.0), signals.judge_weight(0.55, 100.0)
     share = round(strong / (strong + weak), 4)
-    judges = {j["peer_id"]: j for j in prov["judges"]}
+    judges = {j.peer_id: j for j in prov.judges}
     assert set(judges) == {good_judge, bad_judge}  # never an author
-    assert judges[good_judge]["pick"]["peer_id"] == paris and judges[bad_judge]["pick"]["peer_id"] == lyon
-    rows = {r["peer_id"]: r for r in prov["respondents"]}
-    assert rows[paris]["signals"]["judge"] == share and rows[lyon]["signals"]["judge"] == round(1 - share, 4)
-    assert prov["chosen"]["peer_id"] == paris and result.text == "The capital of France is Paris."
+    assert judges[good_judge].pick.peer_id == paris and judges[bad_judge].pick.peer_id == lyon
+    rows = {r.peer_id: r for r in prov.respondents}
+    assert rows[paris].signals["judge"] == share and rows[lyon].signals["judge"] == round(1 - share, 4)
+    assert prov.chosen.peer_id == paris and result.text == "The capital of France is Paris."
     rated = ratings_of(co)
     assert rated[paris].signal == "judge+agreement" and rated[paris].score > rated[lyon].score
     assert set(rated) == {paris, lyon}  # judges are not rated

@@ -10,7 +10,7 @@ from typing import Protocol
 from p2pnet.api.errors import HttpError
 from p2pnet.api.http import Request, Response, Router
 from p2pnet.api.openai_schema import query_error
-from p2pnet.experts.errors import QueryError
+from p2pnet.query import QueryError
 
 MAX_QUERY_ID_CHARS = 64
 

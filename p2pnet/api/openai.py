@@ -29,8 +29,7 @@ from p2pnet.api.openai_schema import (
     query_error,
     usage,
 )
-from p2pnet.api.types import ChatRequest, ChatResult, QueryService
-from p2pnet.experts.errors import QueryError
+from p2pnet.query import ChatRequest, ChatResult, QueryError, QueryService
 
 # What the chat task hands the stream writer: a text delta, the result, or the failure.
 _StreamItem = Union[str, ChatResult, HttpError]

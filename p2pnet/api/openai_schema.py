@@ -1,5 +1,6 @@
 """OpenAI's wire shapes, without I/O: strict parsing of a chat-completions body
-into a ChatRequest, and the response objects built from a ChatResult.
+into a ChatRequest, the response objects built from a ChatResult, and the HTTP
+answer to each query error (the one place that knows their status codes).
 """
 
 from __future__ import annotations
@@ -10,8 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pnet.api.errors import HttpError
-from p2pnet.api.types import ROLES, ChatRequest, ChatResult
-from p2pnet.experts.errors import QueryError
+from p2pnet.query import (
+    ROLES,
+    BadQuery,
+    Busy,
+    CascadeUnavailable,
+    ChatRequest,
+    ChatResult,
+    DeadlineExceeded,
+    FeedbackRepeated,
+    NoExpertAvailable,
+    QueryError,
+    UnknownModel,
+    UnknownQuery,
+)
 
 
 @dataclass(frozen=True)
@@ -192,16 +205,41 @@ def parse_chat_request(body: Any, limits: ChatLimits = ChatLimits()) -> tuple[Ch
     return request, include_usage
 
 
+# How the API answers each query error: (HTTP status, OpenAI error type, code).
+# Looked up along the exception's MRO, so a subclass answers like its parent.
+QUERY_ERROR_HTTP: dict[type[QueryError], tuple[int, str, str]] = {
+    QueryError: (500, "server_error", "internal_error"),
+    BadQuery: (400, "invalid_request_error", "invalid_request"),
+    UnknownModel: (404, "invalid_request_error", "model_not_found"),
+    NoExpertAvailable: (503, "server_error", "no_expert_available"),
+    Busy: (503, "server_error", "busy"),
+    DeadlineExceeded: (504, "server_error", "deadline_exceeded"),
+    UnknownQuery: (404, "invalid_request_error", "query_not_found"),
+    FeedbackRepeated: (409, "invalid_request_error", "feedback_already_given"),
+    CascadeUnavailable: (400, "invalid_request_error", "cascade_unavailable"),
+}
+
+
+def query_error_http(exc_type: type[QueryError]) -> tuple[int, str, str]:
+    """(status, OpenAI error type, code) for a QueryError class: the entry of
+    its nearest ancestor in QUERY_ERROR_HTTP."""
+    for cls in exc_type.__mro__:
+        entry = QUERY_ERROR_HTTP.get(cls)
+        if entry is not None:
+            return entry
+    return QUERY_ERROR_HTTP[QueryError]
+
+
 def query_error(exc: QueryError) -> HttpError:
     """The HTTP answer to a QueryError from the service."""
-    retry = (("retry-after", "1"),) if exc.status == 503 else ()  # busy, or no expert right now
-    return HttpError(
-        exc.status, str(exc) or type(exc).__name__, error_type=exc.error_type, code=exc.code, headers=retry
-    )
+    status, error_type, code = query_error_http(type(exc))
+    retry = (("retry-after", "1"),) if status == 503 else ()  # busy, or no expert right now
+    return HttpError(status, str(exc) or type(exc).__name__, error_type=error_type, code=code, headers=retry)
 
 
 def provenance(result: ChatResult) -> dict[str, Any]:
-    return {"query_id": result.query_id, **result.provenance}
+    """The ``p2pnet`` object of an answer: its query id and its provenance."""
+    return {"query_id": result.query_id, **result.provenance.to_json()}
 
 
 def usage(result: ChatResult) -> dict[str, int]:

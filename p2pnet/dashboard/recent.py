@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
-from p2pnet.api.types import ChatRequest, ChatResult
+from p2pnet.query import ChatRequest, ChatResult, ExpertKey, Provenance, RespondentReport
 
 MAX_QUERIES = 50
 _TEXT_MAX = 200  # characters kept of a reason or an error message
@@ -32,19 +32,17 @@ def _number(value: Any) -> Optional[float]:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _respondent(r: Any) -> dict:
-    if not isinstance(r, dict):
-        return {}
-    out = {key: _short(r.get(key), _ID_MAX if key.endswith("_id") else _TEXT_MAX) for key in _RESPONDENT_KEYS}
+def _respondent(r: RespondentReport) -> dict:
+    out = {key: _short(getattr(r, key), _ID_MAX if key.endswith("_id") else _TEXT_MAX) for key in _RESPONDENT_KEYS}
     for key in ("latency_ms", "completion_tokens", "score", "confidence"):
         out[key] = _number(out[key])
     return out
 
 
-def _who(value: Any) -> Optional[dict]:
-    if not isinstance(value, dict):
+def _who(key: Optional[ExpertKey]) -> Optional[dict]:
+    if key is None:
         return None
-    return {"peer_id": _short(value.get("peer_id"), _ID_MAX), "expert_id": _short(value.get("expert_id"), _ID_MAX)}
+    return {"peer_id": _short(key.peer_id, _ID_MAX), "expert_id": _short(key.expert_id, _ID_MAX)}
 
 
 def summarize(req: ChatRequest, result: Optional[ChatResult], error: Optional[Any], latency_ms: int,
@@ -63,20 +61,20 @@ def summarize(req: ChatRequest, result: Optional[ChatResult], error: Optional[An
         out["error"] = {"status": getattr(error, "status", 500), "code": _short(getattr(error, "code", None)),
                         "message": _short(getattr(error, "message", "") or str(error))}
         return out
-    prov = result.provenance if isinstance(result.provenance, dict) else {}
-    selection = prov.get("selection") if isinstance(prov.get("selection"), dict) else {}
-    cascade = prov.get("cascade") if isinstance(prov.get("cascade"), dict) else None
+    prov = result.provenance if isinstance(result.provenance, Provenance) else Provenance()
+    selection, cascade = prov.selection, prov.cascade
     out.update({
         "query_id": _short(result.query_id, _ID_MAX),
-        "domain": _short(prov.get("domain", req.domain), _ID_MAX),
+        "domain": _short(prov.domain or req.domain, _ID_MAX),
         "finish_reason": result.finish_reason,
         "completion_tokens": result.completion_tokens,
-        "respondents": [_respondent(r) for r in (prov.get("respondents") or [])[:16]],
-        "chosen": _who(prov.get("chosen")),
-        "reason": _short(prov.get("reason")),
-        "selection": {"policy": _short(selection.get("policy"), _ID_MAX), "reason": _short(selection.get("reason"))},
-        "judges": len(prov.get("judges") or []),
-        "escalated": bool(prov.get("escalated")),
+        "respondents": [_respondent(r) for r in prov.respondents[:16]],
+        "chosen": _who(prov.chosen),
+        "reason": _short(prov.reason or None),
+        "selection": {"policy": _short(selection.policy, _ID_MAX) if selection else None,
+                      "reason": _short(selection.reason) if selection else None},
+        "judges": len(prov.judges or ()),
+        "escalated": prov.escalated is not None,
         "cascade": None if cascade is None else {key: _short(cascade.get(key)) for key in _CASCADE_KEYS},
     })
     return out

@@ -18,19 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, ContextManager, Optional, Sequence
 
-from p2pnet.api.errors import ApiError
-from p2pnet.api.types import ChatRequest, ChatResult
+from p2pnet.errors import P2PNetError
 from p2pnet.experts.backend import Backend
-from p2pnet.experts.errors import BadQuery, Busy, ExpertsError, ModelError, QueryError
+from p2pnet.experts.errors import ExpertsError, ModelError
 from p2pnet.experts.evaluation import agreement
 from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT
 from p2pnet.experts.llama import LlamaBackend, LlamaSettings
+from p2pnet.query import BadQuery, Busy, CascadeUnavailable, ChatRequest, ChatResult, Provenance, QueryError
 from p2pnet.wire import ChatMessage
 
 LOGPROB, SELF_AGREEMENT, FAILED, BUSY = "logprob", "self-agreement", "failed", "busy"
 LOCAL, NETWORK = "local", "network"
 
 Escalate = Callable[[ChatRequest], Awaitable[ChatResult]]
+"""Asks the network: the node's coordinator, or a client of a node's API. A
+P2PNetError it raises (a QueryError, an HTTP client's error) is the network
+failing, and the cascade keeps a usable local answer."""
 
 
 # ---------------------------------------------------------------- scoring
@@ -110,20 +113,21 @@ class CascadeResult:
                "method": self.local.method, "threshold": self.threshold, "reason": self.reason,
                "local_text": self.local.text}
         if self.network is not None:
-            out["network"] = {"query_id": self.network.query_id, **self.network.provenance}
+            out["network"] = {"query_id": self.network.query_id, **self.network.provenance.to_json()}
         return out
 
     def as_chat_result(self) -> ChatResult:
         """The answer as the API gives it: the network's result, or the local
-        one under a fresh query id, with ``provenance["cascade"]`` saying
+        one under a fresh query id, with ``provenance.cascade`` saying
         which path answered and why."""
         info = {k: v for k, v in self.to_json().items() if k not in ("text", "network")}
         if self.network is not None:
-            return dataclasses.replace(self.network, provenance={**self.network.provenance, "cascade": info})
+            return dataclasses.replace(self.network,
+                                       provenance=dataclasses.replace(self.network.provenance, cascade=info))
         local = self.local
         return ChatResult(text=self.text, finish_reason=local.finish_reason, prompt_tokens=local.prompt_tokens,
                           completion_tokens=local.completion_tokens, query_id=os.urandom(16).hex(),
-                          provenance={"cascade": info})
+                          provenance=Provenance(cascade=info))
 
 
 class Cascade:
@@ -167,7 +171,7 @@ class Cascade:
             return LocalAnswer(result.text, self_agreement(result.text, samples), SELF_AGREEMENT,
                                result.completion_tokens, prompt_tokens=result.prompt_tokens,
                                finish_reason=_finish(result.finish_reason))
-        except ExpertsError as exc:
+        except (ExpertsError, QueryError) as exc:
             return LocalAnswer("", 0.0, FAILED, error=str(exc), refused=isinstance(exc, BadQuery))
 
     async def ask(self, req: ChatRequest) -> CascadeResult:
@@ -197,7 +201,7 @@ class Cascade:
             return CascadeResult(local.text, LOCAL, local, s.threshold, f"{why}; local only: not escalated")
         try:
             remote = await self.escalate(req)
-        except (QueryError, ApiError) as exc:
+        except P2PNetError as exc:  # the network failed (see Escalate)
             if not usable:
                 raise
             return CascadeResult(local.text, LOCAL, local, s.threshold,
@@ -208,7 +212,7 @@ class Cascade:
 
 def _no_local_answer(local: LocalAnswer, why: str) -> QueryError:
     """The error for an unusable local answer when the network may not be
-    asked: BadQuery (400) if the prompt itself was refused, else QueryError."""
+    asked: BadQuery if the prompt itself was refused, else QueryError."""
     return (BadQuery if local.refused else QueryError)(f"{why}, and the network may not be asked")
 
 
@@ -217,12 +221,6 @@ def _finish(reason: str) -> str:
 
 
 # ------------------------------------------------- the cascade in the HTTP API
-
-class CascadeUnavailable(QueryError):
-    status = 400
-    error_type = "invalid_request_error"
-    code = "cascade_unavailable"
-
 
 class CascadingService:
     """The node's QueryService (the coordinator), with requests that ask for
@@ -236,7 +234,7 @@ class CascadingService:
     (:meth:`Expert.occupy`): they count in the load its card advertises, and
     network queries and cascade answers share its ``max_concurrency``. With
     every slot taken a cascade request goes straight to the network, and a
-    ``local_only`` one is answered "busy" (503)."""
+    ``local_only`` one is answered Busy."""
 
     def __init__(self, inner, experts: Sequence[Any] = (), *,
                  settings: CascadeSettings = CascadeSettings()) -> None:
@@ -257,7 +255,7 @@ class CascadingService:
             raise CascadeUnavailable("this node hosts no model to answer locally first: start it with an "
                                      "expert (without --no-experts it hosts the default model), or leave "
                                      "out 'cascade', 'cascade_threshold' and 'local_only'")
-        self.inner.requested_model(req)  # an unknown model is 404 here too, as without the cascade
+        self.inner.requested_model(req)  # an unknown model is UnknownModel here too, as without the cascade
         plain = dataclasses.replace(req, cascade=False, cascade_threshold=None, local_only=False)
         threshold = self.settings.threshold if req.cascade_threshold is None else req.cascade_threshold
         settings = dataclasses.replace(self.settings, threshold=threshold, local_only=req.local_only)

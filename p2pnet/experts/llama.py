@@ -22,8 +22,9 @@ from p2pnet.experts.backend import (
     CANCELLED, DEADLINE, LENGTH, STOP, Backend, CancelToken, GenerationResult, Message, ModelInfo,
     OnToken, confidence_from_logprobs,
 )
-from p2pnet.experts.errors import BadQuery, ModelError, QueryError
+from p2pnet.experts.errors import ModelError
 from p2pnet.experts.gguf import GGUFInfo, inspect_gguf
+from p2pnet.query import BadQuery, QueryError
 
 log = logging.getLogger("p2pnet.experts.llama")
 

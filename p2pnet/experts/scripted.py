@@ -22,7 +22,8 @@ from p2pnet.experts.backend import (
     CANCELLED, DEADLINE, STOP, LENGTH, Backend, CancelToken, GenerationResult, Message, ModelInfo,
     OnToken, Speed,
 )
-from p2pnet.experts.errors import Busy, ScriptedFailure
+from p2pnet.experts.errors import ScriptedFailure
+from p2pnet.query import Busy
 
 # failure behaviours
 OK, ERROR, HANG, BUSY, DIE = "ok", "error", "hang", "busy", "die"

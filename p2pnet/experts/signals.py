@@ -16,11 +16,11 @@ from typing import Mapping, Optional, Sequence
 
 import trio
 
-from p2pnet.experts.errors import QueryError
 from p2pnet.experts.evaluation import (
     AGREEMENT, FAILURE, JUDGE, PROBE, Candidate, Evaluation, SignalWeights, combine, contains_phrase,
     is_usable,
 )
+from p2pnet.query import ChatRequest, FeedbackRepeated, QueryError, UnknownQuery
 
 log = logging.getLogger("p2pnet.experts.signals")
 
@@ -91,8 +91,6 @@ class Prober:
 
     async def probe_once(self, probe: Optional[Probe] = None):
         """Send one probe; returns the ChatResult, or None if the query failed."""
-        from p2pnet.api.types import ChatRequest
-
         probe = probe or self.probes.draw(self.rng)
         req = ChatRequest(model="p2pnet", messages=(("user", probe.question),), domain=probe.domain,
                           respondents=self.respondents)
@@ -186,18 +184,6 @@ def tally(picks: Sequence[tuple[Optional[int], float]], answers: Sequence[int]) 
 
 
 # ---------------------------------------------------------------- feedback
-
-class UnknownQuery(QueryError):
-    status = 404
-    error_type = "invalid_request_error"
-    code = "query_not_found"
-
-
-class FeedbackRepeated(QueryError):
-    status = 409
-    error_type = "invalid_request_error"
-    code = "feedback_already_given"
-
 
 @dataclass(frozen=True)
 class FeedbackTarget:

@@ -28,7 +28,7 @@ from p2pnet import wire
 from p2pnet.consensus.genesis import Genesis
 from p2pnet.consensus.sim import Simulation
 from p2pnet.consensus.reputation import (
-    FP, RatingTx, apply_txs, check_block_txs, decode_tx, genesis_state, standings,
+    RatingTx, apply_txs, check_block_txs, decode_tx, genesis_state, standing_view,
 )
 
 
@@ -37,8 +37,7 @@ class Sequencer:
         self.state = genesis_state(genesis)
         self.params = genesis.params
         self._pending: list[RatingTx] = []
-        self._text: dict[bytes, str] = {}
-        self._standing: dict[tuple[str, str], tuple[float, float]] = {}
+        self._standing: dict[tuple[bytes, str], tuple[float, float]] = {}
         self.prior = (self.params.prior_alpha / (self.params.prior_alpha + self.params.prior_beta), 0.0)
         self.submitted = 0
         self.rejected = 0
@@ -87,21 +86,17 @@ class Sequencer:
         return len(block)
 
     def _refresh(self) -> None:
-        half = self.params.standing_half_evidence / FP
-        table = {}
-        for s in standings(self.state):
-            c = min(s.confidence, 0.999999)
-            table[(s.peer_id, s.domain)] = (s.score, half * c / (1.0 - c))
-        self._standing = table
+        self._standing = {}  # a new committed state: standings are read afresh
 
     def standing(self, peer: bytes, domain: str) -> tuple[float, float]:
-        """(posterior mean, evidence in rating-weight units) of ``peer`` in
-        ``domain``; evidence is recovered from the state's confidence
-        ``E / (E + standing_half_evidence)``."""
-        text = self._text.get(peer)
-        if text is None:
-            text = self._text[peer] = wire.peer_id_str(peer)
-        return self._standing.get((text, domain), self.prior)
+        """(posterior mean, evidence) of ``peer`` in ``domain`` in the latest
+        committed state: ``reputation.standing_view``, the function a node's
+        coordinator reads too (cached until the next block)."""
+        key = (peer, domain)
+        found = self._standing.get(key)
+        if found is None:
+            found = self._standing[key] = standing_view(self.state, peer, domain)
+        return found
 
     @property
     def pending(self) -> int:

@@ -15,8 +15,7 @@ from typing import Callable, Optional
 import trio
 import trio.testing
 
-from p2pnet.api.types import ChatRequest
-from p2pnet.experts.errors import QueryError
+from p2pnet.query import ChatRequest, QueryError
 from p2pnet.sim.metrics import QueryRecord, summarize
 from p2pnet.sim.scenario import Scenario
 from p2pnet.experts.signals import Probe
@@ -116,10 +115,10 @@ class Driver:
         if result is not None:
             record.correct = result.text.strip() == plan.answer
             record.latency_s = trio.current_time() - started
-            record.escalated = result.provenance.get("escalated") is not None
+            record.escalated = result.provenance.escalated is not None
             self.escalated += record.escalated
-            for r in result.provenance["respondents"]:
-                e = world.by_key.get((r["peer_id"], r["expert_id"]))
+            for r in result.provenance.respondents:
+                e = world.by_key.get((r.peer_id, r.expert_id))
                 record.respondents += 1
                 if e is not None:
                     record.cost += e.expert.price_per_1k
