@@ -34,17 +34,24 @@ class _Bars:
         self.done = 0
 
     def __call__(self, stage: str, done: int, total: Optional[int]) -> None:
-        if not self.enabled or not total:
+        if not self.enabled:
             return
-        if stage != self.stage:
+        label = {"download": "downloading", "extract": "extracting"}.get(stage, stage)
+        if not total:  # size unknown: say what is going on, once
+            if stage != self.stage:
+                self.close()
+                click.echo(f"{label}...", err=True)
+                self.stage = stage
+            return
+        if stage != self.stage or self.bar is None:
             self.close()
-            label = {"download": "downloading", "extract": "extracting"}.get(stage, stage)
             self.bar = click.progressbar(length=total, label=f"{label:<12}", file=click.get_text_stream("stderr"),
                                          show_pos=False, show_percent=True)
             self.bar.__enter__()
             self.stage, self.done = stage, 0
-        self.bar.update(done - self.done)
-        self.done = done
+        if done > self.done:
+            self.bar.update(done - self.done)
+            self.done = done
 
     def close(self) -> None:
         if self.bar is not None:

