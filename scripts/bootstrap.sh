@@ -30,6 +30,19 @@ if [ "${1:-}" = "dev" ] && ! { command -v chromium >/dev/null 2>&1 && command -v
   fi
 fi
 
+# The namespace testnet (`p2pnet testnet`, tests/test_testnet_netns.py) needs ip and tc (iproute2) and nft
+# (nftables); it runs as root only, so they are installed only when this runs as root.
+if [ "${1:-}" = "dev" ] && ! { command -v ip && command -v tc && command -v nft; } >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing iproute2 and nftables (for the namespace testnet)" >&2
+    apt-get update -qq && env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends iproute2 nftables >/dev/null
+  else
+    echo "note: ip, tc or nft is missing: the namespace testnet's tests will be skipped" \
+         "(as root: apt-get install iproute2 nftables)" >&2
+  fi
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
