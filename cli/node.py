@@ -55,6 +55,9 @@ def node() -> None:
 @click.option("--escalate-below", "escalate_below", type=click.FloatRange(0.0, 1.0), default=None,
               help="Ask a second expert when a single answer's own confidence is below this "
                    "(default 0.6, set for the default model; 0: never).")
+@click.option("--cost-weight", "cost_weight", type=click.FloatRange(0.0, 1.0), default=None,
+              help="How much an expert's price counts against its quality when choosing respondents "
+                   "(default 0.01; 0: price-blind).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 def node_start(data_dir, config_file, **flags) -> None:
     """Start a node in the foreground (Ctrl-C stops it cleanly)."""
@@ -116,7 +119,9 @@ def status(data_dir, api, as_json) -> None:
     click.echo(f"api       {info.get('api')}")
     click.echo(f"listen    {', '.join(info.get('listen', []))}")
     click.echo(f"uptime    {info.get('uptime_s')} s")
+    conns = info.get("connections") or {}
     click.echo(f"peers     {info.get('peer_count')}"
+               + (f"   (keeps {conns['low']}-{conns['high']}; trimmed {conns.get('trimmed', 0)})" if conns else "")
                + (f"   banned {len(info['banned'])}" if info.get("banned") else ""))
     click.echo(f"received  {sum(c.get('received', {}).values())}   sent {sum(c.get('sent', {}).values())}"
                f"   dropped {sum(c.get('dropped', {}).values())} {c.get('dropped') or ''}")
@@ -176,7 +181,7 @@ def messages(data_dir, api, as_json, since) -> None:
 
 def _check_before_start(cfg) -> None:
     """Fail before any startup work on what the node would fail on later:
-    each --expert spec and its model, the --genesis file, a damaged ledger
+    each --expert spec, its model and knowledge base, the --genesis file, a damaged ledger
     (its head and sign record), and listen addresses that cannot be bound
     (py-libp2p would run on without a listener, or share a busy port)."""
     from p2pnet.consensus import load_genesis
@@ -190,6 +195,10 @@ def _check_before_start(cfg) -> None:
         spec = parse_expert_spec(text)
         if not spec.model.startswith(SCRIPTED_PREFIX) and spec.model not in modelstore.default_registry():
             modelstore.resolve(spec.model, store)  # a known name is pulled at start; others must exist
+        if spec.knowledge:
+            from p2pnet.experts.knowledge import load_passages
+
+            load_passages(spec.knowledge)  # KnowledgeError names a missing or malformed file
     if cfg.genesis is not None:
         check_ledger_at(Path(cfg.data_dir) / "ledger", load_genesis(cfg.genesis))
     check_listen_addrs(cfg.listen)

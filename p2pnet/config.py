@@ -62,12 +62,23 @@ class NodeConfig:
     gpu_layers: int = 0
     validator: bool = False
     genesis: Optional[Path] = None
-    announce_interval_s: float = 5.0
+    # An announcement is true for announce_ttl_s; a node re-announces when its cards or role change (at most
+    # once per announce_min_gap_s) and otherwise every announce_interval_s (the refresh period, ttl/3).
+    announce_interval_s: float = 30.0
+    announce_ttl_s: float = 90.0
+    announce_min_gap_s: float = 3.0
+    # connections kept: below conn_low the node dials known peers; above conn_high it closes the least
+    # useful back down to conn_low (docs/benchmarks.md, "Scale")
+    conn_low: int = 8
+    conn_high: int = 16
     judges: int = 0  # experts asked to rank each query's answers (peer judging); 0 = off
     probe_interval_s: float = -1.0  # seconds between probe queries; -1 = every 300 s on validators, else off
     # a single answer whose own confidence (exp of its tokens' mean log-probability) is below this gets a
     # second expert; 0.6 escalates 28% of the default model's answers, 74% of them wrong (bench/cascade.py)
     escalate_below: float = 0.6
+    # how much a price (per 1k tokens) counts against an expert's sampled quality when choosing
+    # respondents: 0 ignores price; 0.02 met the cost targets of docs/results.md's price scenarios
+    cost_weight: float = 0.01
     log_level: str = "info"
     max_message_bytes: int = 1 << 20
 
@@ -113,6 +124,20 @@ class NodeConfig:
             raise ConfigError(f"judges: {self.judges} is not between 0 and {MAX_JUDGES}")
         if not 0.0 <= self.escalate_below <= 1.0:
             raise ConfigError(f"escalate_below: {self.escalate_below} is not between 0 and 1")
+        if not 0.0 <= self.cost_weight <= 1.0:
+            raise ConfigError(f"cost_weight: {self.cost_weight} is not between 0 and 1")
+        from p2pnet.wire import MAX_ANNOUNCE_TTL_S
+
+        if not 1 <= self.announce_ttl_s <= MAX_ANNOUNCE_TTL_S:
+            raise ConfigError(f"announce_ttl_s: {self.announce_ttl_s} is not between 1 and {MAX_ANNOUNCE_TTL_S}")
+        if not 0 < self.announce_interval_s <= self.announce_ttl_s / 2:
+            raise ConfigError(f"announce_interval_s: {self.announce_interval_s} must be above 0 and at most "
+                              f"half of announce_ttl_s ({self.announce_ttl_s})")
+        if self.announce_min_gap_s < 0:
+            raise ConfigError(f"announce_min_gap_s: {self.announce_min_gap_s} must not be negative")
+        if not 1 <= self.conn_low <= self.conn_high:
+            raise ConfigError(f"conn_low/conn_high: need 1 <= conn_low ({self.conn_low}) <= conn_high "
+                              f"({self.conn_high})")
         if self.threads < 0 or self.gpu_layers < 0:
             raise ConfigError("threads/gpu_layers must not be negative")
         return self

@@ -26,6 +26,7 @@ from p2pnet.files import write_json_atomic
 from p2pnet.gossip import topics
 from p2pnet.gossip.errors import OutboxFull
 from p2pnet.gossip.network import GossipNetwork
+from p2pnet.gossip.policy import Watermarks
 from p2pnet.identity import load_or_create
 
 log = logging.getLogger("p2pnet.node")
@@ -63,6 +64,9 @@ class Node:
             config.bootstrap,
             announce_addrs=config.announce_addrs,
             announce_interval_s=config.announce_interval_s,
+            announce_ttl_s=config.announce_ttl_s,
+            announce_min_gap_s=config.announce_min_gap_s,
+            watermarks=Watermarks(config.conn_low, config.conn_high),
             announce_extra=self._announce_extra,
             clock=clock,
             state_dir=config.data_dir,
@@ -105,6 +109,7 @@ class Node:
                     self.http = server
                     self._write_runtime()
                     self.network.announce_soon()
+                    self.network.fetch_directory_soon()  # the services' ANNOUNCE handlers are in place
                     log.info("node %s ready; API at %s; dashboard at %s/", self.peer_id, self.api_url,
                              self.api_url)
                     task_status.started(self)
@@ -201,6 +206,7 @@ class Node:
             "data_dir": str(self.config.data_dir),
             "peers": [wire.peer_id_str(p) for p in peers],
             "peer_count": len(peers),
+            "connections": self.network.connections(),
             # "ready" only with peers: a node cut off from the network says so.
             "state": "ready" if peers else "no peers",
             "topics": self.network.mesh(),

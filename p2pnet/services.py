@@ -39,7 +39,9 @@ async def start_experts(node, nursery) -> list:
 
             raise ExpertSpecError(f"two experts share the id {spec.id!r}; give one an id=...")
         seen.add(spec.id)
-        expert = build_expert(spec, store, n_threads=cfg.threads)
+        # in a worker thread: a knowledge base is read and indexed here
+        expert = await trio.to_thread.run_sync(lambda: build_expert(
+            spec, store, n_threads=cfg.threads, knowledge_cache=Path(cfg.data_dir) / "knowledge"))
         await expert.start()
         experts.append(expert)
     return experts
@@ -95,7 +97,7 @@ async def build_services(node, nursery, preset_experts=None) -> list:
     settings = signal_settings(node.config)
     coordinator = Coordinator(
         node, local_experts=experts, ratings=ratings,
-        policy=ReputationPolicy(escalate_below=node.config.escalate_below),
+        policy=ReputationPolicy(escalate_below=node.config.escalate_below, cost_weight=node.config.cost_weight),
         standing=ledger.standing if ledger is not None else _neutral,
         submit_rating=ledger.submit_rating if ledger is not None else None,
         weights=settings.weights, default_judges=settings.judges,

@@ -176,7 +176,9 @@ def _check(cond: bool, detail: str) -> None:
 
 @dataclass(frozen=True)
 class ModelCard(Message):
-    """What an expert offers: the model, its measured speed, price and load."""
+    """What an expert offers: the model, its measured speed, price and load;
+    for a knowledge expert also its knowledge base (name, passage count and
+    the sha256 of its passages, see p2pnet.experts.knowledge)."""
 
     KIND: ClassVar[str] = "model_card"
     EXTENSIBLE: ClassVar[bool] = True
@@ -193,17 +195,47 @@ class ModelCard(Message):
     max_concurrency: int
     backend: str = ""
     gpu_layers: int = 0
+    knowledge: str = ""  # the knowledge base's name; "": a bare model
+    knowledge_passages: int = 0
+    knowledge_sha256: str = ""  # hex sha256 of its passages
+
+    MAX_KNOWLEDGE_PASSAGES: ClassVar[int] = 1_000_000
 
     def validate(self) -> None:
         _check(0 < len(self.expert_id) <= 64, "expert_id length")
         _check(0 < len(self.domains) <= 32, "domains count")
         _check(all(0 < len(d) <= 64 for d in self.domains), "domain length")
         _check(self.price_per_1k >= 0 and self.max_concurrency >= 1 and self.load >= 0, "card numbers")
+        _check(len(self.knowledge) <= 64, "knowledge name length")
+        _check(0 <= self.knowledge_passages <= self.MAX_KNOWLEDGE_PASSAGES, "knowledge passage count")
+        _check(self.knowledge_sha256 == "" or (len(self.knowledge_sha256) == 64 and all(
+            c in "0123456789abcdef" for c in self.knowledge_sha256)), "knowledge_sha256 must be 64 hex digits")
+        _check(bool(self.knowledge) == bool(self.knowledge_sha256) == (self.knowledge_passages > 0),
+               "knowledge name, passage count and sha256 go together")
+
+    @property
+    def voice(self) -> str:
+        """What makes two experts copies of one another: the model file and the
+        knowledge base it answers with ("sha256" or "sha256+knowledge sha256");
+        "" when the card announces no model sha256 (never taken for a copy)."""
+        if not self.sha256:
+            return ""
+        return f"{self.sha256}+{self.knowledge_sha256}" if self.knowledge_sha256 else self.sha256
+
+
+MAX_ANNOUNCE_TTL_S = 600
+"""The longest an announcement may say it stays true (``Announce.ttl_s``)."""
+
+LEGACY_ANNOUNCE_TTL_S = 30
+"""How long an announcement without a ``ttl_s`` (an older node's) is kept."""
 
 
 @dataclass(frozen=True)
 class Announce(Message):
-    """Periodic: where a node listens, what it hosts, and its role."""
+    """Where a node listens, what it hosts, and its role. Sent when that
+    changes and otherwise every refresh period; true for ``ttl_s`` seconds
+    from its envelope's timestamp (0: an older node's, kept
+    ``LEGACY_ANNOUNCE_TTL_S``)."""
 
     KIND: ClassVar[str] = "announce"
     EXTENSIBLE: ClassVar[bool] = True
@@ -211,12 +243,55 @@ class Announce(Message):
     cards: Tuple[ModelCard, ...] = ()
     validator: bool = False
     height: int = 0
+    ttl_s: int = 0
 
     def validate(self) -> None:
         _check(len(self.addrs) <= 16 and all(len(a) <= 256 for a in self.addrs), "addrs")
         _check(len(self.cards) <= 64, "too many cards")
+        _check(0 <= self.ttl_s <= MAX_ANNOUNCE_TTL_S, f"ttl_s must be 0..{MAX_ANNOUNCE_TTL_S}")
         for card in self.cards:
             card.validate()
+
+    @property
+    def lifetime_s(self) -> int:
+        return self.ttl_s or LEGACY_ANNOUNCE_TTL_S
+
+
+MAX_DIRECTORY_ENTRIES = 512
+"""The most announcements one DirectoryReply carries."""
+
+MAX_DIRECTORY_BYTES = 512 * 1024
+"""The most bytes of announcements one DirectoryReply carries (its frame is
+read with this limit plus room for the envelope)."""
+
+MAX_ANNOUNCE_BYTES = 64 * 1024
+"""The largest announcement envelope a DirectoryReply may hold."""
+
+
+@dataclass(frozen=True)
+class DirectoryRequest(Message):
+    """Sent over a direct stream by a node that joins: "send me the
+    announcements you hold". The reply is a DirectoryReply."""
+
+    KIND: ClassVar[str] = "directory_request"
+    limit: int = MAX_DIRECTORY_ENTRIES
+
+    def validate(self) -> None:
+        _check(1 <= self.limit <= MAX_DIRECTORY_ENTRIES, "directory request limit")
+
+
+@dataclass(frozen=True)
+class DirectoryReply(Message):
+    """The current, unexpired announcements a peer holds: each the original
+    signed Announce envelope, checked by the receiver as if gossiped."""
+
+    KIND: ClassVar[str] = "directory_reply"
+    announces: Tuple[bytes, ...]
+
+    def validate(self) -> None:
+        _check(len(self.announces) <= MAX_DIRECTORY_ENTRIES, "too many announcements")
+        _check(all(len(a) <= MAX_ANNOUNCE_BYTES for a in self.announces), "announcement too large")
+        _check(sum(len(a) for a in self.announces) <= MAX_DIRECTORY_BYTES, "directory too large")
 
 
 @dataclass(frozen=True)
@@ -323,9 +398,14 @@ class AnswerBody(Message):
     text: str
     finish_reason: str
     confidence: Optional[float] = None  # the expert's own, in [0, 1]; None: its engine cannot tell
+    passages: Tuple[str, ...] = ()  # ids of the knowledge passages the expert put into its prompt
+
+    MAX_PASSAGES: ClassVar[int] = 16
 
     def validate(self) -> None:
         _check(self.confidence is None or 0.0 <= self.confidence <= 1.0, "confidence must lie in [0, 1]")
+        _check(len(self.passages) <= self.MAX_PASSAGES and all(0 < len(p) <= 128 for p in self.passages),
+               "passages: at most 16 ids of 1 to 128 characters")
 
 
 @dataclass(frozen=True)
@@ -551,8 +631,8 @@ class Tx(Message):
 
 
 MESSAGE_TYPES: Tuple[type, ...] = (
-    Announce, Broadcast, RpcError, Ack, Flush, Query, Answer, AnswerChunk, Cancel, Rating, Proposal, Vote,
-    BlockRequest, BlockBatch, Tx, Block, Commit,
+    Announce, DirectoryRequest, DirectoryReply, Broadcast, RpcError, Ack, Flush, Query, Answer, AnswerChunk,
+    Cancel, Rating, Proposal, Vote, BlockRequest, BlockBatch, Tx, Block, Commit,
 )
 KINDS = types.MappingProxyType({cls.KIND: cls for cls in MESSAGE_TYPES})
 """The message types that may stand alone in an envelope, by KIND."""

@@ -2,8 +2,8 @@
 
 ``up`` starts N ``p2pnet node start`` processes, each with its own data dir and
 log file. Node 0 starts first; the others bootstrap from it. Peer exchange
-turns that star into a full mesh, and ``up`` returns once every node reports
-N-1 peers. ``swarm.json`` in the swarm dir records exactly the processes that
+turns that star into a mesh, and ``up`` returns once every node reports N-1
+peers, or as many as its low watermark (``conn_low``) in a larger swarm. ``swarm.json`` in the swarm dir records exactly the processes that
 were started, so ``down`` stops those and no others.
 """
 
@@ -255,8 +255,10 @@ def up(
 
 
 def _meshed(st: Optional[dict], n: int) -> bool:
-    """Connected to all n-1 others, and in a GossipSub mesh on every topic."""
-    if not st or st.get("peer_count", -1) < n - 1:
+    """Connected to all n-1 others, or to as many as its low watermark, and in
+    a GossipSub mesh on every topic."""
+    low = (st or {}).get("connections", {}).get("low", n - 1)
+    if not st or st.get("peer_count", -1) < min(n - 1, low):
         return False
     from p2pnet.gossip.host import GossipParams
 

@@ -137,3 +137,12 @@ def test_a_good_key_file_with_or_without_newline_loads(tmp_path):
         path.write_text(text)
         os.chmod(path, 0o600)
         assert identity.load(path).seed == bytes.fromhex(GOOD_SEED_HEX)
+
+
+def test_cost_weight_is_a_node_setting_checked_for_range(tmp_path):
+    from p2pnet.config import ConfigError
+
+    assert config.build(None).cost_weight == 0.01
+    assert config.build(None, cost_weight=0.02).cost_weight == 0.02
+    with pytest.raises(ConfigError, match="cost_weight"):
+        config.build(None, cost_weight=1.5)

@@ -6,7 +6,8 @@ See ../shared/notes/libp2p-0.8.1.md. Traps handled here:
 2. adaptive gossip drifts the heartbeat to 30-60 s: disabled, heartbeat 1 s;
 3. pubsub must run before any dial: the caller starts the services first
    (see :mod:`p2pnet.gossip.network`);
-6. the default host accepts plaintext: Noise is the only security transport;
+6. the default host accepts plaintext: Noise is the only security transport
+   (and py-libp2p's own connection manager is off: see below);
 7. abuse py-libp2p refuses before the node's validator runs (cached
    verdicts, bad GossipSub signatures, oversized RPCs) is reported and
    counted: see :mod:`p2pnet.gossip.guard`;
@@ -82,6 +83,18 @@ def build_stack(identity, listen_addrs: list[str], params: GossipParams, *, on_r
         muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
         listen_addrs=maddrs,
     )
+    # The node keeps its own watermarks (connector.py). py-libp2p's
+    # AutoConnector would dial every peer in the peer store up to the middle
+    # of its own watermarks (100/300) and redial dropped or trimmed peers; its
+    # ConnectionPruner never closes a connection with an open stream, and
+    # every GossipSub peer holds one. Both are switched off.
+    swarm = host.get_network()
+
+    async def _nothing() -> None:
+        return None
+
+    swarm.auto_connector.maybe_connect = _nothing
+    swarm.connection_pruner.maybe_prune_connections = _nothing
     gossipsub = GossipSub(
         protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
         degree=params.degree,

@@ -25,15 +25,24 @@ A peer's reply means the bytes left the sockets: stopping can no longer reset
 a connection with our messages still unread in it.
 
 Peers are found and kept by :class:`~p2pnet.gossip.connector.Connector`
-(peer exchange, bootstrap and remembered peers, never giving up) and
-remembered across restarts in the data dir (peerbook.py).
+(peer exchange, bootstrap and remembered peers, never giving up; between a
+low and a high watermark of connections) and remembered across restarts in
+the data dir (peerbook.py).
+
+Announcements (where a node listens, what it hosts) go out when they change,
+at most once per ``announce_min_gap_s``, and otherwise every
+``announce_interval_s``; each says how long it stays true (``ttl_s``). The
+newest unexpired one of each peer is kept as received, signed, and a node
+that joins asks one peer for them all (``DirectoryRequest``) instead of
+waiting out a refresh period; each is checked as if it came by gossip.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Optional
 
@@ -47,6 +56,7 @@ from p2pnet.gossip.errors import GossipError, OutboxFull, RpcFailed
 from p2pnet.gossip.guard import BanGate
 from p2pnet.gossip.host import GossipParams, build_stack, message_id
 from p2pnet.gossip.peerbook import PeerBook, remember_listen, sticky_listen
+from p2pnet.gossip.policy import AnnounceSchedule, AnnounceStore, Watermarks, check_directory
 from p2pnet.logs import LogLimiter
 from p2pnet.gossip.stats import PeerPenalties, Stats
 
@@ -84,7 +94,10 @@ class GossipNetwork:
         publish_gap_s: float = 0.003,
         user_rate_per_s: float = 50.0,
         user_burst: int = 100,
-        announce_interval_s: float = 5.0,
+        announce_interval_s: float = 30.0,
+        announce_ttl_s: float = 90.0,
+        announce_min_gap_s: float = 3.0,
+        announce_poll_s: float = 1.0,
         rpc_timeout_s: float = 30.0,
         max_rpc_streams: int = 64,
         linger_s: float = 5.0,
@@ -94,8 +107,9 @@ class GossipNetwork:
         announce_extra: Callable[[], dict] = dict,
         clock: Callable[[], float] = time.time,
         state_dir: Optional[Path] = None,
-        target_peers: int = 3,
+        watermarks: Watermarks = Watermarks(),
         reconnect_max_s: float = 30.0,
+        rng: Optional[random.Random] = None,
     ) -> None:
         self.identity = identity
         self.signer = signer
@@ -116,6 +130,10 @@ class GossipNetwork:
         self._wire_wait_since: Optional[float] = None
         self._last_user_at: Optional[float] = None
         self.announce_interval_s = announce_interval_s
+        self.announce_ttl_s = announce_ttl_s
+        self.announce_poll_s = announce_poll_s
+        self.schedule = AnnounceSchedule(announce_interval_s, announce_min_gap_s)
+        self.announces = AnnounceStore()
         self.rpc_timeout_s = rpc_timeout_s
         self.linger_s = linger_s
         self.flush_wait_s = flush_wait_s
@@ -125,8 +143,9 @@ class GossipNetwork:
         self.clock = clock
         self.inbox_size = inbox_size
         self.state_dir = state_dir
-        self.target_peers = target_peers
+        self.watermarks = watermarks
         self.reconnect_max_s = reconnect_max_s
+        self.rng = rng or random.Random()
         self.book = PeerBook(state_dir, clock=clock)
 
         self.stats = Stats()
@@ -152,6 +171,12 @@ class GossipNetwork:
         self._rpc_slots = trio.Semaphore(max_rpc_streams)
         self._stopping = trio.Event()
         self._announce_now = trio.Event()
+        self._rpc_busy: Counter = Counter()  # peer -> direct streams in flight with it
+        # the join-time directory fetch: "off" until fetch_directory_soon(),
+        # then "wanted" -> "fetching" -> "done" (and "wanted" again after
+        # the node lost all its peers)
+        self._directory = "off"
+        self._nursery: Optional[trio.Nursery] = None
         self.host = None
         self.pubsub = None
         self.gossipsub = None
@@ -161,6 +186,7 @@ class GossipNetwork:
         self._last_own_seq: Optional[int] = None  # our last envelope handed to GossipSub
         self.flush_result: Optional[tuple[int, int]] = None  # (peers that confirmed, peers asked)
         self.on_request(wire.Flush.KIND, self._serve_flush)
+        self.on_request(wire.DirectoryRequest.KIND, self._serve_directory)
 
     # ------------------------------------------------------------------ API
 
@@ -236,10 +262,39 @@ class GossipNetwork:
                    for lane in (self._urgent_send, self._control_send, self._outbox_send))
 
     def announce_soon(self) -> None:
+        """Announce as if something had changed (at most once per ``announce_min_gap_s``)."""
+        self.schedule.force()
         self._announce_now.set()
 
-    async def request(self, peer: bytes, message: wire.Message, timeout_s: Optional[float] = None) -> wire.Message:
+    def fetch_directory_soon(self) -> None:
+        """Ask a peer for the announcements it holds once connected, and again
+        whenever this node comes back after losing all its peers. Call it
+        once the ANNOUNCE handlers are registered (they hear each one)."""
+        if self._directory == "off":
+            self._directory = "wanted"
+        self._announce_now.set()
+
+    def busy(self, peer: bytes) -> bool:
+        """A direct stream with ``peer`` is in flight (the trimming policy keeps it)."""
+        return self._rpc_busy[peer] > 0
+
+    def connections(self) -> dict:
+        return {"count": len(self.peers()), "low": self.watermarks.low, "high": self.watermarks.high,
+                "trimmed": self.connector.trimmed}
+
+    async def request(self, peer: bytes, message: wire.Message, timeout_s: Optional[float] = None,
+                      max_reply_bytes: Optional[int] = None) -> wire.Message:
         """Send ``message`` to ``peer`` over a direct stream; return its reply."""
+        self._rpc_busy[peer] += 1
+        try:
+            return await self._request(peer, message, timeout_s, max_reply_bytes or self.params.max_message_bytes)
+        finally:
+            self._rpc_busy[peer] -= 1
+            if not self._rpc_busy[peer]:
+                del self._rpc_busy[peer]
+
+    async def _request(self, peer: bytes, message: wire.Message, timeout_s: Optional[float],
+                       max_reply_bytes: int) -> wire.Message:
         from libp2p.custom_types import TProtocol
         from libp2p.peer.id import ID
 
@@ -254,7 +309,7 @@ class GossipNetwork:
                 raise RpcFailed(f"cannot open a stream to {wire.peer_id_str(peer)[:16]}: {exc}", "unreachable") from None
             try:
                 await rpc.write_frame(stream, self.signer.seal(message))
-                data = await rpc.read_frame(stream, self.params.max_message_bytes)
+                data = await rpc.read_frame(stream, max_reply_bytes)
             except RpcFailed:
                 raise
             except Exception as exc:
@@ -266,7 +321,7 @@ class GossipNetwork:
                     except Exception:
                         pass
         try:
-            env = wire.open_envelope(data, self.params.max_message_bytes)
+            env = wire.open_envelope(data, max_reply_bytes)
         except wire.WireError as exc:
             raise RpcFailed(f"invalid reply: {exc}", exc.reason) from None
         if env.sender != peer:
@@ -303,6 +358,7 @@ class GossipNetwork:
                 remember_listen(self.state_dir, self.listen, self.listen_addrs)
                 self.host.set_stream_handler(TProtocol(topics.RPC_PROTOCOL), self._serve_stream)
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     # Trap 4: py-libp2p's subscription channels hold 32 messages
                     # and drop the rest with a warning on stdout; up to
                     # max_inflight messages can finish at once. Valid messages
@@ -319,6 +375,7 @@ class GossipNetwork:
                     nursery.start_soon(self._kicker)
                     nursery.start_soon(self._announcer)
                     nursery.start_soon(self.connector.keep_connected)
+                    nursery.start_soon(self.connector.trimmer)
                     self.ready = True
                     log.info("listening on %s as %s", ", ".join(self.listen_addrs), wire.peer_id_str(self.peer_id))
                     task_status.started(self)
@@ -566,35 +623,128 @@ class GossipNetwork:
     async def _dispatch_topic(self, topic: str, recv) -> None:
         async for env in recv:
             if topic == topics.ANNOUNCE:
-                self.connector.note_announce(env)
-            for handler in self._handlers.get(topic, ()):
-                try:
-                    await handler(env)
-                except Exception:
-                    self.stats.drop("handler_error")
-                    log.exception("handler for %s failed on %s from %s", topic, env.kind, env.sender_str[:20])
+                await self._take_announce(env)
+            else:
+                await self._handle(topic, env)
+
+    async def _handle(self, topic: str, env: wire.Envelope) -> None:
+        for handler in self._handlers.get(topic, ()):
+            try:
+                await handler(env)
+            except Exception:
+                self.stats.drop("handler_error")
+                log.exception("handler for %s failed on %s from %s", topic, env.kind, env.sender_str[:20])
+
+    async def _take_announce(self, env: wire.Envelope) -> bool:
+        """A verified announcement, gossiped or from a directory: handed on
+        only if unexpired and newer than the one held from its sender."""
+        if not self.announces.put(env, self.clock()):
+            return False
+        self.connector.note_announce(env)
+        await self._handle(topics.ANNOUNCE, env)
+        return True
 
     # -------------------------------------------------------- peer exchange
 
     def _announce_message(self) -> wire.Announce:
         addrs = tuple(self.announce_addrs or [a.split("/p2p/")[0] for a in self.listen_addrs])
-        return wire.Announce(addrs=addrs, **self.announce_extra())
+        return wire.Announce(addrs=addrs, **self.announce_extra(), ttl_s=int(self.announce_ttl_s))
+
+    def _announce_heard(self) -> bool:
+        """Some peer has told GossipSub it takes announcements: one published
+        before that reaches nobody."""
+        return bool(getattr(self.pubsub, "peer_topics", {}).get(topics.ANNOUNCE))
 
     async def _announcer(self) -> None:
+        """Every ``announce_poll_s`` (or when woken): announce if the
+        schedule says so; on (re)joining, announce and fetch the directory."""
+        had_peers = False
         while True:
-            with trio.move_on_after(self.announce_interval_s):
+            now = trio.current_time()
+            has_peers = bool(self.peers())
+            if has_peers and not had_peers:
+                self.schedule.force()
+                if self._directory == "done":
+                    self._directory = "wanted"
+            had_peers = has_peers
+            if has_peers and self._directory == "wanted" and self._nursery is not None:
+                self._directory = "fetching"
+                self._nursery.start_soon(self._fetch_directory_from_peers)
+            message = self._announce_message()
+            key = (message.addrs, message.cards, message.validator)  # not the height: it moves every block
+            wait = self.schedule.wait_s(now, key)
+            if wait <= 0 and has_peers:
+                if self._announce_heard():
+                    try:
+                        data = self.publish_nowait(topics.ANNOUNCE, message)
+                        self.schedule.sent(now, key)
+                        self.announces.put(wire.open_envelope(data, self.params.max_message_bytes), self.clock())
+                    except OutboxFull:
+                        pass
+                    wait = self.schedule.wait_s(now, key)
+                else:
+                    wait = 0.1  # joined a moment ago: GossipSub has not heard the peers' topics yet
+            with trio.move_on_after(min(max(wait, 0.01), self.announce_poll_s)):
                 await self._announce_now.wait()
             self._announce_now = trio.Event()
-            if self.peers():
+
+    # ----------------------------------------------------------- directory
+
+    async def _serve_directory(self, env: wire.Envelope) -> wire.Message:
+        held = self.announces.current(self.clock(), env.message.limit)
+        return wire.DirectoryReply(tuple(e.raw for e in held if e.sender != env.sender))
+
+    async def _fetch_directory_from_peers(self) -> None:
+        """Ask connected peers in turn (bootstrap peers first) until one answers."""
+        boot = self.connector.bootstrap_ids()
+        peers = sorted(self.peers(), key=lambda p: (p not in boot, self.rng.random()))
+        try:
+            for peer in peers:
                 try:
-                    self.publish_nowait(topics.ANNOUNCE, self._announce_message())
-                except OutboxFull:
-                    pass
+                    taken = await self.fetch_directory(peer)
+                except (RpcFailed, trio.TooSlowError) as exc:
+                    log.info("directory from %s: %s", wire.peer_id_str(peer)[:20], exc or "timeout")
+                    continue
+                log.info("directory from %s: %d announcements", wire.peer_id_str(peer)[:20], taken)
+                break
+        finally:
+            self._directory = "done"
+
+    async def fetch_directory(self, peer: bytes, timeout_s: float = 10.0) -> int:
+        """Ask ``peer`` for the announcements it holds; take each that checks
+        out as if gossiped. Returns how many were taken. A reply that is too
+        large, malformed or forged is refused whole, counted and struck
+        against ``peer``; a forged or malformed entry likewise (the others
+        are taken); an expired one is only counted."""
+        name = wire.peer_id_str(peer)
+        limit = wire.MAX_DIRECTORY_BYTES + 64 * 1024
+        try:
+            reply = await self.request(peer, wire.DirectoryRequest(), timeout_s=timeout_s, max_reply_bytes=limit)
+            if not isinstance(reply, wire.DirectoryReply):
+                raise RpcFailed(f"a {reply.KIND} is no directory", wire.SCHEMA)
+        except RpcFailed as exc:
+            if exc.code in wire.DROP_REASONS:
+                self.stats.drop("directory_refused", name)
+                self._strike(peer, exc.code, f"directory: {exc}", self.clock())
+            raise
+        now = self.clock()
+        accepted, refused = check_directory(reply, self.peer_id, now)
+        for reason in refused:
+            self.stats.drop(f"directory_{reason}", name)
+            if reason != "expired":
+                self._strike(peer, reason, "directory: a bad announcement", now)
+        taken = 0
+        for env in accepted:
+            if await self._take_announce(env):
+                taken += 1
+                self.stats.received["directory"] += 1
+        return taken
 
     # --------------------------------------------------------------- rpc
 
     async def _serve_stream(self, stream) -> None:
         peer = stream.muxed_conn.peer_id.to_bytes()
+        self._rpc_busy[peer] += 1
         try:
             if self._rpc_slots.value == 0:
                 await self._reply(stream, wire.RpcError("busy", "too many requests in flight"))
@@ -626,6 +776,9 @@ class GossipNetwork:
         except Exception as exc:
             log.info("rpc stream from %s failed: %s", wire.peer_id_str(peer)[:20], exc)
         finally:
+            self._rpc_busy[peer] -= 1
+            if not self._rpc_busy[peer]:
+                del self._rpc_busy[peer]
             with trio.CancelScope(shield=True):
                 try:
                     await stream.close()
