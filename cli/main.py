@@ -28,6 +28,8 @@ def _register() -> None:
     from p2pnet_cli import recommend  # noqa: F401  (adds `models recommend`)
     from p2pnet_cli import sim  # noqa: F401  (adds `sim`)
     from p2pnet_cli import dashboard  # noqa: F401  (adds `dashboard`)
+    from p2pnet_cli import testnet  # noqa: F401  (adds `testnet`)
+    from p2pnet_cli import knowledge  # noqa: F401  (adds `knowledge build` and `knowledge check`)
 
 
 def _user_errors(exc: BaseException) -> list:

@@ -76,6 +76,7 @@ def test_node_start_failing_inside_the_nursery_is_one_line(tmp_path):
     (("--expert", "model=smollm2-135m,concurrency=0"), "key 'concurrency'"),
     (("--expert", "model=/nonexistent/m.gguf"), "no such model file"),
     (("--no-experts", "--genesis", "/nonexistent.json"), "genesis /nonexistent.json"),
+    (("--expert", "model=smollm2-135m,knowledge=/nonexistent/kb.jsonl"), "knowledge path /nonexistent/kb.jsonl"),
 ])
 def test_node_start_checks_experts_and_genesis_before_starting(tmp_path, args, message):
     proc = p2pnet("node", "start", "--data-dir", str(tmp_path / "d"), "--listen", "/ip4/127.0.0.1/tcp/0",

@@ -9,9 +9,9 @@ import trio
 import trio.testing
 
 from p2pnet.experts.backend import Backend
-from p2pnet.experts.errors import BadQuery, Busy, DeadlineExceeded, QueryError
 from p2pnet.experts.expert import HARD_STOP_GRACE, Expert
 from p2pnet.experts.scripted import ScriptedBackend
+from p2pnet.query import BadQuery, Busy, DeadlineExceeded, QueryError
 from p2pnet.wire import ChatMessage, ModelCard, PromptBody
 
 ANSWERS = {"What is the capital of France?": "Paris."}
@@ -48,7 +48,7 @@ async def test_system_prompt_is_prepended_unless_given():
     assert expert.messages_for(own) == own.messages
 
 
-async def test_busy_when_full_and_never_queues(autojump_clock):
+async def test_busy_at_once_when_full_without_a_queue(autojump_clock):
     expert = await started(ScriptedBackend(ANSWERS, latency=10.0), max_concurrency=2)
     results = {}
 
@@ -68,6 +68,50 @@ async def test_busy_when_full_and_never_queues(autojump_clock):
             busy.raise_for_status()
     assert [results[n].status for n in (1, 2)] == ["ok", "ok"]
     assert (await expert.answer(qid(4), prompt(), timeout=60)).status == "ok"
+
+
+async def test_a_full_expert_queues_in_order_then_says_busy(autojump_clock):
+    expert = await started(ScriptedBackend(ANSWERS, latency=10.0), max_concurrency=1, max_queue=2)
+    results, done_at = {}, {}
+
+    async def ask(n: int):
+        results[n] = await expert.answer(qid(n), prompt(), timeout=60)
+        done_at[n] = trio.current_time()
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for n in (1, 2, 3):
+            nursery.start_soon(ask, n)
+            await trio.testing.wait_all_tasks_blocked()
+        assert expert.load == 3 and expert.card().load == 3  # one running, two waiting
+        busy = await expert.answer(qid(4), prompt(), timeout=60)
+        assert busy.status == "busy" and "2 waiting" in busy.error  # the queue is full: no wait
+    assert [results[n].status for n in (1, 2, 3)] == ["ok", "ok", "ok"]
+    # first come, first served, one after the other
+    assert done_at[1] - start < done_at[2] - start < done_at[3] - start
+    assert expert.waited == 2 and expert.load == 0
+
+
+async def test_a_waiting_query_times_out_or_is_cancelled_and_leaves_the_queue(autojump_clock):
+    expert = await started(ScriptedBackend(ANSWERS, latency=30.0), max_concurrency=1, max_queue=2)
+    results = {}
+
+    async def ask(n: int, timeout: float):
+        results[n] = await expert.answer(qid(n), prompt(), timeout=timeout)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, 1, 60)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(ask, 2, 5)   # gives up waiting after 5 s
+        nursery.start_soon(ask, 3, 60)  # cancelled while waiting
+        await trio.testing.wait_all_tasks_blocked()
+        assert expert.load == 3
+        assert expert.cancel(qid(3)) is True
+        await trio.testing.wait_all_tasks_blocked()
+        assert results[3].status == "cancelled"
+    assert results[2].status == "timeout" and "waiting" in results[2].error
+    assert results[1].status == "ok" and expert.load == 0
+    assert (await expert.answer(qid(5), prompt(), timeout=60)).status == "ok"
 
 
 async def test_cancel_by_query_id(autojump_clock):

@@ -120,7 +120,8 @@ class Responder:
 
     async def _send(self, coordinator: bytes, query_id: bytes, expert_id: str, result: ExpertAnswer) -> None:
         body = wire.AnswerBody(text=result.text, finish_reason=result.finish_reason or result.status,
-                               confidence=result.confidence)
+                               confidence=result.confidence,
+                               passages=result.passages[:wire.AnswerBody.MAX_PASSAGES])
         answer = wire.Answer(
             query_id=query_id,
             expert_id=expert_id,
@@ -150,4 +151,6 @@ def _card_json(card: wire.ModelCard) -> dict:
         "prompt_tps": round(card.prompt_tps, 1), "gen_tps": round(card.gen_tps, 1),
         "price_per_1k": card.price_per_1k, "load": card.load, "max_concurrency": card.max_concurrency,
         "backend": card.backend, "gpu_layers": card.gpu_layers,
+        **({"knowledge": card.knowledge, "knowledge_passages": card.knowledge_passages,
+            "knowledge_sha256": card.knowledge_sha256} if card.knowledge else {}),
     }

@@ -4,16 +4,21 @@ Syntax: comma-separated ``key=value`` pairs, for example
 ``model=smollm2-135m,domains=general+geography,price=0.1,concurrency=2``.
 Keys: ``model`` (required: a known name or a .gguf path), ``domains``
 (``+``-separated, default "general"), ``price`` (per 1k tokens, default 0),
-``concurrency`` (default 1), ``gpu_layers`` (default 0; -1 all), ``ctx``
+``concurrency`` (default 1), ``queue`` (queries that wait for a free slot
+when ``concurrency`` are running, default 8; 0: answer "busy" at once),
+``gpu_layers`` (default 0; -1 all), ``ctx``
 (context tokens, default 2048), ``confidence`` (``on`` or ``off``, default
 on: answers carry exp(mean log-probability) of their tokens; off saves its
-cost), ``id`` (expert id, default the model name) and ``system`` (system
-prompt). ``system`` must come last: its value runs to the end of the spec,
+cost), ``knowledge`` (a knowledge base: a .jsonl file of passages or a folder
+of .md/.txt files, indexed at start; its best passages for each question go
+into the prompt, see p2pnet.experts.knowledge), ``id`` (expert id, default
+the model name) and ``system`` (system prompt). ``system`` must come last: its value runs to the end of the spec,
 commas included.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -27,11 +32,18 @@ import trio
 
 from p2pnet.experts.errors import ExpertSpecError
 from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT, Expert
+from p2pnet.experts.knowledge import KnowledgeBase
 from p2pnet.experts.llama import LlamaBackend, LlamaSettings
 from p2pnet.experts.modelstore import ModelRegistry, resolve
 
+log = logging.getLogger("p2pnet.experts.spec")
+
+DEFAULT_QUEUE = 8
+"""Queries an expert lets wait for a slot (up to their deadline) before it says busy."""
+
 _DOMAIN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-_KEYS = ("model", "domains", "price", "concurrency", "gpu_layers", "ctx", "confidence", "id", "system")
+_KEYS = ("model", "domains", "price", "concurrency", "queue", "gpu_layers", "ctx", "confidence", "knowledge", "id",
+         "system")
 _SWITCH = {"on": True, "off": False}
 
 
@@ -42,11 +54,13 @@ class ExpertSpec:
     domains: tuple[str, ...] = ("general",)
     price_per_1k: float = 0.0
     concurrency: int = 1
+    queue: int = DEFAULT_QUEUE
     gpu_layers: int = 0
     n_ctx: int = 2048
     confidence: bool = True
     expert_id: str = ""
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    knowledge: str = ""  # path of a knowledge base; "" none
 
     @property
     def id(self) -> str:
@@ -84,6 +98,8 @@ def parse_expert_spec(text: str) -> ExpertSpec:
     confidence = values.get("confidence", "on").lower()
     if confidence not in _SWITCH:
         raise ExpertSpecError(f"expert spec: key 'confidence': {values['confidence']!r} must be on or off")
+    if "knowledge" in values and not values["knowledge"]:
+        raise ExpertSpecError("expert spec: key 'knowledge' needs a path (a .jsonl file or a folder)")
     expert_id = values.get("id", "")
     if len(expert_id) > 64:
         raise ExpertSpecError("expert spec: key 'id' is longer than 64 characters")
@@ -92,11 +108,13 @@ def parse_expert_spec(text: str) -> ExpertSpec:
         domains=domains,
         price_per_1k=_number(values, "price", float, 0.0, minimum=0.0),
         concurrency=_number(values, "concurrency", int, 1, minimum=1),
+        queue=_number(values, "queue", int, DEFAULT_QUEUE, minimum=0),
         gpu_layers=_number(values, "gpu_layers", int, 0, minimum=-1),
         n_ctx=_number(values, "ctx", int, 2048, minimum=64),
         confidence=_SWITCH[confidence],
         expert_id=expert_id,
         system_prompt=values.get("system", DEFAULT_SYSTEM_PROMPT),
+        knowledge=values.get("knowledge", ""),
     )
 
 
@@ -113,25 +131,42 @@ def _number(values: dict, key: str, kind: type, default, *, minimum):
     return number
 
 
+def load_knowledge(spec: ExpertSpec, cache_dir: Optional[str | os.PathLike]) -> Optional[KnowledgeBase]:
+    """``spec``'s knowledge base, indexed (the index cached in ``cache_dir``
+    by content hash); None without one. KnowledgeError names a bad file."""
+    if not spec.knowledge:
+        return None
+    kb = KnowledgeBase.load(spec.knowledge).index(cache_dir)
+    log.info("expert %s: knowledge %s, %d passages (sha256 %s…), index %s", spec.id, kb.name, len(kb),
+             kb.sha256[:12], "from the cache" if kb.cached else "built")
+    return kb
+
+
 def build_expert(spec: ExpertSpec, data_dir: str | os.PathLike, *, n_threads: int = 0,
-                 registry: Optional[ModelRegistry] = None) -> Expert:
+                 registry: Optional[ModelRegistry] = None,
+                 knowledge_cache: Optional[str | os.PathLike] = None) -> Expert:
     """An (unstarted) Expert on an xllamacpp backend for ``spec``. The model
-    must be stored already (see modelstore.pull) or be a .gguf path."""
+    must be stored already (see modelstore.pull) or be a .gguf path. A
+    knowledge base is loaded and indexed here; its index is cached in
+    ``knowledge_cache`` (default ``data_dir``/knowledge)."""
+    cache = knowledge_cache if knowledge_cache is not None else Path(data_dir) / "knowledge"
     if spec.model.startswith(SCRIPTED_PREFIX):
-        return _scripted_expert(spec)
+        return _scripted_expert(spec, load_knowledge(spec, cache))
     model = resolve(spec.model, data_dir, registry)
+    knowledge = load_knowledge(spec, cache)
     settings = LlamaSettings(n_threads=n_threads, gpu_layers=spec.gpu_layers, n_ctx=spec.n_ctx,
                              n_parallel=spec.concurrency, confidence=spec.confidence)
     backend = LlamaBackend(model.path, settings, sha256=model.sha256 or None, model_name=model.name)
     return Expert(spec.id, backend, domains=spec.domains, system_prompt=spec.system_prompt,
-                  price_per_1k=spec.price_per_1k, max_concurrency=spec.concurrency)
+                  price_per_1k=spec.price_per_1k, max_concurrency=spec.concurrency, max_queue=spec.queue,
+                  knowledge=knowledge)
 
 
 SCRIPTED_PREFIX = "scripted:"
 SCRIPTED_BEHAVIOURS = ("wrong",)
 
 
-def _scripted_expert(spec: ExpertSpec) -> Expert:
+def _scripted_expert(spec: ExpertSpec, knowledge: Optional[KnowledgeBase] = None) -> Expert:
     """A deliberately bad expert for demonstrations and tests of reputation
     (``model=scripted:wrong``): it answers every question wrongly. It is only
     ever built when named explicitly; nothing falls back to it."""
@@ -144,14 +179,17 @@ def _scripted_expert(spec: ExpertSpec) -> Expert:
     backend = ScriptedBackend(accuracy=0.0, wrong="I am not sure, maybe it is Atlantis.",
                               model=f"scripted-{behaviour}", latency=0.05, sleep=time.sleep)
     return Expert(spec.id, backend, domains=spec.domains, system_prompt=spec.system_prompt,
-                  price_per_1k=spec.price_per_1k, max_concurrency=spec.concurrency)
+                  price_per_1k=spec.price_per_1k, max_concurrency=spec.concurrency, max_queue=spec.queue,
+                  knowledge=knowledge)
 
 
 @asynccontextmanager
 async def open_expert(spec: ExpertSpec, data_dir: str | os.PathLike, *, n_threads: int = 0,
-                      registry: Optional[ModelRegistry] = None) -> AsyncIterator[Expert]:
-    """A started Expert for ``spec`` (model loaded, speed measured), closed on exit."""
-    expert = build_expert(spec, data_dir, n_threads=n_threads, registry=registry)
+                      registry: Optional[ModelRegistry] = None,
+                      knowledge_cache: Optional[str | os.PathLike] = None) -> AsyncIterator[Expert]:
+    """A started Expert for ``spec`` (model loaded, speed measured, knowledge
+    indexed), closed on exit."""
+    expert = build_expert(spec, data_dir, n_threads=n_threads, registry=registry, knowledge_cache=knowledge_cache)
     try:
         await expert.start()
         yield expert
