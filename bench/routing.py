@@ -1,7 +1,10 @@
 """Routing results for docs/results.md: runs the committed scenarios over
 several seeds (two processes), prints Markdown tables, writes the plots.
 
-    python bench/routing.py [--seeds 1 2 3] [--img docs/img]
+    python bench/routing.py [--seeds 1 2 3] [--img docs/img] [--only tuned|untuned]
+
+``--only untuned`` runs only the scenarios the policy was not tuned on
+(UNTUNED below: each with the metric its target is about).
 """
 
 from __future__ import annotations
@@ -13,6 +16,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "testnet" / "scenarios"
+
+UNTUNED = {
+    # scenario: its target (docs/results.md, "Scenarios the policy was not tuned on")
+    "sybil-drift": "adversary share < 5% and staying there",
+    "price-ladder": "cost <= 0.5 of best at >= 0.95 of its accuracy",
+    "price-cascade": "cost <= 0.5 of best at >= 0.95 of its accuracy",
+    "lossy": ">= 0.95 of the oracle",
+}
 
 
 def _run(job):
@@ -51,12 +62,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--img", type=Path, default=None)
+    ap.add_argument("--only", choices=("tuned", "untuned"), default=None,
+                    help="only the committed scenarios the policy was tuned on, or only the others")
     args = ap.parse_args()
     from p2pnet.sim import load_scenario
 
     committed = load_scenario(SCENARIOS / "metallm-cost.toml").policy.params.get("cost_weight")
     jobs = []
-    for seed in args.seeds:
+    for seed in args.seeds if args.only != "untuned" else ():
         jobs.append(("llmnet-adversarial", seed, None, {}))
         jobs.append(("llmnet-adversarial", seed, "random", {}))
         jobs.append(("mixed-threats", seed, None, {}))
@@ -67,8 +80,30 @@ def main() -> None:
         for cw in (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03):
             if cw != committed:  # that point of the sweep is the committed run, not run twice
                 jobs.append(("metallm-cost", seed, "reputation", {"cost_weight": cw}))
+    for seed in args.seeds if args.only != "tuned" else ():
+        for name in UNTUNED:
+            jobs.append((name, seed, None, {}))
     with ProcessPoolExecutor(2) as ex:
         results = list(ex.map(_run, jobs))
+    tuned = [job_r for job_r in results if job_r[0][0] not in UNTUNED]
+    if tuned:
+        _print_tuned(tuned)
+    _print_untuned([job_r for job_r in results if job_r[0][0] in UNTUNED])
+    if args.img is not None:
+        from p2pnet.sim.plot import plot_summary
+
+        args.img.mkdir(parents=True, exist_ok=True)
+        first = args.seeds[0]
+        for (name, seed, policy, params), r in results:
+            if seed != first:
+                continue
+            if policy is None:
+                plot_summary(r, args.img / f"sim-{name}.png")
+            elif policy == "random":
+                plot_summary(r, args.img / f"sim-{name}-random.png")
+
+
+def _print_tuned(results) -> None:
     groups: dict = {}
     for (name, seed, policy, params), r in results:
         policy_name = r["policy"] + {"truth": ", true standings", "copies": ", honest hosts of a model are copies"
@@ -89,18 +124,58 @@ def main() -> None:
               f"| {_mean(rows, ('queries_until_adversary_below_5pct',))} "
               f"| {_mean(rows, ('after_warmup', 'mean_respondents'))} |")
     _print_moving_groups(results)
-    if args.img is not None:
-        from p2pnet.sim.plot import plot_summary
 
-        args.img.mkdir(parents=True, exist_ok=True)
-        first = args.seeds[0]
-        for (name, seed, policy, params), r in results:
-            if seed != first:
-                continue
-            if policy is None:
-                plot_summary(r, args.img / f"sim-{name}.png")
-            elif policy == "random":
-                plot_summary(r, args.img / f"sim-{name}-random.png")
+
+def max_share_after_below(series, level: float = 0.05):
+    """The highest adversary share of the windows after the first window below
+    ``level``: below ``level`` means the share fell under it and stayed there.
+    None if no window is below ``level``; 0.0 if only the last one is."""
+    first = next((i for i, w in enumerate(series) if w["adversary_share"] < level), None)
+    if first is None:
+        return None
+    return max((w["adversary_share"] for w in series[first + 1:]), default=0.0)
+
+
+def _worst(values, worst=min) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    m = statistics.mean(values)
+    sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    return f"{m:.3f}{sd} (worst {worst(values):.3f})"
+
+
+def _print_untuned(results) -> None:
+    """The scenarios the policy was not tuned on, with the metric each target
+    is about: accuracy / oracle, cost vs best, and the adversary share, with
+    whether it stays below 5% once it first falls below (the highest share of
+    the windows after the first one below 5%)."""
+    by: dict = {}
+    for (name, seed, policy, params), r in results:
+        by.setdefault(name, []).append(r)
+    if not by:
+        return
+    print()
+    print("Scenarios the policy was not tuned on (after warmup; mean ± sd over the seeds, worst seed)")
+    print("| scenario | target | seeds | accuracy / oracle | cost vs best | adversary share "
+          "| highest window share after the first below 5% (seeds that get below) | seeds staying below 5% | respondents / query "
+          "| failed queries |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, rows in by.items():
+        aw = [r["after_warmup"] for r in rows]
+        adversaries = any(w["adversary_share"] for r in rows for w in r["series"])
+        after = [max_share_after_below(r["series"]) for r in rows]
+        stay = sum(1 for a in after if a is not None and a < 0.05)
+        never = sum(1 for a in after if a is None)
+        print(f"| {name} | {UNTUNED[name]} | {len(rows)} "
+              f"| {_worst([a['accuracy_vs_oracle'] for a in aw])} "
+              f"| {_worst([a['cost_vs_best'] for a in aw], max)} "
+              + (f"| {_worst([a['adversary_share'] for a in aw], max)} "
+                 f"| {_worst(after, max)} | {stay} of {len(rows)}"
+                 + (f" ({never} never below)" if never else "") + " "
+                 if adversaries else "| - | - | - ")
+              + f"| {statistics.mean(a['mean_respondents'] for a in aw):.2f} "
+              f"| {statistics.mean(r['whole_run']['failed'] for r in rows):.1f} |")
 
 
 def _print_moving_groups(results) -> None:

@@ -50,7 +50,7 @@ def test_all_banned_still_answers_with_the_least_bad():
 
 def test_newcomers_get_a_bounded_share():
     refs = [ref(i) for i in range(6)]
-    standing = table(refs, [(0.9, 30), (0.9, 30), (0.5, 0), (0.5, 0), (0.5, 0), (0.5, 0)])
+    standing = table(refs, [(0.9, 30), (0.9, 30), (0.6, 1), (0.6, 1), (0.6, 1), (0.6, 1)])
     policy = ReputationPolicy(explore_share=0.1)
     got = share(policy, refs, standing, set(refs[2:]), n=1000)
     assert 0.05 < got < 0.15
@@ -167,7 +167,7 @@ def test_newcomers_are_explored_price_blind():
     """An expensive newcomer is tried as often as a cheap one: its price can only
     be weighed against its quality once that quality is known."""
     refs = [ref(0, price=1.0), ref(1, price=1.0), ref(2, price=1.0), ref(3, price=50.0)]
-    standing = table(refs, [(0.9, 30), (0.9, 30), (0.5, 0), (0.5, 0)])
+    standing = table(refs, [(0.9, 30), (0.9, 30), (0.6, 1), (0.6, 1)])
     policy = ReputationPolicy(explore_share=1.0, cost_weight=0.05)
     rng = random.Random(5)
     explored = [s.chosen[-1] for s in (policy.select(refs, 1, "math", standing, rng) for _ in range(600))]
@@ -178,10 +178,12 @@ def test_newcomers_are_explored_price_blind():
 def test_probes_settle_experts_that_user_queries_avoid():
     """A newcomer with one poor rating, or an expert banned on thin evidence,
     gets no user traffic; a probe (graded exactly) goes to the least-known of
-    them first, so the first gets a verdict and the second a second chance."""
+    them first, so the first gets a verdict and the second a second chance.
+    (With ``probe_open_share`` 1: every probe; by default half of them, the
+    rest re-measure the experts that carry traffic.)"""
     refs = [ref(i) for i in range(5)]
     standing = table(refs, [(0.9, 30), (0.9, 30), (0.33, 1.0), (0.3, 2.5), (0.2, 10)])
-    policy = ReputationPolicy(explore_share=1.0)
+    policy = ReputationPolicy(explore_share=1.0, probe_open_share=1.0)
     rng = random.Random(6)
     assert share(policy, refs, standing, set(refs[2:]), k=2) == 0.0  # user queries never reach them
     probes = [policy.select(refs, 1, "math", standing, rng, probe=True) for _ in range(50)]
@@ -219,7 +221,7 @@ def test_one_expert_per_model_at_temperature_zero():
     assert {len(policy.select(refs[:2], 1, "math", unsure, rng, adapt=True, distinct_models=True).chosen)
             for _ in range(50)} == {1}
     # a newcomer that is a copy of the pick is not explored with it
-    newcomer = table(refs, [(0.9, 30), (0.5, 0)])
+    newcomer = table(refs, [(0.9, 30), (0.6, 1)])
     explorer = ReputationPolicy(explore_share=1.0)
     assert {len(explorer.select(refs[:2], 1, "math", newcomer, rng, distinct_models=True).chosen)
             for _ in range(50)} == {1}
@@ -278,3 +280,40 @@ def test_a_check_must_be_worth_its_price():
     assert policy.second_opinion(first, 0.5, [], "math", standing) == (None, "no other expert")
     with pytest.raises(ValueError):
         ReputationPolicy(unsure_odds=-1.0)
+
+
+def test_unvetted_newcomers_are_probed_before_user_queries_explore_them():
+    """A newcomer with no evidence yet (a new identity, a sybil's included) is
+    not explored by user queries while established experts answer; probes
+    measure it first (half of them by default, the rest re-measure the experts
+    that carry traffic). Once it has some evidence and none of it bad, user
+    queries explore it."""
+    refs = [ref(i) for i in range(4)]
+    standing = table(refs, [(0.9, 30), (0.9, 30), (0.5, 0.0), (0.5, 0.0)])
+    policy = ReputationPolicy(explore_share=1.0)
+    assert share(policy, refs, standing, set(refs[2:]), k=1) == 0.0
+    rng = random.Random(4)
+    probes = [policy.select(refs, 1, "math", standing, rng, probe=True).chosen[0] for _ in range(400)]
+    opened = sum(1 for r in probes if r in refs[2:])
+    assert 150 < opened < 250
+    vetted = table(refs, [(0.9, 30), (0.9, 30), (0.7, 1.0), (0.5, 0.0)])
+    assert share(policy, refs, vetted, {refs[2]}, k=1) == 1.0
+    assert share(policy, refs, vetted, {refs[3]}, k=1) == 0.0
+    # with no established expert, unvetted newcomers answer as before
+    fresh = table(refs, [(0.5, 0.0)] * 4)
+    assert len(policy.select(refs, 2, "math", fresh, rng).chosen) == 2
+
+
+def test_a_dominated_expert_comes_last():
+    """An established expert whose optimistic value is below the best one's
+    pessimistic value (a self-praising ring member just above the floor) is not
+    taken for a second opinion while others are left, but still fills in when
+    k needs it."""
+    refs = [ref(i) for i in range(3)]
+    standing = table(refs, [(0.9, 40), (0.85, 40), (0.6, 10)])
+    policy = ReputationPolicy(explore_share=0.0)
+    assert share(policy, refs, standing, {refs[2]}, k=2) == 0.0
+    assert share(policy, refs, standing, {refs[2]}, k=3) == 1.0
+    # probes are not steered by it
+    rng = random.Random(2)
+    assert any(refs[2] in policy.select(refs, 3, "math", standing, rng, probe=True).chosen for _ in range(20))

@@ -443,3 +443,59 @@ def test_committed_scenarios_parse():
     assert len(paths) >= 4
     for path in paths:
         assert load_scenario(path).name == path.stem
+
+
+UNTUNED = ("sybil-drift", "price-ladder", "price-cascade", "lossy")
+"""The scenarios the policy was not tuned on (docs/results.md)."""
+
+
+def _scenario_path(name: str):
+    from pathlib import Path
+
+    return Path(__file__).parent.parent / "testnet" / "scenarios" / f"{name}.toml"
+
+
+@pytest.mark.parametrize("name", UNTUNED)
+def test_untuned_scenarios_load_and_state_their_target(name):
+    from p2pnet.sim import load_scenario
+
+    sc = load_scenario(_scenario_path(name))
+    assert sc.name == name and sc.workload.queries >= 2000
+    header = _scenario_path(name).read_text().split("\nname =")[0]
+    assert "Not tuned on:" in header and "Target:" in header
+
+
+def test_a_price_per_domain():
+    """``price`` may be a table by domain: each of the group's experts carries
+    its domain's price on its card, and the cost of asking it is that price."""
+    text = (SMALL.replace('name = "fair"\ncount = 3\ndomains = ["math", "history"]\naccuracy = 0.8\nprice = 1.0',
+                          'name = "fair"\ncount = 3\ndomains = ["math", "history"]\naccuracy = 0.8\n'
+                          'price = { math = 3.0, history = 0.5 }')
+            .replace("queries = 300", "queries = 40"))
+    sc = parse_scenario(text)
+    fair = sc.experts[1]
+    assert (fair.price_for("math"), fair.price_for("history")) == (3.0, 0.5)
+    assert sc.experts[0].price_for("math") == 2.0 and not sc.experts[0].prices
+    driver = Driver(sc)
+    trio.run(driver.run, clock=trio.testing.MockClock(autojump_threshold=0))
+    cards = {(e.group.name, e.domain): e.expert.price_per_1k for p in driver.world.peers for e in p.experts}
+    assert cards[("fair", "math")] == 3.0 and cards[("fair", "history")] == 0.5 and cards[("good", "math")] == 2.0
+    with pytest.raises(ScenarioError, match=r"expert\[1\]\.price\.history: missing"):
+        parse_scenario(text.replace("price = { math = 3.0, history = 0.5 }", "price = { math = 3.0 }"))
+    with pytest.raises(ScenarioError, match=r"expert\[1\]\.price\.math: must lie in"):
+        parse_scenario(text.replace("price = { math = 3.0,", "price = { math = -1.0,"))
+
+
+def test_an_untuned_scenario_runs_shortened():
+    """price-ladder, shortened to 150 queries: per-domain prices and specialists
+    that serve one domain run; the cost is counted against each domain's best."""
+    import dataclasses
+
+    from p2pnet.sim import load_scenario
+
+    sc = load_scenario(_scenario_path("price-ladder"))
+    sc = dataclasses.replace(sc, workload=dataclasses.replace(sc.workload, queries=150, warmup=50, windows=3))
+    s = run_scenario(sc, seed=2)
+    assert s["queries"] == 150 and s["after_warmup"]["cost_vs_best"] > 0
+    groups = {k.split("/")[1] for k in s["whole_run_traffic"]}
+    assert groups & {"math-pro", "code-pro", "law-pro"} and groups & {"mid", "small"}

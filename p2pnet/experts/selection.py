@@ -27,17 +27,18 @@ def no_standing(peer: bytes, domain: str) -> tuple[float, float]:
 def take(rows: Sequence[tuple], n: int, have: Sequence[tuple] = (), distinct: bool = False) -> list:
     """Up to ``n`` of ``rows`` (tuples whose second item is an ExpertRef), in
     order, leaving out those in ``have``. With ``distinct``, at most one per
-    announced model file (sha256) among ``have`` and the result: at
-    temperature 0 a copy repeats its model's answer. Experts that announce no
-    sha256 are never taken for copies."""
+    voice (``ModelCard.voice``: the model file's sha256, and the knowledge
+    base if any) among ``have`` and the result: at temperature 0 a copy
+    repeats its model's answer. Experts that announce no sha256 are never
+    taken for copies."""
     out: list = []
-    models = {row[1].card.sha256 for row in have if row[1].card.sha256}
+    models = {row[1].card.voice for row in have if row[1].card.voice}
     for row in rows:
         if len(out) >= n:
             break
         if row in have:
             continue
-        model = row[1].card.sha256
+        model = row[1].card.voice
         if distinct and model:
             if model in models:
                 continue
@@ -51,8 +52,8 @@ def copies_note(chosen: Sequence[tuple], rows: Sequence[tuple], k: int) -> list[
     ``k`` because the rest of ``rows`` hold copies of a chosen model."""
     if len(chosen) >= k:
         return []
-    models = {row[1].card.sha256 for row in chosen if row[1].card.sha256}
-    left = sum(1 for row in rows if row not in chosen and row[1].card.sha256 in models)
+    models = {row[1].card.voice for row in chosen if row[1].card.voice}
+    left = sum(1 for row in rows if row not in chosen and row[1].card.voice in models)
     if not left:
         return []
     return [f"{len(chosen)} not {k}: {left} more {'is a copy' if left == 1 else 'are copies'} of a chosen model"]
@@ -212,26 +213,36 @@ class ReputationPolicy(SelectionPolicy):
     - Banned: evidence >= ``min_evidence`` and the posterior mean below
       ``floor``. They get no traffic unless nothing else is left.
     - Newcomers: evidence < ``newcomer_evidence``. Once established experts
-      exist, at most ``explore_share`` of queries include a newcomer whose
-      mean is not below ``floor`` (as an extra respondent when k is 1, so its
-      answer is compared with another); others only fill in when needed.
+      exist, at most ``explore_share`` of queries include a *vetted* newcomer:
+      one with at least ``vet_evidence`` and a mean not below ``floor`` (as an
+      extra respondent when k is 1, so its answer is compared with another);
+      others only fill in when needed. An unvetted newcomer (no evidence yet:
+      a new identity, a sybil's included) is left to probes first.
       Newcomers are ranked by sampled quality without the price, so an
       expensive expert is tried before its price is weighed against it.
+    - Dominated: an established expert whose optimistic value (``mean + z *
+      sd``) is below the best established expert's expected value comes last
+      in user queries: asked only when k needs more experts than the others.
+      Sampling alone would still pick it for second opinions and tie-breaks.
     - Adaptive second opinion (``select(..., adapt=True)``, when the request
       left k open): a single pick whose own pessimistic quality ``mean - z *
-      sd`` is below ``confident`` is checked by the next established expert.
+      sd`` is below ``confident`` is checked by the most proven other
+      established expert (the best pessimistic value).
       With ``escalate_below`` > 0 the check waits for the answer instead
       (``Selection.unsure``): the coordinator asks one more expert when the
       answer's own confidence is below ``escalate_below``, or when it reports
       none. Any other single answer below ``escalate_below`` gets one too,
       if one is worth its price (:meth:`second_opinion`).
     - Probes (``select(..., probe=True)``) measure where the verdict is open:
-      the first slot goes to the *unsettled* expert with the least evidence,
-      a newcomer whose first ratings were poor (mean below the floor) or a
-      banned one with less than ``recheck_evidence``. User queries never go
-      to them, so without probes a newcomer unlucky once would stay neither
-      banned nor trusted, and an early ban would be final. Probes are graded
-      exactly: a bad expert sinks further, an unlucky good one recovers.
+      in ``probe_open_share`` of them (all while no expert is established)
+      the first slot goes to the unsettled or unvetted expert with the least
+      evidence: an unvetted newcomer, a newcomer whose first ratings were
+      poor (mean below the floor) or a banned one with less than
+      ``recheck_evidence``. User queries never go to them, so without probes
+      a newcomer unlucky once would stay neither banned nor trusted, and an
+      early ban would be final. Probes are graded exactly: a bad expert sinks
+      further, an unlucky good one recovers. The other probes re-measure the
+      experts that carry traffic, so that one that degrades is seen.
     - Second opinions: a query that would ask one expert asks the two best
       sampled ones in ``audit_share`` of cases, since one answer alone earns
       no agreement rating and beliefs would otherwise only move with probes.
@@ -248,15 +259,16 @@ class ReputationPolicy(SelectionPolicy):
                  min_evidence: float = 2.0, newcomer_evidence: float = 2.0, confident: float = 0.7,
                  z: float = 1.0, max_k: int = 3, uncertain_k: int = 3, load_weight: float = 0.2,
                  prior_weight: float = 2.0, audit_share: float = 0.0, recheck_evidence: float = 4.0,
-                 escalate_below: float = 0.0, unsure_odds: float = UNSURE_ODDS) -> None:
-        if not 0.0 <= explore_share <= 1.0 or not 0.0 <= audit_share <= 1.0:
-            raise ValueError("explore_share and audit_share must lie in [0, 1]")
+                 escalate_below: float = 0.0, unsure_odds: float = UNSURE_ODDS,
+                 vet_evidence: float = 0.5, probe_open_share: float = 0.5) -> None:
+        if not 0.0 <= explore_share <= 1.0 or not 0.0 <= audit_share <= 1.0 or not 0.0 <= probe_open_share <= 1.0:
+            raise ValueError("explore_share, audit_share and probe_open_share must lie in [0, 1]")
         if not 1 <= max_k <= 16 or not 1 <= uncertain_k <= 16:
             raise ValueError("max_k and uncertain_k must be between 1 and 16")
         for name, v in (("cost_weight", cost_weight), ("min_evidence", min_evidence), ("z", z),
                         ("newcomer_evidence", newcomer_evidence), ("load_weight", load_weight),
                         ("prior_weight", prior_weight), ("recheck_evidence", recheck_evidence),
-                        ("unsure_odds", unsure_odds)):
+                        ("unsure_odds", unsure_odds), ("vet_evidence", vet_evidence)):
             if not v >= 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0.0 <= floor <= 1.0 or not 0.0 <= confident <= 1.0 or not 0.0 <= escalate_below <= 1.0:
@@ -267,6 +279,7 @@ class ReputationPolicy(SelectionPolicy):
         self.load_weight, self.prior_weight, self.audit_share = load_weight, prior_weight, audit_share
         self.recheck_evidence, self.escalate_below = recheck_evidence, escalate_below
         self.unsure_odds = unsure_odds
+        self.vet_evidence, self.probe_open_share = vet_evidence, probe_open_share
 
     # ------------------------------------------------------------ pure parts
 
@@ -359,30 +372,48 @@ class ReputationPolicy(SelectionPolicy):
         banned = [row for row in rows if self.banned(row[2])]
         ok = [row for row in rows if not self.banned(row[2])]
         est = [row for row in ok if not self.newcomer(row[2])]
+        if est and not probe:
+            # dominated: even its optimistic value is below the best one's expected value.
+            # Sampling would still pick it now and then (a second opinion, a tie-break),
+            # and a ring that praises itself stays just above the floor that way. It comes
+            # last: asked only when k needs more experts than the others
+            best = max(self.value(row[1], row[2].mean) for row in est)
+            est = sorted(est, key=lambda row: self.value(row[1], row[2].upper(self.z)) < best)
         # newcomers are explored for what they may be worth, price aside: an
         # expensive expert must be tried before the price can be weighed against it
         new = sorted((row for row in ok if self.newcomer(row[2])), key=lambda row: -row[3])
         fresh = [row for row in new if row[2].mean >= self.floor]  # no bad evidence yet
         poor = [row for row in new if row[2].mean < self.floor]
+        # vetted: some evidence, none of it bad. Unvetted newcomers (a new identity,
+        # a sybil's included) are measured by probes before user queries explore them
+        vetted = [row for row in fresh if row[2].evidence >= self.vet_evidence]
+        unvetted = [row for row in fresh if row[2].evidence < self.vet_evidence]
         unsettled = poor + [row for row in banned if row[2].evidence < self.recheck_evidence]
         notes = []
         unsure = False
         one = distinct_models
-        if probe and unsettled:
-            target = min(unsettled, key=lambda row: (row[2].evidence, -row[3]))
-            chosen = [target] + take(est + fresh + poor, k - 1, [target], one)
-            notes.append("probing the least-known unsettled expert")
+        if probe and (unsettled or unvetted) and (not est or rng.random() < self.probe_open_share):
+            # the first slot measures where the verdict is open, least known first; the
+            # rest (and the other probes) re-measure the experts that carry traffic, so
+            # that one that degrades is seen
+            target = min(unsettled + unvetted, key=lambda row: (row[2].evidence, -row[3]))
+            chosen = [target] + take(est + vetted + unvetted + poor, k - 1, [target], one)
+            notes.append("probing the least-known unsettled or unvetted expert")
         elif est:
             chosen = take(est, k, distinct=one)
-            pair = take(est, 2, distinct=one)
+            # a check of the pick goes to the most proven other expert (the best
+            # pessimistic value), not to a sampled one: a check that may itself be wrong
+            # settles little, and a self-praising ring member is rarely the most proven
+            proven = sorted(est[1:], key=lambda row: -self.value(row[1], row[2].lower(self.z)))
+            pair = take(est[:1] + proven, 2, distinct=one)
             if len(chosen) < k and (fresh or poor):  # not enough established experts: newcomers fill in
-                filled = take(fresh + poor, k - len(chosen), chosen, one)
+                filled = take(vetted + unvetted + poor, k - len(chosen), chosen, one)
                 if filled:
                     chosen += filled
                     notes.append("newcomers fill in")
-            elif fresh and rng.random() < self.explore_share:
+            elif vetted and rng.random() < self.explore_share:
                 base = chosen[:k - 1] if k > 1 else chosen
-                newcomer = take(fresh, 1, base, one)
+                newcomer = take(vetted, 1, base, one)
                 if newcomer:
                     chosen = base + newcomer
                     notes.append("exploring a newcomer")
@@ -397,7 +428,7 @@ class ReputationPolicy(SelectionPolicy):
                 chosen = pair  # a second opinion: one answer alone earns no rating
                 notes.append("second opinion")
         elif new:
-            chosen = take(fresh + poor, k, distinct=one)
+            chosen = take(vetted + unvetted + poor, k, distinct=one)
             notes.append("no established expert yet")
         else:
             chosen = take(banned, k, distinct=one)

@@ -73,6 +73,12 @@ class ExpertGroup:
     fake_ratings: int = 2
     confidence_auc: Optional[float] = None  # answers carry a confidence this good (None: none)
     copies: bool = False  # one model on every host: the same answer to a question, the same sha256
+    prices: Mapping[str, float] = field(default_factory=dict)
+    """Per-domain prices (``price = { math = 4.0, trivia = 1.0 }``); a domain
+    not in it costs ``price``."""
+
+    def price_for(self, domain: str) -> float:
+        return self.prices.get(domain, self.price)
 
 
 @dataclass(frozen=True)
@@ -203,10 +209,14 @@ def _expert(obj: Any, i: int, queries: int) -> ExpertGroup:
     behaviour = t.string("behaviour", HONEST, BEHAVIOURS)
     accuracy = _domain_map(t, "accuracy", domains, 0.0, 1.0) if t.has("accuracy") or behaviour not in (ADVERSARIAL, SYBIL) \
         else {d: 0.0 for d in domains}
+    prices: dict = {}
+    if isinstance(t.obj.get("price"), dict):  # a price per domain
+        prices = _domain_map(t, "price", domains, 0.0, 1e6)
     group = ExpertGroup(
         name=name, count=count, domains=domains, accuracy=accuracy,
         latency_ms=t.number("latency_ms", 500.0, 0.0, 600_000.0),
-        price=t.number("price", 1.0, 0.0, 1e6),
+        price=max(prices.values()) if prices else t.number("price", 1.0, 0.0, 1e6),
+        prices=prices,
         behaviour=behaviour,
         adversary=t.get("adversary", behaviour in DISHONEST_RATERS),
         max_concurrency=t.number("max_concurrency", 16, 1, 1024, integer=True),

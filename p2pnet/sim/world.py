@@ -112,7 +112,9 @@ class World:
                               latency_s=sc.network.latency_ms / 1000, jitter=sc.network.jitter,
                               loss=sc.network.loss)
         self.policy = make_policy(sc.policy)
-        self.directory = Directory(max_age_s=math.inf, max_entries=1_000_000)
+        # announcements have converged and stay true while their expert is live (a real node
+        # re-announces every refresh period; the simulator announces once, on joining)
+        self.directory = Directory(max_age_s=math.inf, max_entries=1_000_000, honour_ttl=False)
         self.rng = random.Random(_seed(sc.seed, "world"))
         self.peers: list[SimPeer] = []
         self.by_key: dict[tuple[str, str], SimExpert] = {}
@@ -198,7 +200,7 @@ class World:
                 wrong = _wrong(f"wrong:{who[1]}:{d}")
             backend = ScriptedBackend(rule=right_answer, wrong=wrong, accuracy=g.accuracy[d], seed=seed,
                                       latency=latency, model=f"sim-{g.name}"[:64], confidence=confidence)
-            expert = Expert(f"{g.name}-{d}"[:64], backend, domains=(d,), price_per_1k=g.price,
+            expert = Expert(f"{g.name}-{d}"[:64], backend, domains=(d,), price_per_1k=g.price_for(d),
                             max_concurrency=g.max_concurrency)
             await expert.start(speed=Speed(1000.0, 100.0))
             sim = SimExpert(expert, backend, d, g, peer)
