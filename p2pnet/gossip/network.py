@@ -56,7 +56,8 @@ from p2pnet.gossip.errors import GossipError, OutboxFull, RpcFailed
 from p2pnet.gossip.guard import BanGate
 from p2pnet.gossip.host import GossipParams, build_stack, message_id
 from p2pnet.gossip.peerbook import PeerBook, remember_listen, sticky_listen
-from p2pnet.gossip.policy import AnnounceSchedule, AnnounceStore, Watermarks, check_directory
+from p2pnet.gossip.announcer import Announcing
+from p2pnet.gossip.policy import AnnounceSchedule, AnnounceStore, Watermarks
 from p2pnet.logs import LogLimiter
 from p2pnet.gossip.stats import PeerPenalties, Stats
 
@@ -77,7 +78,7 @@ Handler = Callable[[wire.Envelope], Awaitable[None]]
 RequestHandler = Callable[[wire.Envelope], Awaitable[wire.Message]]
 
 
-class GossipNetwork:
+class GossipNetwork(Announcing):
     def __init__(
         self,
         identity,
@@ -634,111 +635,6 @@ class GossipNetwork:
             except Exception:
                 self.stats.drop("handler_error")
                 log.exception("handler for %s failed on %s from %s", topic, env.kind, env.sender_str[:20])
-
-    async def _take_announce(self, env: wire.Envelope) -> bool:
-        """A verified announcement, gossiped or from a directory: handed on
-        only if unexpired and newer than the one held from its sender."""
-        if not self.announces.put(env, self.clock()):
-            return False
-        self.connector.note_announce(env)
-        await self._handle(topics.ANNOUNCE, env)
-        return True
-
-    # -------------------------------------------------------- peer exchange
-
-    def _announce_message(self) -> wire.Announce:
-        addrs = tuple(self.announce_addrs or [a.split("/p2p/")[0] for a in self.listen_addrs])
-        return wire.Announce(addrs=addrs, **self.announce_extra(), ttl_s=int(self.announce_ttl_s))
-
-    def _announce_heard(self) -> bool:
-        """Some peer has told GossipSub it takes announcements: one published
-        before that reaches nobody."""
-        return bool(getattr(self.pubsub, "peer_topics", {}).get(topics.ANNOUNCE))
-
-    async def _announcer(self) -> None:
-        """Every ``announce_poll_s`` (or when woken): announce if the
-        schedule says so; on (re)joining, announce and fetch the directory."""
-        had_peers = False
-        while True:
-            now = trio.current_time()
-            has_peers = bool(self.peers())
-            if has_peers and not had_peers:
-                self.schedule.force()
-                if self._directory == "done":
-                    self._directory = "wanted"
-            had_peers = has_peers
-            if has_peers and self._directory == "wanted" and self._nursery is not None:
-                self._directory = "fetching"
-                self._nursery.start_soon(self._fetch_directory_from_peers)
-            message = self._announce_message()
-            key = (message.addrs, message.cards, message.validator)  # not the height: it moves every block
-            wait = self.schedule.wait_s(now, key)
-            if wait <= 0 and has_peers:
-                if self._announce_heard():
-                    try:
-                        data = self.publish_nowait(topics.ANNOUNCE, message)
-                        self.schedule.sent(now, key)
-                        self.announces.put(wire.open_envelope(data, self.params.max_message_bytes), self.clock())
-                    except OutboxFull:
-                        pass
-                    wait = self.schedule.wait_s(now, key)
-                else:
-                    wait = 0.1  # joined a moment ago: GossipSub has not heard the peers' topics yet
-            with trio.move_on_after(min(max(wait, 0.01), self.announce_poll_s)):
-                await self._announce_now.wait()
-            self._announce_now = trio.Event()
-
-    # ----------------------------------------------------------- directory
-
-    async def _serve_directory(self, env: wire.Envelope) -> wire.Message:
-        held = self.announces.current(self.clock(), env.message.limit)
-        return wire.DirectoryReply(tuple(e.raw for e in held if e.sender != env.sender))
-
-    async def _fetch_directory_from_peers(self) -> None:
-        """Ask connected peers in turn (bootstrap peers first) until one answers."""
-        boot = self.connector.bootstrap_ids()
-        peers = sorted(self.peers(), key=lambda p: (p not in boot, self.rng.random()))
-        try:
-            for peer in peers:
-                try:
-                    taken = await self.fetch_directory(peer)
-                except (RpcFailed, trio.TooSlowError) as exc:
-                    log.info("directory from %s: %s", wire.peer_id_str(peer)[:20], exc or "timeout")
-                    continue
-                log.info("directory from %s: %d announcements", wire.peer_id_str(peer)[:20], taken)
-                break
-        finally:
-            self._directory = "done"
-
-    async def fetch_directory(self, peer: bytes, timeout_s: float = 10.0) -> int:
-        """Ask ``peer`` for the announcements it holds; take each that checks
-        out as if gossiped. Returns how many were taken. A reply that is too
-        large, malformed or forged is refused whole, counted and struck
-        against ``peer``; a forged or malformed entry likewise (the others
-        are taken); an expired one is only counted."""
-        name = wire.peer_id_str(peer)
-        limit = wire.MAX_DIRECTORY_BYTES + 64 * 1024
-        try:
-            reply = await self.request(peer, wire.DirectoryRequest(), timeout_s=timeout_s, max_reply_bytes=limit)
-            if not isinstance(reply, wire.DirectoryReply):
-                raise RpcFailed(f"a {reply.KIND} is no directory", wire.SCHEMA)
-        except RpcFailed as exc:
-            if exc.code in wire.DROP_REASONS:
-                self.stats.drop("directory_refused", name)
-                self._strike(peer, exc.code, f"directory: {exc}", self.clock())
-            raise
-        now = self.clock()
-        accepted, refused = check_directory(reply, self.peer_id, now)
-        for reason in refused:
-            self.stats.drop(f"directory_{reason}", name)
-            if reason != "expired":
-                self._strike(peer, reason, "directory: a bad announcement", now)
-        taken = 0
-        for env in accepted:
-            if await self._take_announce(env):
-                taken += 1
-                self.stats.received["directory"] += 1
-        return taken
 
     # --------------------------------------------------------------- rpc
 
