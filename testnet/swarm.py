@@ -248,6 +248,17 @@ def up(
         progress(f"waiting for the mesh of {n} nodes")
         _wait(lambda: all(_meshed(_node_status(node.data_dir), n) for node in nodes),
               timeout_s, f"every node to see {n - 1} peers and join every topic's mesh", _check_all_alive(nodes))
+        # ready to answer: every node's directory holds every expert the swarm hosts
+        statuses = [_node_status(node.data_dir) or {} for node in nodes]
+        hosted = sum(len(st.get("experts") or ()) for st in statuses)
+        if hosted:
+            progress(f"waiting for every node to know the swarm's {hosted} experts")
+            def knows_all(st: Optional[dict]) -> bool:  # its own experts join its directory on first use
+                st = st or {}
+                return st.get("known_experts", 0) >= hosted - len(st.get("experts") or ())
+
+            _wait(lambda: all(knows_all(_node_status(node.data_dir)) for node in nodes),
+                  timeout_s, f"every node to know the swarm's {hosted} experts", _check_all_alive(nodes))
     except BaseException:
         down(swarm_dir, quiet=True)
         raise

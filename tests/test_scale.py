@@ -71,7 +71,7 @@ def test_trim_spares_busy_young_bootstrap_mesh_and_validator_peers():
 
 
 def test_announce_schedule_on_change_at_most_once_per_gap_else_each_refresh():
-    s = AnnounceSchedule(refresh_s=30, min_gap_s=3)
+    s = AnnounceSchedule(refresh_s=30, min_gap_s=3, echoes_s=())
     assert s.wait_s(0, "a") == 0
     s.sent(0, "a")
     assert s.wait_s(1, "a") == 29
@@ -80,6 +80,20 @@ def test_announce_schedule_on_change_at_most_once_per_gap_else_each_refresh():
     s.sent(5, "b")
     s.force()                          # e.g. rejoined: counts as a change
     assert s.wait_s(6, "b") == 2
+
+
+def test_a_new_announcement_is_echoed_then_only_refreshed():
+    # a peer that joined the topic's mesh a moment late hears the change within seconds
+    s = AnnounceSchedule(refresh_s=30, min_gap_s=3, echoes_s=(2, 6))
+    s.sent(0, "a")
+    assert s.wait_s(0, "a") == 2
+    s.sent(2, "a")
+    assert s.wait_s(2, "a") == 6
+    s.sent(8, "a")
+    assert s.wait_s(8, "a") == 30      # echoes done: the refresh period
+    assert s.wait_s(9, "b") == 2       # a change restarts them, after the gap
+    s.sent(11, "b")
+    assert s.wait_s(11, "b") == 2
 
 
 def test_directory_keeps_a_card_as_long_as_its_announcement_says():
@@ -152,7 +166,8 @@ def make_net(boot=None, **kw) -> GossipNetwork:
 
 async def test_announcer_repeats_on_change_rate_limited_else_each_refresh(autojump_clock):
     """Refresh 30 s, gap 3 s: announced at 0; a change at 1 goes at 3; changes
-    at 4 and 4.5 go once, at 6, with the last cards; then nothing until 36."""
+    at 4 and 4.5 go once, at 6, with the last cards; echoed 2, 6 and 15 s
+    after that (8, 14, 29); then nothing until the refresh at 59."""
     extra = {"cards": (card(load=0),)}
     net = make_net(announce_interval_s=30, announce_min_gap_s=3, announce_extra=lambda: dict(extra))
     sent = []
@@ -171,7 +186,7 @@ async def test_announcer_repeats_on_change_rate_limited_else_each_refresh(autoju
             extra["cards"] = (card(load=load),)
         await trio.sleep_until(40.0)
         nursery.cancel_scope.cancel()
-    assert sent == [(0.0, 0, 90), (3.0, 1, 90), (6.0, 3, 90), (36.0, 3, 90)]
+    assert sent == [(0.0, 0, 90), (3.0, 1, 90), (6.0, 3, 90), (8.0, 3, 90), (14.0, 3, 90), (29.0, 3, 90)]
 
 
 # ------------------------------------------------------- real nodes, loopback

@@ -73,15 +73,24 @@ class AnnounceSchedule:
     that matters (addresses, cards, role; not the ledger height): a new key
     is announced at once unless the last announcement went less than
     ``min_gap_s`` ago; an unchanged one every ``refresh_s``. ``force`` makes
-    the next check count as a change (the node has just (re)joined)."""
+    the next check count as a change (the node has just (re)joined).
+
+    A new key is echoed ``echoes_s`` after it was announced (each delay
+    counted from the announcement before): GossipSub delivers a message only
+    to the peers in the topic's mesh or fanout at that moment, and a peer
+    that connected a moment earlier may not be in it yet. Without echoes it
+    would wait a whole refresh period for the change (an expert that just
+    came up, a node that just joined)."""
 
     _FORCED = object()
 
-    def __init__(self, refresh_s: float, min_gap_s: float) -> None:
+    def __init__(self, refresh_s: float, min_gap_s: float, echoes_s: tuple = (2.0, 6.0, 15.0)) -> None:
         self.refresh_s = refresh_s
         self.min_gap_s = min(min_gap_s, refresh_s)
+        self.echoes_s = tuple(min(e, refresh_s) for e in echoes_s)
         self.last_at: Optional[float] = None
         self.last_key: object = None
+        self._echo = len(self.echoes_s)  # echoes of the last key still due from here
 
     def force(self) -> None:
         self.last_key = self._FORCED
@@ -90,10 +99,16 @@ class AnnounceSchedule:
         """Seconds until an announcement of ``key`` is due (0: now)."""
         if self.last_at is None:
             return 0.0
-        gap = self.min_gap_s if key != self.last_key else self.refresh_s
+        if key != self.last_key:
+            gap = self.min_gap_s
+        elif self._echo < len(self.echoes_s):
+            gap = self.echoes_s[self._echo]
+        else:
+            gap = self.refresh_s
         return max(0.0, self.last_at + gap - now)
 
     def sent(self, now: float, key: Hashable) -> None:
+        self._echo = 0 if key != self.last_key else self._echo + 1
         self.last_at, self.last_key = now, key
 
 
