@@ -222,8 +222,7 @@ class _Stage:
     ask_stream: bool = False
     pending_escalation: Optional[tuple] = None  # (why, confidence) of the escalation asked
     judge_order: tuple = ()
-    judge_refs: tuple = ()
-    judge_refs_by_key: dict = field(default_factory=dict)
+    judges: dict = field(default_factory=dict)  # key -> ExpertRef of each judge asked, in order
     judge_answers: dict = field(default_factory=dict)
 
 
@@ -347,7 +346,7 @@ class QueryRound:
         return self.stage.judge_answers if b.judging else self.answers
 
     def _take(self, b: _Batch, r: Reply, now: float) -> None:
-        ref = self.stage.judge_refs_by_key[r.key] if b.judging else self.asked[r.key]
+        ref = self.stage.judges[r.key] if b.judging else self.asked[r.key]
         cand = Candidate(ref.peer_str, ref.card.expert_id, r.status, r.text, int((now - b.started) * 1000),
                          r.completion_tokens, r.finish_reason, r.confidence if r.status == "ok" else None)
         self._answers_of(b)[r.key] = cand
@@ -558,8 +557,7 @@ class QueryRound:
         if not chosen:
             return None
         st.judge_order = tuple(s.rng.sample(usable, len(usable)))
-        st.judge_refs = tuple(chosen)
-        st.judge_refs_by_key = {r.key: r for r in chosen}
+        st.judges = {r.key: r for r in chosen}
         question = next((m.content for m in reversed(self.prompt.messages) if m.role == "user"), "")
         body = wire.PromptBody(messages=tuple(wire.ChatMessage(r, c) for r, c in signals.judge_prompt(
             question, [cands[i].text for i in st.judge_order])), max_tokens=self.rules.judge_max_tokens,
@@ -588,7 +586,7 @@ class QueryRound:
         judging = None
         if s.judges:
             cands = [self.answers[k] for k in self.asked]
-            judging = judge_tally(st.judge_refs, st.judge_answers, st.judge_order, cands, s.domain, s.standing)
+            judging = judge_tally(tuple(st.judges.values()), st.judge_answers, st.judge_order, cands, s.domain, s.standing)
         verdict = Verdict(self, judging)
         outcome = verdict.outcome()
         self.finished, self.batch, self.outcome = True, None, outcome
