@@ -222,3 +222,42 @@ def test_a_node_refuses_a_damaged_ledger_in_one_line(tmp_path, chain, what):
     line = lines[0]
     assert line.startswith(f"p2pnet: error: the ledger at {data_dir / 'ledger'} is damaged: ") and expect in line
     assert f"p2pnet ledger verify --data-dir {data_dir}" in line and "Traceback" not in line
+
+
+def test_verify_replays_blocks_a_running_node_commits_meanwhile(tmp_path, chain):
+    """`ledger verify` beside a running node: the node commits after verify has
+    read the height, so the stored state is of a later block. Verify replays
+    those blocks too instead of reporting a mismatch (it used to)."""
+    src = Ledger.open(copy_of(chain, tmp_path) / "ledger")
+    try:
+        top = src.height()
+        assert top >= 5
+        led = store.MemoryLedger(src.genesis)
+        rep = Replica(src.genesis, led)
+        for h in range(1, top - 1):
+            rep._commit(src.block(h), src.commit(h))
+
+        class CommitsDuringVerify:
+            """``led``, whose node commits its last two blocks right after
+            verify has read the height."""
+            reads = 0
+
+            def __getattr__(self, name):
+                return getattr(led, name)
+
+            def height(self):
+                h = led.height()
+                self.reads += 1
+                if self.reads == 1:
+                    for late in range(h + 1, top + 1):
+                        rep._commit(src.block(late), src.commit(late))
+                return h
+
+        live = CommitsDuringVerify()
+        assert verify_chain(live) is None
+        assert led.height() == top
+        # a stored state that really differs is still reported
+        led._state = led._state[:-1] + bytes([led._state[-1] ^ 1])
+        assert "stored reputation state differs" in verify_chain(led)
+    finally:
+        src.close()

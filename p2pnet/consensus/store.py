@@ -15,7 +15,6 @@ gets it with its next block."""
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -360,54 +359,82 @@ def verify_chain(ledger: _LedgerReads, genesis: Optional[Genesis] = None) -> Opt
     vset = ValidatorSet(genesis.validators)
     chain_id = genesis.chain_id
     state = genesis_state(genesis)
-    prev_hash, prev_time, prev_commit_ok = b"", genesis.genesis_time_ms, True
-    top = ledger.height()
-    for h in range(1, top + 1):
-        where = f"block {h}"
-        try:
-            block = ledger.block(h)
-            commit = ledger.commit(h)
-        except (wire.WireError, ValueError, TypeError) as exc:
-            return f"{where}: undecodable ({exc})"
-        if block is None or commit is None:
-            return f"{where}: missing"
-        hdr = block.header
-        block_hash = block.hash()
-        if hdr.chain_id != chain_id or hdr.height != h:
-            return f"{where}: wrong chain_id or height"
-        if hdr.prev_hash != prev_hash:
-            return f"{where}: prev_hash does not link to block {h - 1}"
-        if hdr.time_ms <= prev_time:
-            return f"{where}: time not after block {h - 1}"
-        if hdr.proposer not in vset:
-            return f"{where}: proposer is not a validator"
-        if hdr.tx_root != tx_root(block.txs):
-            return f"{where}: tx_root mismatch"
-        if hdr.last_commit_hash != commit_hash(block.last_commit):
-            return f"{where}: last_commit_hash mismatch"
-        if h > 1:
-            err = vset.verify_commit(chain_id, block.last_commit, h - 1, prev_hash)
-            if err:
-                return f"{where}: last_commit: {err}"
-        if hdr.state_hash != state.hash():
-            return f"{where}: state_hash mismatch"
-        try:
-            state = apply_block(state, block)
-        except ValueError as exc:
-            return f"{where}: txs: {exc}"
-        err = vset.verify_commit(chain_id, commit, h, block_hash)
-        if err:
-            return f"{where}: stored commit: {err}"
-        if ledger.height_of_hash(block_hash) != h:
-            return f"{where}: block-hash index mismatch"
-        for i, tx in enumerate(block.txs):
-            if ledger.tx_location(tx_hash(tx)) != (h, i):
-                return f"{where}: tx index mismatch for tx {i}"
-        prev_hash, prev_time = block_hash, hdr.time_ms
-    stored = ledger.app_state_bytes()
+    prev_hash, prev_time = b"", genesis.genesis_time_ms
+    top, done = ledger.height(), 0
+    while True:
+        for h in range(done + 1, top + 1):
+            checked = _block_problem(ledger, vset, chain_id, h, state, prev_hash, prev_time)
+            if isinstance(checked, str):
+                return checked
+            state, prev_hash, prev_time = checked
+        done = top
+        # a running node may have committed since the height was read: the stored
+        # state is then of a later block, and those blocks are replayed too
+        stored = ledger.app_state_bytes()
+        stored_height = _state_height(stored)
+        if stored_height is None or stored_height <= top:
+            break
+        top = stored_height
     if top and stored != state.to_bytes():
         return f"stored reputation state differs from the replay of {top} blocks"
     return _state_digest_problem(ledger) or sign_state_problem(ledger)
+
+
+def _state_height(data: Optional[bytes]) -> Optional[int]:
+    """The height a stored reputation state is of, None if unreadable."""
+    if not data:
+        return None
+    try:
+        obj = wire.unpackb(data, max_bytes=1 << 40)
+    except (wire.WireError, ValueError, TypeError):
+        return None
+    return obj[1] if isinstance(obj, list) and len(obj) > 1 and type(obj[1]) is int else None
+
+
+def _block_problem(ledger, vset, chain_id, h, state, prev_hash, prev_time):
+    """A description of what is wrong with block ``h``, or (state after it,
+    its hash, its time)."""
+    where = f"block {h}"
+    try:
+        block = ledger.block(h)
+        commit = ledger.commit(h)
+    except (wire.WireError, ValueError, TypeError) as exc:
+        return f"{where}: undecodable ({exc})"
+    if block is None or commit is None:
+        return f"{where}: missing"
+    hdr = block.header
+    block_hash = block.hash()
+    if hdr.chain_id != chain_id or hdr.height != h:
+        return f"{where}: wrong chain_id or height"
+    if hdr.prev_hash != prev_hash:
+        return f"{where}: prev_hash does not link to block {h - 1}"
+    if hdr.time_ms <= prev_time:
+        return f"{where}: time not after block {h - 1}"
+    if hdr.proposer not in vset:
+        return f"{where}: proposer is not a validator"
+    if hdr.tx_root != tx_root(block.txs):
+        return f"{where}: tx_root mismatch"
+    if hdr.last_commit_hash != commit_hash(block.last_commit):
+        return f"{where}: last_commit_hash mismatch"
+    if h > 1:
+        err = vset.verify_commit(chain_id, block.last_commit, h - 1, prev_hash)
+        if err:
+            return f"{where}: last_commit: {err}"
+    if hdr.state_hash != state.hash():
+        return f"{where}: state_hash mismatch"
+    try:
+        state = apply_block(state, block)
+    except ValueError as exc:
+        return f"{where}: txs: {exc}"
+    err = vset.verify_commit(chain_id, commit, h, block_hash)
+    if err:
+        return f"{where}: stored commit: {err}"
+    if ledger.height_of_hash(block_hash) != h:
+        return f"{where}: block-hash index mismatch"
+    for i, tx in enumerate(block.txs):
+        if ledger.tx_location(tx_hash(tx)) != (h, i):
+            return f"{where}: tx index mismatch for tx {i}"
+    return state, block_hash, hdr.time_ms
 
 
 _DECODE_ERRORS = (wire.WireError, ValueError, TypeError, KeyError, IndexError)
