@@ -9,13 +9,16 @@
     127.0.0.1, in one process) whose experts are scripted and answer at once, so
     what is left is selection, sealing, gossip, answer collection, evaluation and
     HTTP (target p50 < 30 ms);
-(c) backend total tokens/s with 8 concurrent generations vs 1;
+(c) backend total tokens/s with 8 (``--parallel``) concurrent generations vs 1;
 (d) a real local swarm as ``p2pnet swarm up --nodes 3 --validators 0`` starts
     it (three node processes, each hosting the default model: copies): temperature-0
     questions with the respondents left to the node (one per model, so one
     copy) vs ``respondents=3`` (every copy, as the node chose before it asked
     one per model), interleaved; latency through the HTTP API and the tokens
-    the swarm generated per question.
+    the swarm generated per question;
+(e) serving many users: total completion tokens/s of 8 concurrent requests
+    through one node's OpenAI API vs 1, the node hosting one real expert with
+    the spec's default concurrency and queue, and how many were turned away.
 
 Each part is a function returning rows ``(metric, value, note)``; ``main``
 prints them as a table headed by the machine's core count.
@@ -249,7 +252,79 @@ def part_d(data_dir: Path, threads: int, tokens: int, reps: int) -> list[Row]:
     return out_rows
 
 
-PARTS: dict[str, Callable[..., list[Row]]] = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}
+def part_e(data_dir: Path, threads: int, tokens: int, reps: int, concurrent: int = 8) -> list[Row]:
+    """Serving many users: total completion tokens/s of ``concurrent`` requests
+    at once through one node's OpenAI API vs 1 at a time, the node hosting one
+    real expert with the spec's defaults (concurrency, queue), and how many of
+    the concurrent requests were turned away (429/503)."""
+    import tempfile
+
+    from p2pnet import config
+    from p2pnet.api import client
+    from p2pnet.experts.spec import DEFAULT_CONCURRENCY
+    from p2pnet.node import Node
+
+    _model(data_dir)
+    spec = parse_expert_spec("model=smollm2-135m")
+    rows: list[Row] = []
+    refused: list[int] = []
+
+    def ask(url: str, i: int) -> int:
+        body = {"model": "p2pnet", "max_tokens": tokens, "temperature": 0.0, "deadline_s": 600,
+                "messages": [{"role": "user", "content": f"{QUESTION} Call the dragon number {i}."}]}
+        try:
+            return client.post_json(url, body, timeout=620)["usage"]["completion_tokens"]
+        except client.HttpError as exc:
+            if exc.status in (429, 503):
+                refused.append(exc.status)
+                return 0
+            raise
+
+    def batch(url: str, n: int) -> float:
+        counts = [0] * n
+
+        def one(i: int) -> None:
+            counts[i] = ask(url, i)
+
+        workers = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return sum(counts) / (time.perf_counter() - t0)
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory(prefix="p2pnet-bench-e-") as tmp:
+            cfg = config.build(None, data_dir=Path(tmp) / "n0", listen=("/ip4/127.0.0.1/tcp/0",),
+                               api_port=0, log_level="warning")
+            async with open_expert(spec, data_dir, n_threads=threads) as expert:
+                node = Node(cfg, experts=[expert])
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(node.run)
+                    url = node.api_url + "/v1/chat/completions"
+                    await trio.to_thread.run_sync(ask, url, 0)  # warm up
+                    runs = []
+                    for _ in range(reps):  # interleaved against noise
+                        one = await trio.to_thread.run_sync(batch, url, 1)
+                        many = await trio.to_thread.run_sync(batch, url, concurrent)
+                        runs.append((one, many))
+                    node.stop()
+            single = statistics.median(r[0] for r in runs)
+            many = statistics.median(r[1] for r in runs)
+            rows.extend([
+                ("(e) 1 request, tok/s via API", f"{single:.1f}",
+                 f"median of {reps}, {tokens} tokens, concurrency={DEFAULT_CONCURRENCY} (default)"),
+                (f"(e) {concurrent} concurrent, total tok/s via API", f"{many:.1f}", "the rest wait in the queue"),
+                (f"(e) {concurrent} vs 1", f"{many / single:.2f}x", "target >= 2x"),
+                (f"(e) refused (429/503) of {concurrent * reps}", str(len(refused)), "queue default 8"),
+            ])
+
+    trio.run(run)
+    return rows
+
+
+PARTS: dict[str, Callable[..., list[Row]]] = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e}
 """Benchmark parts by letter."""
 
 
@@ -269,11 +344,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--parallel", type=int, default=8, help="concurrent generations in part c (default 8)")
     args = ap.parse_args(argv)
     data_dir = args.data_dir or default_data_dir()
     rows: list[Row] = []
     for part in args.parts.split(","):
-        rows += PARTS[part.strip()](data_dir, args.threads, args.tokens, args.reps)
+        extra = {"parallel": args.parallel} if part.strip() == "c" else {}
+        rows += PARTS[part.strip()](data_dir, args.threads, args.tokens, args.reps, **extra)
     print_table(rows)
 
 

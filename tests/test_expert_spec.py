@@ -6,7 +6,7 @@ import pytest
 
 from p2pnet.experts.errors import ExpertSpecError, P2PNetError
 from p2pnet.experts.expert import DEFAULT_SYSTEM_PROMPT
-from p2pnet.experts.spec import ExpertSpec, parse_expert_spec
+from p2pnet.experts.spec import DEFAULT_CONCURRENCY, ExpertSpec, parse_expert_spec
 
 
 def test_full_spec():
@@ -20,7 +20,7 @@ def test_full_spec():
 
 def test_defaults():
     spec = parse_expert_spec("model=/models/My-Model.Q4_0.gguf")
-    assert spec.domains == ("general",) and spec.price_per_1k == 0.0 and spec.concurrency == 1
+    assert spec.domains == ("general",) and spec.price_per_1k == 0.0 and spec.concurrency == DEFAULT_CONCURRENCY == 4
     assert spec.gpu_layers == 0 and spec.system_prompt == DEFAULT_SYSTEM_PROMPT and spec.confidence is True
     assert parse_expert_spec("model=m,confidence=ON").confidence is True
     assert spec.id == "My-Model.Q4_0"

@@ -4,7 +4,8 @@ Syntax: comma-separated ``key=value`` pairs, for example
 ``model=smollm2-135m,domains=general+geography,price=0.1,concurrency=2``.
 Keys: ``model`` (required: a known name or a .gguf path), ``domains``
 (``+``-separated, default "general"), ``price`` (per 1k tokens, default 0),
-``concurrency`` (default 1), ``queue`` (queries that wait for a free slot
+``concurrency`` (generations batched at once, default 4: llama.cpp batches
+them continuously, see DEFAULT_CONCURRENCY), ``queue`` (queries that wait for a free slot
 when ``concurrency`` are running, default 8; 0: answer "busy" at once),
 ``gpu_layers`` (default 0; -1 all), ``ctx``
 (context tokens, default 2048), ``confidence`` (``on`` or ``off``, default
@@ -42,6 +43,14 @@ DEFAULT_QUEUE = 8
 """Queries an expert lets wait for a slot (up to their deadline) before it says busy."""
 
 _DOMAIN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+DEFAULT_CONCURRENCY = 4
+"""Generations an expert runs at once unless its spec says otherwise. llama.cpp
+batches concurrent requests over slots (continuous batching): measured on 2
+CPU cores with SmolLM2-135M, 4 concurrent generations give 1.46x the total
+tokens/s of 1 and 8 give 1.57x, each slower than alone (docs/benchmarks.md,
+"Experts", (c) and (e)); 4 keeps most of that gain at half the per-request
+slowdown. Further requests wait in the expert's queue."""
+
 _KEYS = ("model", "domains", "price", "concurrency", "queue", "gpu_layers", "ctx", "confidence", "knowledge", "id",
          "system")
 _SWITCH = {"on": True, "off": False}
@@ -53,7 +62,7 @@ class ExpertSpec:
     model: str
     domains: tuple[str, ...] = ("general",)
     price_per_1k: float = 0.0
-    concurrency: int = 1
+    concurrency: int = DEFAULT_CONCURRENCY
     queue: int = DEFAULT_QUEUE
     gpu_layers: int = 0
     n_ctx: int = 2048
@@ -107,7 +116,7 @@ def parse_expert_spec(text: str) -> ExpertSpec:
         model=values["model"],
         domains=domains,
         price_per_1k=_number(values, "price", float, 0.0, minimum=0.0),
-        concurrency=_number(values, "concurrency", int, 1, minimum=1),
+        concurrency=_number(values, "concurrency", int, DEFAULT_CONCURRENCY, minimum=1),
         queue=_number(values, "queue", int, DEFAULT_QUEUE, minimum=0),
         gpu_layers=_number(values, "gpu_layers", int, 0, minimum=-1),
         n_ctx=_number(values, "ctx", int, 2048, minimum=64),
