@@ -204,15 +204,21 @@ async def _node(nursery, tmp_path, name, expert=None, boot=()):
 
 
 def _spy_publish(node) -> list:
-    """Every message ``node`` publishes from now on, in order."""
+    """Every message ``node`` publishes or sends to respondents from now on, in order."""
     published = []
     real_publish = node.network.publish_nowait
+    real_send = node.network.send_query_nowait
 
     def spy(topic, message):
         published.append(message)
         return real_publish(topic, message)
 
+    def spy_send(query):
+        published.append(query)
+        return real_send(query)
+
     node.network.publish_nowait = spy
+    node.network.send_query_nowait = spy_send
     return published
 
 

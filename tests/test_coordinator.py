@@ -265,15 +265,19 @@ class _OneNeverChecked(_OneByExpertId):
 async def test_prompts_are_sealed_to_the_chosen_respondents(nursery, tmp_path):
     nodes = await start_cluster(nursery, tmp_path, [paris()])
     seen = []
+    net = nodes[1].network
+    serve = net._rpc_handlers[wire.Query.KIND]
 
     async def spy(env):
         seen.append(env.message)
+        return await serve(env)
 
-    nodes[1].network.on("p2pnet/queries/1", spy)
+    net._rpc_handlers[wire.Query.KIND] = spy  # queries come over the direct query stream
     await trio.to_thread.run_sync(lambda: ask(nodes[0].api_url, respondents=1))
     query = next(m for m in seen if isinstance(m, wire.Query))
     assert QUESTION.encode() not in query.pack()  # only ciphertext on the wire
     assert [p.recipient for p in query.prompts] == [nodes[1].network.peer_id]
+    assert net.stats.received["p2pnet/queries/1"] == 0  # none came by gossip
 
 
 async def test_all_respondents_busy_is_503(nursery, tmp_path):

@@ -165,15 +165,17 @@ def make_net(boot=None, **kw) -> GossipNetwork:
 
 
 async def test_announcer_repeats_on_change_rate_limited_else_each_refresh(autojump_clock):
-    """Refresh 30 s, gap 3 s: announced at 0; a change at 1 goes at 3; changes
-    at 4 and 4.5 go once, at 6, with the last cards; echoed 2, 6 and 15 s
-    after that (8, 14, 29); then nothing until the refresh at 59."""
-    extra = {"cards": (card(load=0),)}
+    """Refresh 30 s, gap 3 s: announced at 0; a change of cards at 1 goes at
+    3; changes at 4 and 4.5 go once, at 6, with the last cards; echoed 2, 6
+    and 15 s after that (8, 14, 29). A change of load alone (at 35) is no
+    change: it goes with the refresh at 59."""
+    extra = {"cards": (card("e0", load=0),)}
     net = make_net(announce_interval_s=30, announce_min_gap_s=3, announce_extra=lambda: dict(extra))
     sent = []
 
     def publish(topic, message):
-        sent.append((round(trio.current_time(), 3), message.cards[0].load, message.ttl_s))
+        c = message.cards[0]
+        sent.append((round(trio.current_time(), 3), c.expert_id, c.load, message.ttl_s))
         return net.signer.seal(message)
 
     net.peers = lambda: [b"peer"]
@@ -181,12 +183,33 @@ async def test_announcer_repeats_on_change_rate_limited_else_each_refresh(autoju
     net.publish_nowait = publish
     async with trio.open_nursery() as nursery:
         nursery.start_soon(net._announcer)
-        for at, load in ((1.0, 1), (4.0, 2), (4.5, 3)):
+        for at, expert_id, load in ((1.0, "e1", 0), (4.0, "e2", 0), (4.5, "e3", 0), (35.0, "e3", 7)):
             await trio.sleep_until(at)
-            extra["cards"] = (card(load=load),)
-        await trio.sleep_until(40.0)
+            extra["cards"] = (card(expert_id, load=load),)
+        await trio.sleep_until(60.0)
         nursery.cancel_scope.cancel()
-    assert sent == [(0.0, 0, 90), (3.0, 1, 90), (6.0, 3, 90), (8.0, 3, 90), (14.0, 3, 90), (29.0, 3, 90)]
+    assert sent == [(0.0, "e0", 0, 90), (3.0, "e1", 0, 90), (6.0, "e3", 0, 90), (8.0, "e3", 0, 90),
+                    (14.0, "e3", 0, 90), (29.0, "e3", 0, 90), (59.0, "e3", 7, 90)]
+
+
+async def test_a_node_offering_only_its_addresses_refreshes_four_times_less_often(autojump_clock):
+    """No expert, not a validator: announced at 0, echoed at 2, 8 and 23,
+    then every 4 x 30 s, each announcement true for 4 x 90 s."""
+    net = make_net(announce_interval_s=30, announce_ttl_s=90, announce_min_gap_s=3, announce_extra=dict)
+    sent = []
+
+    def publish(topic, message):
+        sent.append((round(trio.current_time(), 3), message.ttl_s))
+        return net.signer.seal(message)
+
+    net.peers = lambda: [b"peer"]
+    net._announce_heard = lambda: True
+    net.publish_nowait = publish
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net._announcer)
+        await trio.sleep_until(300.0)
+        nursery.cancel_scope.cancel()
+    assert sent == [(0.0, 360), (2.0, 360), (8.0, 360), (23.0, 360), (143.0, 360), (263.0, 360)]
 
 
 # ------------------------------------------------------- real nodes, loopback

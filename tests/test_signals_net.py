@@ -59,13 +59,17 @@ def capital(city, model="scripted"):
 
 
 def spy_queries(node):
+    """The Queries that reach ``node`` over the direct query stream (how
+    respondents get them; gossip is only the fallback)."""
     seen = []
+    net = node.network
+    serve = net._rpc_handlers[wire.Query.KIND]
 
     async def spy(env):
-        if isinstance(env.message, wire.Query):
-            seen.append(env.message)
+        seen.append(env.message)
+        return await serve(env)
 
-    node.network.on("p2pnet/queries/1", spy)
+    net._rpc_handlers[wire.Query.KIND] = spy
     return seen
 
 

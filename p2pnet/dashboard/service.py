@@ -49,8 +49,8 @@ class DashboardService:
         self._watched_at = float("-inf")
         self._wanted = trio.Event()
         self._standings: tuple = (None, [])  # (state they were computed from, rows)
-        for topic in topics.ALL:
-            node.network.on(topic, self._on_message)
+        for topic in topics.ALL:  # counts what the node takes; subscribes to nothing more
+            node.network.on(topic, self._on_message, subscribe=False)
         node.network.on(topics.ANNOUNCE, self._on_announce)
 
     # ------------------------------------------------------------ node service hooks

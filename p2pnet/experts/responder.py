@@ -1,6 +1,12 @@
 """The expert side of a query: take sealed prompts addressed to this node's
 experts, answer them within the deadline, and send back signed, sealed answers.
 
+Queries and cancels come over direct streams (``/p2pnet/query/1.0.0``,
+checked at the edge like gossip: see p2pnet/gossip/direct.py) or, as the
+coordinator's fallback, by gossip on the queries topic. A query that arrives
+twice (its direct stream timed out after it got here, and the coordinator
+gossiped it) is served once.
+
 Answers go straight to the coordinator over a direct stream; if that fails
 they are published on the answers topic (still sealed to the coordinator)."""
 
@@ -35,7 +41,11 @@ class Responder:
         self.served = 0
         self.refused_busy = 0
         self._coordinator_of: "OrderedDict[bytes, bytes]" = OrderedDict()  # query id -> coordinator
+        self._taken: "OrderedDict[tuple, None]" = OrderedDict()  # (coordinator, query id, expert id) served
+        self.duplicates = 0
         node.network.on(topics.QUERIES, self._on_message)
+        node.network.on_request(wire.Query.KIND, self._on_direct)
+        node.network.on_request(wire.Cancel.KIND, self._on_direct)
 
     # node service hooks
     def announce_extra(self) -> dict:
@@ -46,7 +56,18 @@ class Responder:
             "experts": [_card_json(e.card()) for e in self.experts.values()],
             "answers_served": self.served,
             "answers_busy": self.refused_busy,
+            "queries_duplicate": self.duplicates,
         }
+
+    async def _on_direct(self, env: wire.Envelope) -> wire.Message:
+        await self._on_message(env)
+        return wire.Ack()
+
+    @staticmethod
+    def _remember(book: OrderedDict, key) -> None:
+        book[key] = None
+        while len(book) > 4096:
+            book.popitem(last=False)
 
     async def _on_message(self, env: wire.Envelope) -> None:
         msg = env.message
@@ -55,10 +76,16 @@ class Responder:
                 for expert in self.experts.values():
                     expert.cancel(msg.query_id)
             return
+        if not isinstance(msg, wire.Query):
+            return
         me = self.node.network.peer_id
         for sealed in msg.prompts:
             if sealed.recipient != me:
                 continue
+            if (env.sender, msg.query_id, sealed.expert_id) in self._taken:
+                self.duplicates += 1
+                continue
+            self._remember(self._taken, (env.sender, msg.query_id, sealed.expert_id))
             if self.inflight >= self.max_inflight:
                 self.refused_busy += 1
                 self.nursery.start_soon(self._send, env.sender, msg.query_id, sealed.expert_id,

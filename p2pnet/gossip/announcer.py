@@ -5,6 +5,7 @@ its methods use the network's state, set up in ``GossipNetwork.__init__``."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import trio
@@ -15,6 +16,9 @@ from p2pnet.gossip.errors import OutboxFull, RpcFailed
 from p2pnet.gossip.policy import check_directory
 
 log = logging.getLogger("p2pnet.gossip")
+
+QUIET_FACTOR = 4
+"""How many times less often a node with nothing to offer but its addresses refreshes its announcement."""
 
 
 class Announcing:
@@ -28,8 +32,32 @@ class Announcing:
         return True
 
     def _announce_message(self) -> wire.Announce:
-        addrs = tuple(self.announce_addrs or [a.split("/p2p/")[0] for a in self.listen_addrs])
-        return wire.Announce(addrs=addrs, **self.announce_extra(), ttl_s=int(self.announce_ttl_s))
+        addrs = self.reachable_addrs()
+        message = wire.Announce(addrs=addrs, **self.announce_extra(), ttl_s=int(self.announce_ttl_s))
+        if not message.cards and not message.validator:
+            # A node that offers nothing but its addresses (no expert, not a
+            # validator: most nodes of a large network) refreshes
+            # QUIET_FACTOR times less often, and its announcement lives as
+            # much longer: every node receives every announcement.
+            message = dataclasses.replace(
+                message, ttl_s=min(int(self.announce_ttl_s * QUIET_FACTOR), wire.MAX_ANNOUNCE_TTL_S))
+        return message
+
+    def reachable_addrs(self) -> tuple:
+        """Only addresses others can reach (nat.announceable): never
+        loopback (but from a loopback-only node), never a private one (but in
+        a LAN-only network), plus the relayed addresses once reserved.
+        ``--announce`` addresses are the operator's word and go as given."""
+        from p2pnet.gossip import nat
+
+        service = getattr(self, "nat", None)
+        circuits = service.circuit_addrs() if service is not None else ()
+        if self.announce_addrs:
+            return tuple(dict.fromkeys([*self.announce_addrs, *circuits]))[:16]
+        # without the NAT service (a bare GossipNetwork, in tests) a LAN address may go
+        private = service is None or service.settings.announce_private
+        verified = service.verified_addrs() if service is not None else ()  # confirmed by dial-backs
+        return nat.announceable([*self.listen_addrs, *verified], circuits, announce_private=private)[:16]
 
     def _announce_heard(self) -> bool:
         """Some peer has told GossipSub it takes announcements: one published
@@ -52,7 +80,13 @@ class Announcing:
                 self._directory = "fetching"
                 self._nursery.start_soon(self._fetch_directory_from_peers)
             message = self._announce_message()
-            key = (message.addrs, message.cards, message.validator)  # not the height: it moves every block
+            # Not the height (it moves every block), nor an expert's load (it
+            # moves with every query it takes; each change announced to every
+            # node made a query's cost grow with the network): both travel
+            # with the refresh.
+            key = (message.addrs, tuple(dataclasses.replace(c, load=0) for c in message.cards), message.validator)
+            self.schedule.refresh_s = self.announce_interval_s * (
+                1 if message.cards or message.validator else QUIET_FACTOR)
             wait = self.schedule.wait_s(now, key)
             if wait <= 0 and has_peers:
                 if self._announce_heard():

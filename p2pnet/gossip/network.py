@@ -1,5 +1,11 @@
 """The node's network service: a libp2p host, GossipSub topics carrying signed
-envelopes, direct request/response streams, and peer exchange.
+envelopes, direct streams (direct.py: request/response, and queries sent
+straight to their respondents), and peer exchange.
+
+A node subscribes only to the topics something on it handles (and to
+announcements and queries): queries go to their respondents directly, the
+queries topic is only their fallback; consensus and ratings reach only the
+nodes that keep the ledger.
 
 Inbound gossip is checked by a GossipSub topic validator *before* it is
 relayed: envelope size, form, schema, signature, that the envelope's sender is
@@ -50,13 +56,15 @@ import multiaddr
 import trio
 
 from p2pnet import wire
-from p2pnet.gossip import rpc, topics
+from p2pnet.gossip import topics
 from p2pnet.gossip.connector import Connector
 from p2pnet.gossip.errors import GossipError, OutboxFull, RpcFailed
 from p2pnet.gossip.guard import BanGate
 from p2pnet.gossip.host import GossipParams, build_stack, message_id
 from p2pnet.gossip.peerbook import PeerBook, remember_listen, sticky_listen
 from p2pnet.gossip.announcer import Announcing
+from p2pnet.gossip.direct import DirectQueries, Streams
+from p2pnet.gossip.inbound import Inbound
 from p2pnet.gossip.policy import AnnounceSchedule, AnnounceStore, Watermarks
 from p2pnet.logs import LogLimiter
 from p2pnet.gossip.stats import PeerPenalties, Stats
@@ -78,7 +86,9 @@ Handler = Callable[[wire.Envelope], Awaitable[None]]
 RequestHandler = Callable[[wire.Envelope], Awaitable[wire.Message]]
 
 
-class GossipNetwork(Announcing):
+class GossipNetwork(Announcing, Inbound, Streams):
+    topic_kinds = TOPIC_KINDS  # what each topic's validator lets through (inbound.py)
+
     def __init__(
         self,
         identity,
@@ -111,6 +121,7 @@ class GossipNetwork(Announcing):
         watermarks: Watermarks = Watermarks(),
         reconnect_max_s: float = 30.0,
         rng: Optional[random.Random] = None,
+        nat=None,
     ) -> None:
         self.identity = identity
         self.signer = signer
@@ -148,6 +159,10 @@ class GossipNetwork(Announcing):
         self.reconnect_max_s = reconnect_max_s
         self.rng = rng or random.Random()
         self.book = PeerBook(state_dir, clock=clock)
+        # NAT traversal (relay.py): relays, reservations, dial-back, DCUtR; None: off
+        from p2pnet.gossip.relay import NatService
+
+        self.nat = NatService(self, nat) if nat is not None else None
 
         self.stats = Stats()
         self.penalties = PeerPenalties()
@@ -155,6 +170,12 @@ class GossipNetwork(Announcing):
         self.loglimit = LogLimiter(log, clock=clock)
 
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
+        # Topics to subscribe to; every node takes announcements, and the
+        # queries topic, the fallback of the direct query streams: GossipSub
+        # relays only inside a topic's mesh, so a fallback query must be able
+        # to travel through nodes without experts (connections are bounded;
+        # experts need not be connected to each other).
+        self._wanted: set = {topics.ANNOUNCE, topics.QUERIES}
         self._rpc_handlers: dict[str, RequestHandler] = {}
         # Three outbound lanes, served in this order. Consensus is never paced
         # behind user traffic (a flood of broadcasts once held votes back for
@@ -170,6 +191,8 @@ class GossipNetwork(Announcing):
         self._decoded: "OrderedDict[bytes, wire.Envelope]" = OrderedDict()
         self._inboxes: dict = {}  # topic -> send side of its bounded inbox
         self._rpc_slots = trio.Semaphore(max_rpc_streams)
+        self._query_slots = trio.Semaphore(max_rpc_streams)
+        self.direct = DirectQueries(self)
         self._stopping = trio.Event()
         self._announce_now = trio.Event()
         self._rpc_busy: Counter = Counter()  # peer -> direct streams in flight with it
@@ -185,6 +208,7 @@ class GossipNetwork(Announcing):
         self.ready = False
         self._publishing = False
         self._last_own_seq: Optional[int] = None  # our last envelope handed to GossipSub
+        self._last_own_topic: Optional[str] = None  # ... and its topic
         self.flush_result: Optional[tuple[int, int]] = None  # (peers that confirmed, peers asked)
         self.on_request(wire.Flush.KIND, self._serve_flush)
         self.on_request(wire.DirectoryRequest.KIND, self._serve_directory)
@@ -195,9 +219,33 @@ class GossipNetwork(Announcing):
     def peer_id(self) -> bytes:
         return self.signer.peer_id
 
-    def on(self, topic: str, handler: Handler) -> None:
-        """Call ``handler(envelope)`` for each valid message on ``topic``."""
+    def on(self, topic: str, handler: Handler, *, subscribe: bool = True) -> None:
+        """Call ``handler(envelope)`` for each valid message on ``topic``.
+
+        A node subscribes to a topic only once a handler that asks for it is
+        registered (and always to announcements and to the queries topic, the
+        direct streams' fallback): a node without the ledger receives no
+        consensus message or rating. ``subscribe=False`` only watches what
+        the node takes anyway (the dashboard's counts). A node can publish on
+        any topic (GossipSub's fanout: to peers that take it)."""
         self._handlers[topic].append(handler)
+        if subscribe:
+            self._wanted.add(topic)
+            if self._nursery is not None and topic not in self._inboxes:
+                self._nursery.start_soon(self._subscribe, topic)
+
+    def subscribed(self) -> list[str]:
+        return sorted(self._inboxes)
+
+    def send_query_nowait(self, query: wire.Query) -> None:
+        """Deliver ``query`` to the respondents its prompts are sealed to,
+        over direct streams (gossip as the fallback: see direct.py).
+        OutboxFull when it cannot be queued."""
+        self.direct.send_query_nowait(query)
+
+    def send_cancel_nowait(self, query_id: bytes) -> None:
+        """Cancel ``query_id`` at the respondents it was sent to, the same way."""
+        self.direct.send_cancel_nowait(query_id)
 
     def on_request(self, kind: str, handler: RequestHandler) -> None:
         """Serve direct requests whose message KIND is ``kind``."""
@@ -283,54 +331,6 @@ class GossipNetwork(Announcing):
         return {"count": len(self.peers()), "low": self.watermarks.low, "high": self.watermarks.high,
                 "trimmed": self.connector.trimmed}
 
-    async def request(self, peer: bytes, message: wire.Message, timeout_s: Optional[float] = None,
-                      max_reply_bytes: Optional[int] = None) -> wire.Message:
-        """Send ``message`` to ``peer`` over a direct stream; return its reply."""
-        self._rpc_busy[peer] += 1
-        try:
-            return await self._request(peer, message, timeout_s, max_reply_bytes or self.params.max_message_bytes)
-        finally:
-            self._rpc_busy[peer] -= 1
-            if not self._rpc_busy[peer]:
-                del self._rpc_busy[peer]
-
-    async def _request(self, peer: bytes, message: wire.Message, timeout_s: Optional[float],
-                       max_reply_bytes: int) -> wire.Message:
-        from libp2p.custom_types import TProtocol
-        from libp2p.peer.id import ID
-
-        if peer == self.peer_id:
-            raise RpcFailed("cannot request from self", "self")
-        with trio.fail_after(timeout_s or self.rpc_timeout_s):
-            try:
-                stream = await self.host.new_stream(ID(peer), [TProtocol(topics.RPC_PROTOCOL)])
-            except trio.TooSlowError:
-                raise
-            except Exception as exc:
-                raise RpcFailed(f"cannot open a stream to {wire.peer_id_str(peer)[:16]}: {exc}", "unreachable") from None
-            try:
-                await rpc.write_frame(stream, self.signer.seal(message))
-                data = await rpc.read_frame(stream, max_reply_bytes)
-            except RpcFailed:
-                raise
-            except Exception as exc:
-                raise RpcFailed(f"stream to {wire.peer_id_str(peer)[:16]} failed: {exc}", "stream") from None
-            finally:
-                with trio.CancelScope(shield=True):
-                    try:
-                        await stream.close()
-                    except Exception:
-                        pass
-        try:
-            env = wire.open_envelope(data, max_reply_bytes)
-        except wire.WireError as exc:
-            raise RpcFailed(f"invalid reply: {exc}", exc.reason) from None
-        if env.sender != peer:
-            raise RpcFailed("reply signed by another peer", wire.BAD_SIGNATURE)
-        if isinstance(env.message, wire.RpcError):
-            raise RpcFailed(f"peer refused: {env.message.code}: {env.message.message}", env.message.code)
-        return env.message
-
     def close(self) -> None:
         """Begin a clean shutdown: flush the outbox, linger, then stop."""
         self._stopping.set()
@@ -357,7 +357,8 @@ class GossipNetwork(Announcing):
                 if not self.listen_addrs:
                     raise GossipError(f"not listening: no address of {', '.join(listen)} could be bound")
                 remember_listen(self.state_dir, self.listen, self.listen_addrs)
-                self.host.set_stream_handler(TProtocol(topics.RPC_PROTOCOL), self._serve_stream)
+                for protocol, serve in self._stream_handlers().items():
+                    self.host.set_stream_handler(TProtocol(protocol), serve)
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     # Trap 4: py-libp2p's subscription channels hold 32 messages
@@ -367,22 +368,32 @@ class GossipNetwork(Announcing):
                     self.pubsub.on_message = self._take_gossip
                     for topic in topics.ALL:
                         self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
-                        send, recv = trio.open_memory_channel(self.inbox_size)
-                        self._inboxes[topic] = send
-                        await self.pubsub.subscribe(topic)
-                        nursery.start_soon(self._dispatch_topic, topic, recv)
+                    for topic in sorted(self._wanted):
+                        await self._subscribe(topic)
+                    nursery.start_soon(self.direct.run)
                     nursery.start_soon(self._publisher)
                     nursery.start_soon(self.connector.dialer)
                     nursery.start_soon(self._kicker)
                     nursery.start_soon(self._announcer)
                     nursery.start_soon(self.connector.keep_connected)
                     nursery.start_soon(self.connector.trimmer)
+                    if self.nat is not None:
+                        await nursery.start(self.nat.run)
                     self.ready = True
                     log.info("listening on %s as %s", ", ".join(self.listen_addrs), wire.peer_id_str(self.peer_id))
                     task_status.started(self)
                     await self._stopping.wait()
                     await self._linger()
                     nursery.cancel_scope.cancel()
+
+    async def _subscribe(self, topic: str) -> None:
+        """Take ``topic``'s messages from now on, into its bounded inbox."""
+        if topic in self._inboxes or topic not in TOPIC_KINDS:
+            return
+        send, recv = trio.open_memory_channel(self.inbox_size)
+        self._inboxes[topic] = send
+        self._nursery.start_soon(self._dispatch_topic, topic, recv)
+        await self.pubsub.subscribe(topic)
 
     async def _linger(self) -> None:
         """Trap 5: queued messages must reach the peers before the host stops.
@@ -406,7 +417,9 @@ class GossipNetwork(Announcing):
                         self.linger_s, self.outbox_len() + self._peer_queue_max())
 
     async def _flush_peers(self, seq: int) -> None:
-        peers = self.peers()
+        # only the peers that take our last message's topic can confirm it
+        takers = set(getattr(self.pubsub, "peer_topics", {}).get(self._last_own_topic, ()))
+        peers = [p for p in self.peers() if _peer_id(p) in takers]
         confirmed = []
 
         async def ask(peer: bytes) -> None:
@@ -507,103 +520,13 @@ class GossipNetwork(Announcing):
             await self.pubsub.publish(topic, data)
             if own_seq is not None:
                 self._last_own_seq = own_seq
+                self._last_own_topic = topic
             self.stats.sent[topic] += 1
         except Exception as exc:  # never let one publish kill the node
             self.stats.drop("publish_failed")
             self.loglimit.warning("publish_failed", "publish on %s failed: %s", topic, exc)
         finally:
             self._publishing = False
-
-    def _make_validator(self, topic: str):
-        allowed = TOPIC_KINDS[topic]
-        my_id = self.peer_id
-
-        def validate(forwarder, msg) -> bool:
-            # Runs for every copy not yet accepted (no verdict is cached: see
-            # guard.py), so each refusal is counted against who sent it.
-            if msg.from_id == my_id:
-                return True
-            fwd = forwarder.to_bytes() if forwarder is not None else msg.from_id
-            now = self.clock()
-            try:
-                env = wire.open_envelope(msg.data, self.params.max_message_bytes)
-                if env.sender != msg.from_id:
-                    raise wire.WireError(wire.BAD_SIGNATURE, "envelope sender is not the gossip publisher")
-                if env.kind not in allowed:
-                    raise wire.WireError(wire.SCHEMA, f"{env.kind} does not belong on {topic}")
-            except wire.WireError as exc:
-                # Honest peers validate before they relay: bad content is the
-                # forwarder's fault.
-                self._strike(fwd, exc.reason, f"{topic}: {exc}", now)
-                return False
-            try:
-                self.guard.check(env, int(now * 1000))
-            except wire.WireError as exc:
-                # A stale or re-published envelope is genuine and signed by
-                # its origin, whom honest peers may relay in good faith: the
-                # origin answers for it, never the forwarder.
-                self._strike(env.sender, exc.reason, f"{topic}: {exc}", now)
-                return False
-            self._decoded[message_id(msg)] = env
-            while len(self._decoded) > 4096:
-                self._decoded.popitem(last=False)
-            return True
-
-        return validate
-
-    def _is_banned(self, peer: bytes) -> bool:
-        return self.penalties.is_banned(peer, self.clock())
-
-    def _on_pubsub_reject(self, peer: bytes, reason: str, detail: str) -> None:
-        """py-libp2p refused a message before the validator (guard.py)."""
-        if reason in ("banned", "banned_origin"):
-            self.stats.drop(reason, wire.peer_id_str(peer))
-            self.loglimit.debug(reason, "dropped message from %s: %s", wire.peer_id_str(peer)[:20], detail)
-            return
-        self._strike(peer, reason, f"gossip: {detail}", self.clock())
-
-    def _on_ban_refused(self, peer: bytes, direction: str) -> None:
-        """The ban gate refused a dial to, or a connection from, a banned peer."""
-        self.stats.drop(f"banned_{direction}", wire.peer_id_str(peer))
-        if direction == "inbound":
-            self._kick(peer)
-
-    def _strike(self, peer: bytes, reason: str, detail: str, now: float) -> None:
-        name = wire.peer_id_str(peer)
-        self.stats.drop(reason, name)
-        self.loglimit.warning(f"drop:{reason}", "dropped message from %s: %s", name[:20], detail)
-        if self.penalties.strike(peer, now):
-            self.stats.disconnected_for_abuse += 1
-            log.warning("banning %s for %.0f s: too many bad messages", name[:20], self.penalties.ban_s)
-            self._forget_addrs(peer)
-            self._kick(peer)
-
-    def _kick(self, peer: bytes) -> None:
-        try:
-            self._kick_send.send_nowait(peer)
-        except trio.WouldBlock:
-            pass
-
-    def _forget_addrs(self, peer: bytes) -> None:
-        """Nothing dials a banned peer (the gate refuses it anyway); keep its
-        addresses out of py-libp2p's peer store and our peer exchange."""
-        from libp2p.peer.id import ID
-
-        self.book.forget(peer)
-        if self.host is not None:
-            try:
-                self.host.get_peerstore().clear_addrs(ID(peer))
-            except Exception as exc:
-                log.debug("clearing addresses of a banned peer: %s", exc)
-
-    async def _kicker(self) -> None:
-        from libp2p.peer.id import ID
-
-        async for peer in self._kick_recv:
-            try:
-                await self.host.disconnect(ID(peer))
-            except Exception as exc:
-                log.info("disconnect of %s failed: %s", wire.peer_id_str(peer)[:20], exc)
 
     def _take_gossip(self, topic: str, msg) -> None:
         """A message GossipSub accepted on ``topic``: into its bounded inbox
@@ -636,50 +559,8 @@ class GossipNetwork(Announcing):
                 self.stats.drop("handler_error")
                 log.exception("handler for %s failed on %s from %s", topic, env.kind, env.sender_str[:20])
 
-    # --------------------------------------------------------------- rpc
 
-    async def _serve_stream(self, stream) -> None:
-        peer = stream.muxed_conn.peer_id.to_bytes()
-        self._rpc_busy[peer] += 1
-        try:
-            if self._rpc_slots.value == 0:
-                await self._reply(stream, wire.RpcError("busy", "too many requests in flight"))
-                return
-            async with self._rpc_slots:
-                with trio.fail_after(self.rpc_timeout_s):
-                    data = await rpc.read_frame(stream, self.params.max_message_bytes)
-                    try:
-                        env = wire.open_envelope(data, self.params.max_message_bytes)
-                        if env.sender != peer:
-                            raise wire.WireError(wire.BAD_SIGNATURE, "request signed by another peer")
-                        self.guard.check(env, int(self.clock() * 1000))
-                    except wire.WireError as exc:
-                        self._strike(peer, exc.reason, f"rpc: {exc}", self.clock())
-                        await self._reply(stream, wire.RpcError("bad_request", str(exc)))
-                        return
-                    handler = self._rpc_handlers.get(env.kind)
-                    if handler is None:
-                        await self._reply(stream, wire.RpcError("unsupported", f"no handler for {env.kind}"))
-                        return
-                    try:
-                        reply = await handler(env)
-                    except Exception as exc:
-                        log.exception("rpc handler for %s failed", env.kind)
-                        reply = wire.RpcError("internal", type(exc).__name__)
-                    await self._reply(stream, reply)
-        except (trio.TooSlowError, RpcFailed) as exc:
-            log.info("rpc stream from %s dropped: %s", wire.peer_id_str(peer)[:20], exc or "timeout")
-        except Exception as exc:
-            log.info("rpc stream from %s failed: %s", wire.peer_id_str(peer)[:20], exc)
-        finally:
-            self._rpc_busy[peer] -= 1
-            if not self._rpc_busy[peer]:
-                del self._rpc_busy[peer]
-            with trio.CancelScope(shield=True):
-                try:
-                    await stream.close()
-                except Exception:
-                    pass
+def _peer_id(peer: bytes):
+    from libp2p.peer.id import ID
 
-    async def _reply(self, stream, message: wire.Message) -> None:
-        await rpc.write_frame(stream, self.signer.seal(message))
+    return ID(peer)

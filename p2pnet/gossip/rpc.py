@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import struct
 
+import trio
+
 from p2pnet.gossip.errors import RpcFailed
 
 _LEN = struct.Struct(">I")
@@ -29,3 +31,13 @@ async def read_frame(stream, max_bytes: int) -> bytes:
 
 async def write_frame(stream, data: bytes) -> None:
     await stream.write(_LEN.pack(len(data)) + data)
+
+
+async def close_quietly(stream) -> None:
+    """Close a stream (or raw connection) even while being cancelled, ignoring
+    errors: the other side may be gone already."""
+    with trio.CancelScope(shield=True):
+        try:
+            await stream.close()
+        except Exception:
+            pass

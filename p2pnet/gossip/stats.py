@@ -53,6 +53,7 @@ class Stats:
     dropped: Counter = field(default_factory=Counter)    # reason -> n
     dropped_by_peer: Counter = field(default_factory=Counter)  # peer -> n
     disconnected_for_abuse: int = 0
+    direct: Counter = field(default_factory=Counter)     # direct streams and queries (direct.py) -> n
 
     def drop(self, reason: str, peer: str | None = None) -> None:
         self.dropped[reason] += 1
@@ -66,4 +67,5 @@ class Stats:
             "dropped": dict(self.dropped),
             "dropped_by_peer": dict(self.dropped_by_peer.most_common(20)),
             "disconnected_for_abuse": self.disconnected_for_abuse,
+            "direct": dict(self.direct),
         }

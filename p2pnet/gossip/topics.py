@@ -10,3 +10,4 @@ BROADCAST = "p2pnet/broadcast/1"
 ALL = (ANNOUNCE, QUERIES, ANSWERS, CONSENSUS, TXS, BROADCAST)
 
 RPC_PROTOCOL = "/p2pnet/rpc/1.0.0"
+QUERY_PROTOCOL = "/p2pnet/query/1.0.0"  # Query and Cancel, straight to a respondent (direct.py)

@@ -1,8 +1,9 @@
 """A simulated network: one transport object per peer, all in one Trio run.
 
 A :class:`SimTransport` offers what the coordinator and responder use of
-``node.network`` (``on``, ``on_request``, ``publish_nowait``, ``request``,
-``peers``, ``peer_id``). Messages are really signed (``wire.Signer``) and
+``node.network`` (``on``, ``on_request``, ``publish_nowait``,
+``send_query_nowait``, ``send_cancel_nowait``, ``request``, ``peers``,
+``peer_id``). Messages are really signed (``wire.Signer``) and
 checked (``wire.open_envelope``, once per message rather than once per
 receiver). Instead of flooding GossipSub, a Query is routed to the peers it is
 sealed to, a Cancel to the same peers, a gossiped Answer to the query's
@@ -14,7 +15,7 @@ Deliveries take ``latency * (1 +- jitter)`` and are lost with probability
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Optional
 
@@ -35,6 +36,12 @@ class NetStats:
     unrouted: int = 0
     requests: int = 0
     requests_failed: int = 0
+    # accounting only (bench/deliveries.py): deliveries by message kind, gossip
+    # and direct requests apart, and what an announcement costs in the node's
+    # topic layout (every peer takes the announce topic: one delivery each)
+    delivered_by_kind: Counter = field(default_factory=Counter)
+    requests_by_kind: Counter = field(default_factory=Counter)
+    announce_layout: int = 0
 
 
 class SimNetwork:
@@ -72,6 +79,7 @@ class SimNetwork:
         msg = env.message
         if topic == topics.ANNOUNCE:
             targets = frozenset((self.announce_sink,)) if self.announce_sink else frozenset()
+            self.stats.announce_layout += len(self.transports) - 1
         elif isinstance(msg, wire.Query):
             targets = frozenset(p.recipient for p in msg.prompts)
             self._routes[msg.query_id] = (sender, targets)
@@ -98,12 +106,14 @@ class SimNetwork:
         transport = self.transports.get(peer)
         if transport is not None:
             self.stats.delivered += 1
+            self.stats.delivered_by_kind[env.kind] += 1
             await transport.deliver(topic, env)
 
     # --------------------------------------------------------------- requests
 
     async def request(self, sender: bytes, peer: bytes, env: wire.Envelope, timeout_s: float) -> wire.Message:
         self.stats.requests += 1
+        self.stats.requests_by_kind[env.kind] += 1
         out, back = self.delay(), self.delay()
         target = self.transports.get(peer)
         if target is None or self.lost():
@@ -131,7 +141,7 @@ class SimTransport:
     handlers: dict = field(default_factory=dict)
     request_handlers: dict = field(default_factory=dict)
 
-    def on(self, topic: str, handler: Handler) -> None:
+    def on(self, topic: str, handler: Handler, *, subscribe: bool = True) -> None:
         self.handlers.setdefault(topic, []).append(handler)
 
     def on_request(self, kind: str, handler: Handler) -> None:
@@ -147,6 +157,14 @@ class SimTransport:
         env = self._envelope(msg)
         self.net.route(self.peer_id, topic, env)
         return env.message_id()
+
+    def send_query_nowait(self, query: wire.Query) -> None:
+        """The real network sends each respondent its part directly; here, as
+        before, the Query is routed to the peers it is sealed to."""
+        self.publish_nowait(topics.QUERIES, query)
+
+    def send_cancel_nowait(self, query_id: bytes) -> None:
+        self.publish_nowait(topics.QUERIES, wire.Cancel(query_id))
 
     async def request(self, peer: bytes, msg: wire.Message, timeout_s: float = 10.0) -> wire.Message:
         return await self.net.request(self.peer_id, peer, self._envelope(msg), timeout_s)

@@ -1,0 +1,107 @@
+"""Message deliveries per node per query and per announcement period, in the
+simulator, at 100, 1,000 and 10,000 peers (issue 21, item 8c).
+
+Runs testnet/scenarios/scale-1000.toml's expert mix, scaled to each peer
+count (9% of the peers host experts, as there), for a short workload, and
+counts what the simulated network delivered, by message kind
+(``SimNetwork.stats``). The simulator routes as the node does now: a query
+and its cancels only to the respondents its prompts are sealed to (the direct
+query stream), an answer to its coordinator over a direct request. The
+ledger runs among the validators only (none of it reaches other peers). An
+answer whose direct request failed (the scenario loses 1% of deliveries) is
+gossiped; in the node the answers topic reaches every node, so the table also
+gives the count with each of those as N - 1 deliveries.
+
+Announcements are counted in the node's topic layout, not the simulator's
+routing (which hands them to one shared directory): every peer takes the
+announce topic, so one announcement is a delivery at each other peer. A peer
+hosting experts refreshes every 30 s, one offering only its addresses every
+120 s (announcer.QUIET_FACTOR), so in one 30 s period a peer receives
+E + (N - E) / 4 announcements (E: peers with experts) besides changes.
+
+    .venv/bin/python bench/deliveries.py [--peers 100,1000,10000] [--queries 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import trio
+import trio.testing
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from p2pnet.gossip.announcer import QUIET_FACTOR  # noqa: E402
+from p2pnet.sim.run import Driver  # noqa: E402
+from p2pnet.sim.scenario import parse_scenario  # noqa: E402
+
+QUERY_KINDS = ("query", "cancel")
+
+
+def scenario_text(peers: int, queries: int) -> str:
+    """scale-1000.toml with ``peers`` peers, its expert groups scaled alike, ``queries`` queries."""
+    text = (ROOT / "testnet/scenarios/scale-1000.toml").read_text()
+    scale = peers / 1000
+    text = re.sub(r"(?m)^peers = \d+", f"peers = {peers}", text)
+    text = re.sub(r"(?m)^count = (\d+)", lambda m: f"count = {max(1, round(int(m.group(1)) * scale))}", text)
+    text = re.sub(r"(?m)^queries = \d+", f"queries = {queries}", text)
+    text = re.sub(r"(?m)^warmup = \d+", f"warmup = {queries // 5}", text)
+    return text
+
+
+def run(peers: int, queries: int) -> dict:
+    sc = parse_scenario(scenario_text(peers, queries), f"deliveries-{peers}")
+    driver = Driver(sc)
+    started = time.monotonic()
+    trio.run(driver.run, clock=trio.testing.MockClock(autojump_threshold=0))
+    world = driver.world
+    st = world.net.stats
+    n = len(world.peers)
+    experts = sum(1 for p in world.peers if p.experts)
+    kinds = {**{f"gossip:{k}": v for k, v in st.delivered_by_kind.items()},
+             **{f"request:{k}": v for k, v in st.requests_by_kind.items()}}
+    per_query = sum(v for k, v in kinds.items() if not k.endswith(":announce")) / queries
+    # in the node, an answer gossiped (its direct request failed) goes on the answers
+    # topic, which every node takes: N - 1 deliveries, not the simulator's one
+    flooded = per_query + kinds.get("gossip:answer", 0) * (n - 2) / queries
+    return {"peers": n, "experts": experts, "queries": queries, "kinds": kinds,
+            "per_query_total": per_query, "per_query_per_node": per_query / n,
+            "per_query_layout": flooded, "per_query_layout_per_node": flooded / n,
+            "announce_per_period_per_node": experts + (n - experts) / QUIET_FACTOR,
+            "announce_layout_total": st.announce_layout, "wall_s": time.monotonic() - started}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peers", default="100,1000,10000")
+    ap.add_argument("--queries", type=int, default=300)
+    args = ap.parse_args(argv)
+    rows = []
+    for peers in (int(p) for p in args.peers.split(",")):
+        print(f"{peers} peers ...", file=sys.stderr, flush=True)
+        row = run(peers, args.queries)
+        print(row, file=sys.stderr, flush=True)
+        rows.append(row)
+    print(f"\nsimulator, {args.queries} queries per run, {os.cpu_count()} cores; deliveries by kind in "
+          "docs/benchmarks.md\n")
+    print("| peers | with experts | deliveries per query, all nodes | per node per query | "
+          "the same, gossiped answers flooding | per node | announcements per node per 30 s period |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['peers']} | {r['experts']} | {r['per_query_total']:.2f} | {r['per_query_per_node']:.5f} | "
+              f"{r['per_query_layout']:.1f} | {r['per_query_layout_per_node']:.4f} | "
+              f"{r['announce_per_period_per_node']:.0f} |")
+    print()
+    for r in rows:
+        print(f"{r['peers']} peers: " + ", ".join(f"{k} {v}" for k, v in sorted(r["kinds"].items()))
+              + f" (run {r['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Issue 21, items 1 and 4: a query reaches only its respondents (over the
+direct query stream, dialling a respondent that is not connected), bad direct
+messages are dropped and counted, and only the nodes that keep the ledger take
+its traffic. Real py-libp2p hosts and real nodes over loopback, in one process."""
+
+import os
+import time
+
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+
+from p2pnet import config, sealing, wire
+from p2pnet.consensus.genesis import Params, generate_genesis
+from p2pnet.experts import scripted
+from p2pnet.experts.expert import Expert
+from p2pnet.gossip import rpc, topics
+from p2pnet.gossip.direct import split_query
+from p2pnet.gossip.network import GossipNetwork
+from p2pnet.gossip.policy import Watermarks
+from p2pnet.identity import Identity, load_or_create
+from p2pnet.node import Node
+
+from .conftest_net import wait_for
+
+QUESTION = "What is the capital of France?"
+
+
+def make_net(boot=None, **kw) -> GossipNetwork:
+    ident = Identity(os.urandom(32))
+    return GossipNetwork(ident, ident.signer(), ["/ip4/127.0.0.1/tcp/0"], [boot] if boot else [],
+                         announce_interval_s=0.5, **kw)
+
+
+def query_to(net_from: GossipNetwork, *recipients: GossipNetwork) -> wire.Query:
+    return wire.Query(query_id=os.urandom(16), domain="general", deadline_ms=int((time.time() + 60) * 1000),
+                      prompts=tuple(wire.SealedPrompt(r.peer_id, "e1", sealing.seal(net_from.identity, r.peer_id, b"hi"))
+                                    for r in recipients))
+
+
+class Taker:
+    """Serves direct queries and cancels on ``net``; remembers them."""
+
+    def __init__(self, net):
+        self.got = []
+        net.on_request(wire.Query.KIND, self.take)
+        net.on_request(wire.Cancel.KIND, self.take)
+
+    async def take(self, env):
+        self.got.append(env.message)
+        return wire.Ack()
+
+
+def test_a_query_is_split_so_each_respondent_sees_only_its_own_prompt():
+    a, b, c = (make_net() for _ in range(3))
+    q = query_to(a, b, c)
+    parts = split_query(q)
+    assert [peer for peer, _ in parts] == [b.peer_id, c.peer_id]
+    for peer, part in parts:
+        assert part.query_id == q.query_id and part.deadline_ms == q.deadline_ms
+        assert [p.recipient for p in part.prompts] == [peer]
+
+
+async def test_a_query_goes_only_to_its_respondent_dialled_if_not_connected(nursery):
+    """A and B each hold one connection, to C (their low watermark: nothing
+    dials more). A learns B's address from its announcement and sends it a
+    query: A dials B, B takes the query over the direct stream, and C, which
+    is not a respondent, receives nothing of it, by stream or by gossip."""
+    marks = Watermarks(low=1, high=4)
+    c = make_net(watermarks=marks)
+    await nursery.start(c.run)
+    a = make_net(c.listen_addrs[0], watermarks=marks)
+    b = make_net(c.listen_addrs[0], watermarks=marks)
+    takers = {n: Taker(n) for n in (a, b, c)}
+    b.on(topics.QUERIES, takers[b].take)  # B hosts experts: it takes the gossip fallback too (counted apart)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    await wait_for(lambda: a.book.addrs(b.peer_id), 30, "B's announcement at A")
+    assert b.peer_id not in a.peers()
+
+    q = query_to(a, b)
+    a.send_query_nowait(q)
+    await wait_for(lambda: takers[b].got, 30, "the query at B")
+    assert takers[b].got[0].query_id == q.query_id
+    assert a.stats.direct["dials"] == 1 and a.stats.direct["query_sent"] == 1
+    assert b.stats.direct["query_in"] == 1
+
+    a.send_cancel_nowait(q.query_id)  # the cancel goes the same way
+    await wait_for(lambda: len(takers[b].got) == 2, 30, "the cancel at B")
+    assert isinstance(takers[b].got[1], wire.Cancel)
+    assert a.stats.direct["query_gossiped"] == 0 and a.stats.direct["cancel_gossiped"] == 0
+    assert takers[c].got == [] and c.stats.direct["query_in"] == 0
+    assert c.stats.received[topics.QUERIES] == 0 and b.stats.received[topics.QUERIES] == 0
+    assert topics.QUERIES in c.subscribed()  # every node relays the fallback, none took this query by it
+
+
+async def test_an_unreachable_respondent_gets_the_query_by_gossip(nursery):
+    """A respondent that does not serve the query protocol (or cannot be
+    reached) gets the same query on the queries topic instead."""
+    a = make_net()
+    await nursery.start(a.run)
+    b = make_net(a.listen_addrs[0])
+    got = []
+
+    async def take(env):
+        got.append(env.message)
+
+    b.on(topics.QUERIES, take)  # but no direct handler: the stream is refused as unsupported
+    await nursery.start(b.run)
+    await wait_for(lambda: a.gossipsub.fanout.get(topics.QUERIES) is not None
+                   or b.peer_id in {p.to_bytes() for p in a.pubsub.peer_topics.get(topics.QUERIES, ())},
+                   30, "B's subscription at A")
+    q = query_to(a, b)
+    a.send_query_nowait(q)
+    await wait_for(lambda: got, 30, "the gossiped query at B")
+    assert got[0].query_id == q.query_id and [p.recipient for p in got[0].prompts] == [b.peer_id]
+    assert a.stats.direct["query_refused"] == 1 and a.stats.direct["query_gossiped"] == 1
+
+
+async def test_a_respondent_that_does_not_reply_in_time_is_not_flooded_by_gossip(nursery):
+    """The stream opened, the reply did not come (an overloaded node): the
+    query may have arrived, so it is counted as failed and not gossiped to
+    every node (the round replaces a silent respondent after its patience)."""
+    a = make_net()
+    await nursery.start(a.run)
+    b = make_net(a.listen_addrs[0])
+    taken, gossiped = [], []
+
+    async def hang(env):
+        taken.append(env.message)
+        await trio.sleep_forever()
+
+    async def by_gossip(env):
+        gossiped.append(env.message)
+
+    b.on_request(wire.Query.KIND, hang)
+    b.on(topics.QUERIES, by_gossip)
+    await nursery.start(b.run)
+    await wait_for(lambda: b.peer_id in a.peers(), 30, "connected")
+    a.direct.timeout_s = 1.0
+    a.send_query_nowait(query_to(a, b))
+    await wait_for(lambda: a.stats.direct["query_failed"] == 1, 30, "the direct query to time out")
+    assert len(taken) == 1  # it did arrive
+    assert a.stats.direct["query_gossiped"] == 0 and gossiped == []
+
+
+async def _raw(net: GossipNetwork, peer: bytes, frame: bytes) -> bytes:
+    """Open a query stream from ``net`` to ``peer``, write ``frame`` as is, return the reply frame."""
+    stream = await net.host.new_stream(ID(peer), [TProtocol(topics.QUERY_PROTOCOL)])
+    try:
+        await stream.write(frame)
+        return await rpc.read_frame(stream, 1 << 20)
+    finally:
+        await stream.close()
+
+
+def framed(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+async def test_bad_direct_messages_are_dropped_and_counted(nursery):
+    b = make_net()
+    await nursery.start(b.run)
+    a = make_net(b.listen_addrs[0])
+    await nursery.start(a.run)
+    taker = Taker(b)
+    await wait_for(lambda: a.peer_id in b.peers(), 30, "connected")
+
+    good = a.signer.seal(query_to(a, b))
+    tampered = bytearray(good)
+    tampered[-5] ^= 0xFF  # inside the signature
+    forged = Identity(os.urandom(32)).signer().seal(query_to(a, b))  # signed by someone else
+    wrong_kind = a.signer.seal(wire.Broadcast("not a query"))
+    cases = [
+        (framed(b"\x93not msgpack at all"), wire.MALFORMED),
+        ((2 << 20).to_bytes(4, "big"), wire.OVERSIZED),  # a 2 MiB frame is refused before it is read
+        (framed(bytes(tampered)), wire.BAD_SIGNATURE),
+        (framed(forged), wire.BAD_SIGNATURE),
+        (framed(wrong_kind), wire.SCHEMA),
+    ]
+    for frame, reason in cases:
+        before = b.stats.direct[f"query_dropped_{reason}"]
+        reply = wire.open_envelope(await _raw(a, b.peer_id, frame))
+        assert isinstance(reply.message, wire.RpcError) and reply.message.code == "bad_request"
+        assert b.stats.direct[f"query_dropped_{reason}"] == before + 1, reason
+
+    reply = wire.open_envelope(await _raw(a, b.peer_id, framed(good)))
+    assert isinstance(reply.message, wire.Ack) and len(taker.got) == 1
+    reply = wire.open_envelope(await _raw(a, b.peer_id, framed(good)))  # the same envelope again
+    assert isinstance(reply.message, wire.RpcError)
+    assert b.stats.direct[f"query_dropped_{wire.REPLAYED}"] == 1 and len(taker.got) == 1
+
+    # a query sent over the request protocol is not taken there
+    stream = await a.host.new_stream(ID(b.peer_id), [TProtocol(topics.RPC_PROTOCOL)])
+    await rpc.write_frame(stream, a.signer.seal(query_to(a, b)))
+    reply = wire.open_envelope(await rpc.read_frame(stream, 1 << 20))
+    await stream.close()
+    assert reply.message.code == "unsupported" and len(taker.got) == 1
+
+    assert b.stats.dropped_by_peer[wire.peer_id_str(a.peer_id)] == 6  # each struck against the sender
+    # B still serves: a fresh valid query is taken
+    a.send_query_nowait(query_to(a, b))
+    await wait_for(lambda: len(taker.got) == 2, 30, "a valid query after the bad ones")
+
+
+# ------------------------------------------------------------- real nodes
+
+
+def node_config(tmp_path, name, boot=None, **kw):
+    return config.build(None, data_dir=tmp_path / name, listen=("/ip4/127.0.0.1/tcp/0",), api_port=0,
+                        bootstrap=(boot,) if boot else (), announce_interval_s=0.5, **kw)
+
+
+async def start_node(nursery, cfg, expert_id=None):
+    experts = []
+    if expert_id is not None:
+        backend = scripted.ScriptedBackend({QUESTION: "Paris."})
+        expert = Expert(expert_id, backend, domains=("general",), max_concurrency=2)
+        await expert.start()
+        experts.append(expert)
+    node = Node(cfg, experts=experts)
+    await nursery.start(node.run)
+    return node
+
+
+async def test_only_the_chosen_respondent_of_a_node_query_receives_it(nursery, tmp_path):
+    """A coordinator, two expert nodes and a bystander without experts: a
+    query for one respondent reaches that one only."""
+    from p2pnet.query import ChatRequest
+
+    coord = await start_node(nursery, node_config(tmp_path, "coord"))
+    boot = coord.network.listen_addrs[0]
+    experts = [await start_node(nursery, node_config(tmp_path, f"e{i}", boot), f"x{i}") for i in range(2)]
+    bystander = await start_node(nursery, node_config(tmp_path, "by", boot))
+    co = next(s.coordinator for s in coord.services if hasattr(s, "coordinator"))
+    await wait_for(lambda: len(co.directory.all(co.clock())) == 2, 30, "both experts' announcements")
+
+    result = await co.chat(ChatRequest(model="p2pnet", messages=(("user", QUESTION),), respondents=1, max_tokens=8))
+    assert result.text == "Paris."
+    got = [n.network.stats.direct["query_in"] for n in experts]
+    assert sorted(got) == [0, 1]
+    assert bystander.network.stats.direct["query_in"] == 0
+    for n in (*experts, bystander):
+        assert n.network.stats.received[topics.QUERIES] == 0
+
+
+async def test_a_node_without_the_ledger_takes_no_ledger_traffic(nursery, tmp_path):
+    """A validator (a chain committing an empty block every 300 ms), a
+    follower of the chain and a user node that only asks questions: the
+    follower receives consensus messages, the user node none, nor ratings."""
+    load_or_create(tmp_path / "val")
+    genesis = tmp_path / "genesis.json"
+    g = generate_genesis([load_or_create(tmp_path / "val").public_key], chain_id=f"direct-{time.time_ns()}",
+                         params=Params(create_empty_blocks_interval_ms=300))
+    genesis.write_text(g.to_json())
+    val = await start_node(nursery, node_config(tmp_path, "val", genesis=genesis, validator=True))
+    boot = val.network.listen_addrs[0]
+    follower = await start_node(nursery, node_config(tmp_path, "fol", boot, genesis=genesis))
+    user = await start_node(nursery, node_config(tmp_path, "user", boot))
+    await wait_for(lambda: len(user.network.peers()) >= 1 and len(follower.network.peers()) >= 1, 30, "connected")
+    await wait_for(lambda: follower.network.stats.received[topics.CONSENSUS] >= 5, 60,
+                   "consensus messages at the follower")
+    assert {topics.CONSENSUS, topics.TXS} <= set(follower.network.subscribed())
+    assert topics.CONSENSUS not in user.network.subscribed() and topics.TXS not in user.network.subscribed()
+    assert user.network.stats.received[topics.CONSENSUS] == 0 and user.network.stats.received[topics.TXS] == 0
+    assert user.network.mesh().get(topics.CONSENSUS) is None
