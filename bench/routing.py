@@ -1,7 +1,7 @@
 """Routing results for docs/results.md: runs the committed scenarios over
 several seeds (two processes), prints Markdown tables, writes the plots.
 
-    python bench/routing.py [--seeds 1 2 3] [--img docs/img] [--only tuned|untuned]
+    python bench/routing.py [--seeds 1 2 3] [--img docs/img] [--only tuned|untuned] [--scenario NAME]
 
 ``--only untuned`` runs only the scenarios the policy was not tuned on
 (UNTUNED below: each with the metric its target is about).
@@ -23,6 +23,7 @@ UNTUNED = {
     "price-ladder": "cost <= 0.5 of best at >= 0.95 of its accuracy",
     "price-cascade": "cost <= 0.5 of best at >= 0.95 of its accuracy",
     "lossy": ">= 0.95 of the oracle",
+    "knowledge-swarm": ">= 0.95 of the per-domain oracle (real accuracies)",
 }
 
 
@@ -64,7 +65,14 @@ def main() -> None:
     ap.add_argument("--img", type=Path, default=None)
     ap.add_argument("--only", choices=("tuned", "untuned"), default=None,
                     help="only the committed scenarios the policy was tuned on, or only the others")
+    ap.add_argument("--scenario", action="append", default=None, metavar="NAME",
+                    help="only these of the untuned scenarios (repeatable; implies --only untuned)")
     args = ap.parse_args()
+    if args.scenario:
+        unknown = sorted(set(args.scenario) - set(UNTUNED))
+        if unknown:
+            ap.error(f"not an untuned scenario: {', '.join(unknown)} (one of {', '.join(UNTUNED)})")
+        args.only = "untuned"
     from p2pnet.sim import load_scenario
 
     committed = load_scenario(SCENARIOS / "metallm-cost.toml").policy.params.get("cost_weight")
@@ -81,7 +89,7 @@ def main() -> None:
             if cw != committed:  # that point of the sweep is the committed run, not run twice
                 jobs.append(("metallm-cost", seed, "reputation", {"cost_weight": cw}))
     for seed in args.seeds if args.only != "tuned" else ():
-        for name in UNTUNED:
+        for name in args.scenario or UNTUNED:
             jobs.append((name, seed, None, {}))
     with ProcessPoolExecutor(2) as ex:
         results = list(ex.map(_run, jobs))

@@ -22,7 +22,7 @@ VERDICTS = ACCEPT + REJECT + SKIP
 @click.argument("question")
 @click.option("--api", default=None, metavar="URL", help="Node API to ask (default: the node of --data-dir).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--domain", default=None, help="Query domain, e.g. geography (default: general).")
+@click.option("--domain", default=None, help="Query domain, e.g. geography (default: inferred from the question).")
 @click.option("--respondents", "-k", type=click.IntRange(1, 16), default=None,
               help="How many experts answer (default: the node's setting).")
 @click.option("--model", default="p2pnet", show_default=True, help="Model id, or p2pnet for any expert.")
@@ -234,6 +234,9 @@ def _print_provenance(prov: Provenance, query_id: str = "") -> None:
                    f"{r.latency_ms:>7} {r.completion_tokens:>6} {score:>6}", err=True)
     selection = prov.selection.reason if prov.selection is not None else ""
     click.echo(f"  chosen: {prov.reason}; selection: {selection}", err=True)
+    if prov.routing is not None:
+        click.echo(f"  domain: {prov.domain or '?'}, inferred from the question "
+                   f"({str(prov.routing.get('reason', ''))[:120]})", err=True)
     if prov.escalated is not None:
         to = ", ".join(e.expert_id for e in prov.escalated.to)
         click.echo(f"  escalated to {to}: {prov.escalated.reason}", err=True)

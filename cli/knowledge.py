@@ -13,9 +13,12 @@ from p2pnet_cli.util import emit
 
 def default_knowledge_dir() -> Path:
     """The knowledge bases shipped with the testnet package (testnet/knowledge)."""
-    import p2pnet_testnet
+    from p2pnet.experts.knowledge_build import shipped_dir
 
-    return Path(p2pnet_testnet.__file__).parent / "knowledge"
+    root = shipped_dir()
+    if root is None:
+        raise click.ClickException("the p2pnet_testnet package is not installed: give --out FOLDER")
+    return root
 
 
 @cli.group()

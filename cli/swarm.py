@@ -32,7 +32,8 @@ def swarm() -> None:
               help=f"The first V nodes become validators of a fresh genesis and keep the reputation "
                    f"ledger (default: every node, at most {DEFAULT_VALIDATORS}; 0: no ledger).")
 @click.option("--expert", "experts", multiple=True, metavar="SPEC",
-              help="Expert each node hosts (default: the default model).")
+              help="Expert every node hosts (repeatable), instead of the default: node 0 a chemistry "
+                   "knowledge expert, node 1 a geography one, node 2 a bare generalist, then units, in turn.")
 @click.option("--no-experts", is_flag=True, help="Host no models (a messaging-only swarm).")
 @click.option("--threads", type=int, default=None, help="CPU threads per model in each node.")
 @click.option("--timeout", "timeout_s", type=float, default=180.0, show_default=True,
@@ -48,17 +49,24 @@ def swarm_up(n, validators, experts, no_experts, threads, timeout_s, swarm_dir, 
         validators = min(n, DEFAULT_VALIDATORS)
     node_args: list[str] = []
     model_store = None
+    layout: list[str] = []
+    per_node: dict = {}
     if no_experts:
         node_args.append("--no-experts")
     else:
         for spec in experts:
             node_args += ["--expert", spec]
+        if not experts:  # a different expert on each node, so routing has experts to tell apart
+            layout = swarm_mod.expert_layout(n)
+            per_node = swarm_mod.default_expert_args(n)
         model_store = swarm_dir
         _ensure_models(model_store, experts)
     if threads:
         node_args += ["--threads", str(threads)]
-    nodes = swarm_mod.up(n, swarm_dir, validators=validators, node_args=node_args, model_store=model_store,
-                         timeout_s=timeout_s, progress=lambda m: click.echo(m, err=True))
+    nodes = swarm_mod.up(n, swarm_dir, validators=validators, node_args=node_args, extra_args=per_node,
+                         model_store=model_store, timeout_s=timeout_s, progress=lambda m: click.echo(m, err=True))
+    for node in nodes:
+        node["expert"] = layout[node["index"]] if layout else ("none" if no_experts else "--expert")
     if as_json:
         emit({"dir": str(swarm_dir), "validators": validators, "nodes": nodes})
         return
@@ -66,9 +74,15 @@ def swarm_up(n, validators, experts, no_experts, threads, timeout_s, swarm_dir, 
               if validators else "no ledger (--validators 0)")
     click.echo(f"swarm of {len(nodes)} nodes is up in {swarm_dir}; {ledger}")
     for node in nodes:
-        click.echo(f"  node{node['index']}  {node['peer_id']}  api {node['api']}  peers {len(node['peers'])}")
+        expert = f"  {_EXPERT_NAMES.get(node['expert'], node['expert'] + ' knowledge expert')}" if layout else ""
+        click.echo(f"  node{node['index']}  {node['peer_id']}  api {node['api']}  peers {len(node['peers'])}{expert}")
     click.echo(f"dashboard: {nodes[0]['api']}/   (or: p2pnet dashboard)")
     click.echo(f"ask it: p2pnet ask --api {nodes[0]['api']} \"What is the capital of France?\"")
+    if "chemistry" in layout:
+        click.echo("        p2pnet ask \"What is the atomic number of tungsten?\"   (routed to the chemistry expert)")
+
+
+_EXPERT_NAMES = {"general": "bare generalist"}
 
 
 def _ensure_models(store: Path, experts) -> None:

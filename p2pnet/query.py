@@ -246,6 +246,10 @@ class Provenance:
     escalation_declined: Optional[str] = None
     judges: Optional[tuple[JudgeReport, ...]] = None  # None: no peer judging asked
     cascade: Optional[dict] = None  # the cascade's report (``Cascade``), when one answered
+    routing: Optional[dict] = None  # how the domain was inferred from the question (``domains.Route``)
+    # respondent peer id -> the path to it when the answer came: direct | hole-punched | relayed |
+    # not-connected (gossip only); p2pnet.gossip.relay.NatService.paths
+    paths: Optional[dict] = None
 
     def to_json(self) -> dict[str, Any]:
         if replace(self, cascade=None) == Provenance():  # nobody was asked: at most the cascade's report
@@ -264,6 +268,10 @@ class Provenance:
             out["judges"] = [j.to_json() for j in self.judges]
         if self.cascade is not None:
             out["cascade"] = dict(self.cascade)
+        if self.routing is not None:
+            out["routing"] = dict(self.routing)
+        if self.paths is not None:
+            out["paths"] = dict(self.paths)
         return out
 
     @classmethod
@@ -284,6 +292,9 @@ class Provenance:
             escalation_declined=_opt_str(d.get("escalation_declined")),
             judges=tuple(JudgeReport.from_json(j) for j in _dicts(judges)) if isinstance(judges, list) else None,
             cascade=dict(d["cascade"]) if isinstance(d.get("cascade"), dict) else None,
+            routing=dict(d["routing"]) if isinstance(d.get("routing"), dict) else None,
+            paths={k: v for k, v in d["paths"].items() if isinstance(k, str) and isinstance(v, str)}
+            if isinstance(d.get("paths"), dict) else None,
         )
 
 

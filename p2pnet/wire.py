@@ -198,8 +198,11 @@ class ModelCard(Message):
     knowledge: str = ""  # the knowledge base's name; "": a bare model
     knowledge_passages: int = 0
     knowledge_sha256: str = ""  # hex sha256 of its passages
+    terms: bytes = b""  # a Bloom filter of its knowledge base's terms (p2pnet.experts.domains)
+    terms_hashes: int = 0  # bit positions per term in ``terms``
 
     MAX_KNOWLEDGE_PASSAGES: ClassVar[int] = 1_000_000
+    MAX_TERMS_BYTES: ClassVar[int] = 4096
 
     def validate(self) -> None:
         _check(0 < len(self.expert_id) <= 64, "expert_id length")
@@ -212,6 +215,9 @@ class ModelCard(Message):
             c in "0123456789abcdef" for c in self.knowledge_sha256)), "knowledge_sha256 must be 64 hex digits")
         _check(bool(self.knowledge) == bool(self.knowledge_sha256) == (self.knowledge_passages > 0),
                "knowledge name, passage count and sha256 go together")
+        _check(len(self.terms) <= self.MAX_TERMS_BYTES, f"terms: more than {self.MAX_TERMS_BYTES} bytes")
+        _check(bool(self.terms) == (self.terms_hashes > 0) and 0 <= self.terms_hashes <= 16,
+               "terms and terms_hashes (1..16) go together")
 
     @property
     def voice(self) -> str:

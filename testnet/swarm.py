@@ -175,6 +175,45 @@ def _ledger_genesis(path: Path):
         return None
 
 
+SPECIALISTS = ("chemistry", "geography", "general", "units")
+"""What the nodes of a swarm host by default, in turn: a knowledge expert per
+shipped domain and a bare generalist ("general")."""
+
+
+def expert_layout(n: int) -> list[str]:
+    """The default expert of each of ``n`` nodes: SPECIALISTS in turn, the
+    last node a generalist when the turn would leave none (questions no
+    domain knows go to the generalists)."""
+    kinds = [SPECIALISTS[i % len(SPECIALISTS)] for i in range(n)]
+    if kinds and "general" not in kinds:
+        kinds[-1] = "general"
+    return kinds
+
+
+def expert_spec(kind: str, model: Optional[str] = None) -> str:
+    """The --expert spec of a ``kind`` of expert on ``model`` (default: the
+    default model): a bare generalist, or a knowledge expert with the
+    shipped knowledge base of its domain."""
+    from p2pnet.experts import knowledge_build, modelstore
+
+    model = model or modelstore.DEFAULT_MODEL
+    if kind == "general":
+        return f"model={model}"
+    try:
+        path = knowledge_build.shipped_passages(kind)
+    except ValueError as exc:
+        raise SwarmError(str(exc)) from None
+    if "," in str(path):
+        raise SwarmError(f"the {kind} knowledge base's path {path} holds a comma, which an expert spec cannot "
+                         "carry; install p2pnet elsewhere or give --expert")
+    return f"model={model},domains={kind},id={kind},knowledge={path}"
+
+
+def default_expert_args(n: int) -> dict[int, tuple[str, ...]]:
+    """``extra_args`` for ``up``: each node's default expert (expert_layout)."""
+    return {i: ("--expert", expert_spec(kind)) for i, kind in enumerate(expert_layout(n))}
+
+
 def up(
     n: int,
     swarm_dir: Path,

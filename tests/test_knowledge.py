@@ -214,7 +214,8 @@ async def knowledge_expert(path, n_ctx=2048, **kwargs) -> Expert:
 
 
 async def test_the_expert_puts_the_best_passages_into_its_prompt_and_names_them(chem):
-    expert = await knowledge_expert(chem)
+    assert (await knowledge_expert(chem)).knowledge_k == 1  # the default: the best passage only
+    expert = await knowledge_expert(chem, knowledge_k=3)
     answer = await expert.answer(b"\1" * 16, question("What is the atomic number of tungsten?"), timeout=10)
     assert (answer.status, answer.text) == ("ok", "74.")
     assert answer.passages[0] == "W" and len(answer.passages) == 3
@@ -318,3 +319,18 @@ def test_the_spec_takes_a_knowledge_path(chem, tmp_path):
     assert build_expert(spec, tmp_path).knowledge.cached
     with pytest.raises(KnowledgeError, match="missing.jsonl: no such file"):
         build_expert(parse_expert_spec(f"model=scripted:wrong,knowledge={tmp_path / 'missing.jsonl'}"), tmp_path)
+
+
+def test_a_question_naming_the_subject_gets_the_sentences_that_answer_it():
+    from p2pnet.experts.knowledge import focus_sentences
+
+    text = ("Kenya is a country or territory. The ISO 3166-1 alpha-2 code of Kenya is KE. "
+            "The ISO 3166-1 alpha-3 code of Kenya is KEN. The ISO 3166-1 numeric code of Kenya is 404.")
+    assert focus_sentences(text, "What is the ISO 3166-1 alpha-2 code of Kenya?", "Kenya") == (
+        "Kenya is a country or territory. The ISO 3166-1 alpha-2 code of Kenya is KE.")
+    # the subject is what is asked for: the whole passage
+    assert focus_sentences(text, "Which country has the alpha-3 code KEN?", "Kenya") == text
+    # two sentences tie: both stay, in order
+    assert focus_sentences(text, "What are the ISO codes of Kenya?", "Kenya") == text
+    assert focus_sentences("One. Two.", "one two", "") == "One. Two."  # too short to cut
+    assert focus_sentences(text, "Kenya football", "Kenya") == text  # no sentence shares a term but the name

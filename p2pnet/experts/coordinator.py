@@ -6,10 +6,12 @@ respondents, escalation, tie-breaks, judging, evaluation, ratings) live in a
 pure state machine, ``query_round.QueryRound``. This module is its Trio
 driver: it feeds the round what arrives (answers, chunks, disconnections,
 timer ticks) and carries out what the round asks for. It seals the prompt to
-each respondent (NaCl box: relays see only ciphertext) and publishes the Query
-on GossipSub, runs this node's own experts, streams text to the client,
-writes the signed ratings to the durable local queue off the event loop, and
-forgets experts that disconnected. The simulator runs this same driver and
+each respondent (NaCl box: relays see only ciphertext) and hands the Query to
+the network, which sends each respondent its own part over a direct stream
+(gossip on the queries topic as the fallback; cancels go the same way), runs
+this node's own experts, streams text to the client, writes the signed
+ratings to the durable local queue off the event loop, and forgets experts
+that disconnected. The simulator runs this same driver and
 round over its simulated network.
 
 It implements p2pnet.query.QueryService.
@@ -30,7 +32,7 @@ from typing import Callable, Optional
 import trio
 
 from p2pnet import sealing, wire
-from p2pnet.experts import signals
+from p2pnet.experts import domains, signals
 from p2pnet.experts.directory import Directory, ExpertRef
 from p2pnet.experts.evaluation import FEEDBACK, AgreementEvaluator, Evaluator, SignalWeights
 from p2pnet.experts.query_round import (
@@ -225,7 +227,11 @@ class Coordinator:
             raise Busy(f"{self.max_pending} queries in flight on this node; try again shortly")
         now = self.clock()
         model = self.requested_model(req)
-        domain = (req.domain or "general").lower()
+        # the one place a query's domain is resolved: the request's, or inferred from
+        # the question and the term summaries the experts announce (the prompt stays here)
+        route = domains.resolve(req.domain, domains.last_user_text(req.messages), (
+            r.card for r in self.directory.all(now)))
+        domain = route.domain
         judges = 0 if probe is not None else (req.judges if req.judges is not None else self.default_judges)
         prompt = wire.PromptBody(
             messages=tuple(wire.ChatMessage(r, c) for r, c in req.messages),
@@ -260,7 +266,15 @@ class Coordinator:
             raise outcome.error
         if outcome.feedback is not None:
             self.feedback_book.remember(rnd.query_id.hex(), outcome.feedback)
-        return outcome.result
+        result = outcome.result
+        if route.inferred:
+            result = dataclasses.replace(result, provenance=dataclasses.replace(
+                result.provenance, routing=route.to_json()))
+        nat = getattr(self.node.network, "nat", None)
+        if nat is not None:  # the path to each respondent: direct, hole-punched or relayed
+            result = dataclasses.replace(result, provenance=dataclasses.replace(
+                result.provenance, paths=nat.paths(r.peer_id for r in result.provenance.respondents)))
+        return result
 
     async def _drive(self, run: _Run) -> None:
         """Carry out the round's actions, and tick it at the times it asks for, until it is done."""
@@ -290,7 +304,7 @@ class Coordinator:
                 self.slow += len(action.keys)
             if any(key[0] != me for key in action.keys):
                 try:
-                    self.node.network.publish_nowait(topics.QUERIES, wire.Cancel(action.batch_id))
+                    self.node.network.send_cancel_nowait(action.batch_id)
                 except OutboxFull:
                     pass  # best effort: the respondent's own deadline ends it
                 self._forget_unconnected(action.keys)
@@ -328,7 +342,7 @@ class Coordinator:
                                             sealing.seal(self.node.identity, ref.peer, plain)) for ref in remote),
         )
         try:
-            self.node.network.publish_nowait(topics.QUERIES, query)
+            self.node.network.send_query_nowait(query)
         except OutboxFull:
             for ref in remote:
                 self._feed(run, Reply(ask.batch_id, ref.key, "busy"))

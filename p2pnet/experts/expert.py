@@ -165,7 +165,7 @@ class Expert:
         kb = self.knowledge
         if kb is None:
             return {}
-        return {"knowledge": kb.name, "knowledge_passages": len(kb), "knowledge_sha256": kb.sha256}
+        return kb.card_fields()
 
     @contextlib.contextmanager
     def occupy(self, key: bytes) -> Iterator[None]:

@@ -57,12 +57,16 @@ PROMPT_RESERVE_TOKENS = 48
 """Tokens kept free for the chat template's markup around the messages."""
 MIN_PASSAGE_CHARS = 80
 """A passage cut shorter than this is left out rather than sent."""
-DEFAULT_TOP_K = 3
+DEFAULT_TOP_K = 1
+"""Passages put into a prompt. One: SmolLM2-135M copies the right fact from
+the best passage, and with two or three it often copies a neighbour's
+(bench/experts.py, docs/knowledge.md); the best passage is the right one for
+99-100% of the shipped banks' held-out questions."""
 
 CONTEXT_HEADER = ("Use the following facts to answer the question. "
                   "Answer with the fact itself, briefly.\n\nFacts:\n")
 
-_STOP = frozenset({
+STOP_WORDS = frozenset({
     "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it",
     "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these", "they",
     "this", "to", "was", "will", "with", "what", "which", "who", "whom", "how", "many", "much", "does",
@@ -80,7 +84,7 @@ def tokens(text: str) -> list[str]:
     out = []
     for word in _WORD.findall(folded):
         lower = word.lower()
-        if lower not in _STOP:
+        if lower not in STOP_WORDS:
             out.append(lower.replace(",", ""))
         if word != lower and len(word) <= 3:
             out.append("^" + word)
@@ -253,6 +257,7 @@ class KnowledgeBase:
         self.sha256 = content_hash(self.passages)
         self.cached = False  # whether index() found its index in the cache
         self._retriever = None
+        self._summary = None  # its term summary, made on first use
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "KnowledgeBase":
@@ -266,11 +271,30 @@ class KnowledgeBase:
     def __len__(self) -> int:
         return len(self.passages)
 
+    def card_fields(self) -> dict:
+        """What a model card announces of this knowledge base: its name,
+        passage count and content hash, and the term summary (a Bloom filter
+        of its terms, p2pnet.experts.domains) that routes questions to it."""
+        summary = self.summary
+        return {"knowledge": self.name, "knowledge_passages": len(self.passages), "knowledge_sha256": self.sha256,
+                "terms": summary.bits, "terms_hashes": summary.hashes}
+
+    @property
+    def summary(self):
+        """The term summary (``domains.TermSummary``), made on first use
+        (:meth:`index` makes it, off the event loop)."""
+        if self._summary is None:
+            from p2pnet.experts.domains import summarize
+
+            self._summary = summarize(f"{p.title}\n{p.text}" for p in self.passages)
+        return self._summary
+
     def index(self, cache_dir: Optional[str | os.PathLike] = None) -> "KnowledgeBase":
         """Build the BM25 index, or load it from ``cache_dir`` when it holds
         one for these passages; a new index is saved there. Returns self."""
         import bm25s
 
+        self.summary  # noqa: B018 (made here, in the caller's worker thread)
         cache = Path(cache_dir) / f"{self.sha256}-v{INDEX_VERSION}" if cache_dir is not None else None
         if cache is not None and cache.is_dir():
             try:
@@ -311,16 +335,20 @@ class KnowledgeBase:
         docs, scores = self._retriever.retrieve([terms], k=k, show_progress=False, n_threads=1)
         return [(self.passages[int(d)], float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
 
-    def context(self, question: str, budget_chars: int, k: int = DEFAULT_TOP_K) -> tuple[str, tuple[str, ...]]:
+    def context(self, question: str, budget_chars: int, k: int = DEFAULT_TOP_K,
+                focus: bool = True) -> tuple[str, tuple[str, ...]]:
         """The facts block for ``question`` (header and numbered passages) in
         at most ``budget_chars`` characters, and the ids of the passages in
         it; ("", ()) when nothing relevant fits. Passages are taken best
         first; the first that does not fit whole is cut (if at least
-        MIN_PASSAGE_CHARS of it fit) and nothing comes after it."""
+        MIN_PASSAGE_CHARS of it fit) and nothing comes after it. ``focus``:
+        each passage is cut down to its sentences that bear on the question
+        (:func:`focus_sentences`)."""
         room = budget_chars - len(CONTEXT_HEADER)
         lines, ids = [], []
         for n, (passage, _) in enumerate(self.search(question, k), 1):
-            line = f"[{n}] {passage.title}: {passage.text}" if passage.title else f"[{n}] {passage.text}"
+            text = focus_sentences(passage.text, question, passage.title) if focus else passage.text
+            line = f"[{n}] {passage.title}: {text}" if passage.title else f"[{n}] {text}"
             if len(line) + 1 > room:
                 if room - 1 >= MIN_PASSAGE_CHARS:
                     lines.append(line[:room - 2] + "…")
@@ -332,6 +360,35 @@ class KnowledgeBase:
         if not lines:
             return "", ()
         return CONTEXT_HEADER + "\n".join(lines), tuple(ids)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+FOCUS_MIN_SENTENCES = 3
+"""Passages of fewer sentences are given whole."""
+
+
+def focus_sentences(text: str, question: str, title: str = "") -> str:
+    """For a question that names the passage's subject (its ``title``, if
+    it has one), ``text`` cut down to its first sentence (which names the
+    subject) and the sentences sharing the most index terms with
+    ``question`` (all that tie), in their order. Otherwise, or for a
+    passage of fewer than FOCUS_MIN_SENTENCES sentences, or none sharing a
+    term, ``text`` as it is.
+
+    A 135M model given a passage of several like facts ("The alpha-2 code
+    of Kenya is KE. The alpha-3 code of Kenya is KEN. ...") often copies the
+    wrong one; given the one that answers, it copies that. A question that
+    asks for the subject itself ("Which country has the alpha-3 code
+    JAM?") was answered better from the whole passage (docs/knowledge.md)."""
+    sentences = _SENTENCE_END.split(text.strip())
+    asked = set(tokens(question))
+    if len(sentences) < FOCUS_MIN_SENTENCES or (title and not set(tokens(title)) <= asked):
+        return text
+    overlap = [len(asked & set(tokens(s))) for s in sentences]
+    best = max(overlap[1:])
+    if best == 0:
+        return text
+    return " ".join(s for i, s in enumerate(sentences) if i == 0 or overlap[i] == best)
 
 
 def fit_budget(n_ctx: int, max_tokens: int, messages_text: str) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -93,8 +94,11 @@ def chemistry() -> Domain:
         mass = number_text(el.mass)
         pid = f"element/{el.symbol}"
         also = f" (also spelled {variants[0]})" if variants else ""
-        d.passage(pid, name, f"{name}{also} is the chemical element with the symbol {el.symbol} and atomic "
-                             f"number {el.number}. Its atomic mass (standard atomic weight) is {mass} u.")
+        # one fact a sentence, each naming the element: a 135M model copies such a sentence
+        # well, and mixes up facts packed into one (docs/knowledge.md)
+        d.passage(pid, name, f"{name}{also} is a chemical element. The chemical symbol of {el.name} is "
+                             f"{el.symbol}. The atomic number of {el.name} is {el.number}. The atomic mass "
+                             f"(standard atomic weight) of {el.name} is {mass} u.")
         d.ask("atomic_number", el.symbol, f"What is the atomic number of {el.name}?", str(el.number), NUMBER, pid)
         d.ask("symbol", el.symbol, f"What is the chemical symbol of {el.name}?", el.symbol, CODE, pid)
         d.ask("by_symbol", el.symbol, f"Which chemical element has the symbol {el.symbol}?", name, NAME, pid,
@@ -121,15 +125,17 @@ def geography() -> Domain:
         pid = f"country/{c.alpha_2}"
         numeric = str(int(c.numeric))
         others = sorted(names - {name})
+        # one fact a sentence, each naming the country (see chemistry)
         text = (f"{name}" + (f" (also: {'; '.join(others)})" if others else "") +
-                f" is a country or territory with ISO 3166-1 alpha-2 code {c.alpha_2}, alpha-3 code "
-                f"{c.alpha_3} and numeric code {c.numeric}.")
+                f" is a country or territory. The ISO 3166-1 alpha-2 code of {name} is {c.alpha_2}. "
+                f"The ISO 3166-1 alpha-3 code of {name} is {c.alpha_3}. "
+                f"The ISO 3166-1 numeric code of {name} is {c.numeric}.")
         currencies = get_territory_currencies(c.alpha_2, start_date=CURRENCY_DATE, tender=True)
         if len(currencies) == 1:
             code = currencies[0]
             cname = get_currency_name(code, locale="en")
             iso = pycountry.currencies.get(alpha_3=code)
-            text += f" Its currency is the {cname} ({code})."
+            text += f" The currency of {name} is the {cname} ({code})."
             d.ask("currency", c.alpha_2, f"What is the currency of {name}?", cname, NAME, pid,
                   [code] + ([iso.name] if iso else []))
         d.passage(pid, name, text)
@@ -195,7 +201,8 @@ def units() -> Domain:
         amount = number_text(value)
         text = (f"The {shown}" + (f" (symbol {symbol})" if symbol else "") +
                 (f", also called {', '.join(aliases)}," if aliases else "") +
-                f" is a unit of {quantity}. One {shown} equals {amount} {plural} ({si_symbol}).")
+                f" is a unit of {quantity}; the physical quantity it is used to measure is {quantity}. "
+                f"One {shown} equals {amount} {plural} ({si_symbol}).")
         d.passage(pid, shown, text)
         d.ask("in_si", uname, f"How many {plural} are in one {shown}?", amount, NUMBER, pid, tolerance=0.001)
         d.ask("quantity", uname, f"What physical quantity does the {shown} measure?", quantity, NAME, pid)
@@ -243,6 +250,37 @@ def build(out: str | os.PathLike, domains: Optional[list[str]] = None) -> list[d
     if unknown:
         raise ValueError(f"unknown domain {unknown[0]!r} (known: {', '.join(BUILDERS)})")
     return [write(BUILDERS[n](), out) for n in names]
+
+
+def shipped_dir() -> Optional[Path]:
+    """The knowledge bases and question banks that ship with p2pnet (the
+    ``p2pnet_testnet`` package's ``knowledge/``, in a checkout ``testnet/knowledge``);
+    None when that package is not installed."""
+    spec = importlib.util.find_spec("p2pnet_testnet")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "knowledge"
+
+
+def shipped_passages(domain: str) -> Path:
+    """The passages of a shipped domain (``chemistry``, ``geography``, ``units``);
+    ValueError naming what is missing."""
+    if domain not in BUILDERS:
+        raise ValueError(f"unknown domain {domain!r} (known: {', '.join(BUILDERS)})")
+    root = shipped_dir()
+    path = root / domain / "passages.jsonl" if root is not None else None
+    if path is None or not path.is_file():
+        raise ValueError(f"the {domain} knowledge base is not installed (looked for {path or 'p2pnet_testnet'}; "
+                         "rebuild it with: p2pnet knowledge build)")
+    return path
+
+
+def shipped_banks() -> list[Path]:
+    """The folders of the shipped domains that hold a question bank."""
+    root = shipped_dir()
+    if root is None:
+        return []
+    return [root / d for d in BUILDERS if (root / d / "questions.jsonl").is_file()]
 
 
 def load_questions(folder: str | os.PathLike, split: Optional[str] = None) -> list[dict]:

@@ -16,10 +16,12 @@ from typing import Mapping, Optional, Sequence
 
 import trio
 
+from p2pnet.experts import grading
 from p2pnet.experts.evaluation import (
     AGREEMENT, FAILURE, JUDGE, PROBE, Candidate, Evaluation, SignalWeights, combine, contains_phrase,
     is_usable,
 )
+from p2pnet.experts.grading import KnownAnswer
 from p2pnet.query import ChatRequest, FeedbackRepeated, QueryError, UnknownQuery
 
 log = logging.getLogger("p2pnet.experts.signals")
@@ -32,9 +34,14 @@ class Probe:
     question: str
     answer: str  # the exact expected answer, found in a right answer as whole words
     domain: str = "general"
+    known: Optional[KnownAnswer] = None  # a question bank's answer, graded by p2pnet.experts.grading
 
     def grade(self, text: str) -> float:
-        """1.0 if the normalized answer contains the expected answer, else 0.0."""
+        """1.0 if the answer is right, else 0.0: graded as its bank says
+        (numbers, names and their variants, codes) when it has ``known``,
+        else if the normalized answer contains the expected answer."""
+        if self.known is not None:
+            return 1.0 if grading.grade(text, self.known, self.question) else 0.0
         return 1.0 if contains_phrase(text, self.answer) else 0.0
 
 
@@ -62,11 +69,41 @@ class ProbeSet:
         probes += [Probe("What is 2+2?", "4", "general"), Probe("What is 3 times 3?", "9", "general")]
         return cls(probes, arithmetic=True)
 
+    @classmethod
+    def from_banks(cls, folders: Sequence, *, split: str = "probe", arithmetic: bool = False) -> "ProbeSet":
+        """The ``split`` half ("probe"; the other is held out for evaluation)
+        of the question banks in ``folders`` (p2pnet.experts.knowledge_build),
+        graded by each question's known answer."""
+        from p2pnet.experts.knowledge_build import load_questions
+
+        probes = [Probe(q["question"], q["answer"], q["domain"], KnownAnswer.from_obj(q))
+                  for folder in folders for q in load_questions(folder, split)]
+        return cls(probes, arithmetic=arithmetic)
+
+    @classmethod
+    def default(cls) -> "ProbeSet":
+        """The built-in probes and the probe halves of the shipped question
+        banks (chemistry, geography, units), when they are installed."""
+        from p2pnet.experts.knowledge_build import shipped_banks
+
+        try:
+            banks = cls.from_banks(shipped_banks()).probes
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged bank: the built-in set still works
+            log.warning("question banks not used for probes: %s", exc)
+            banks = ()
+        return cls(cls.builtin().probes + tuple(banks), arithmetic=True)
+
     def draw(self, rng: random.Random) -> Probe:
-        if self.arithmetic and (not self.probes or rng.random() < 0.5):
+        """A probe of a domain drawn uniformly (so a large bank does not
+        crowd out the others), then a question of it; generated sums are
+        half of the "general" domain's draws (all of them without probes)."""
+        domains = sorted({p.domain for p in self.probes} | ({"general"} if self.arithmetic else set()))
+        domain = domains[rng.randrange(len(domains))]
+        pool = [p for p in self.probes if p.domain == domain]
+        if self.arithmetic and domain == "general" and (not pool or rng.random() < 0.5):
             a, b = rng.randint(2, 20), rng.randint(2, 20)
             return Probe(f"What is {a} + {b}?", str(a + b), "general")
-        return self.probes[rng.randrange(len(self.probes))]
+        return pool[rng.randrange(len(pool))]
 
     def __len__(self) -> int:
         return len(self.probes)
@@ -82,7 +119,7 @@ class Prober:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self.coordinator = coordinator
-        self.probes = probes or ProbeSet.builtin()
+        self.probes = probes or ProbeSet.default()
         self.interval_s = interval_s
         self.respondents = respondents
         self.rng = rng or random.Random()
