@@ -30,6 +30,7 @@ def _register() -> None:
     from p2pnet_cli import dashboard  # noqa: F401  (adds `dashboard`)
     from p2pnet_cli import testnet  # noqa: F401  (adds `testnet`)
     from p2pnet_cli import knowledge  # noqa: F401  (adds `knowledge build` and `knowledge check`)
+    from p2pnet_cli import network  # noqa: F401  (adds `network init|show|list`)
 
 
 def _user_errors(exc: BaseException) -> list:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -46,7 +45,13 @@ def node() -> None:
               help="Directory whose models/ folder holds the models (default: the data dir).")
 @click.option("--threads", type=int, default=None, help="CPU threads per model (default: all cores).")
 @click.option("--gpu-layers", type=int, default=None, help="Layers to offload to a GPU (falls back to CPU).")
-@click.option("--validator", is_flag=True, default=None, help="Take part in consensus (needs --genesis).")
+@click.option("--network", default=None, metavar="FILE|NAME",
+              help="Join the network of this spec (a file, or a NAME from `p2pnet network list`): its "
+                   "genesis and its bootstrap peers.")
+@click.option("--dht", is_flag=True, default=None,
+              help="Also find peers by ID through a Kademlia DHT (/ipfs/kad/1.0.0), beyond peer exchange.")
+@click.option("--validator", is_flag=True, default=None,
+              help="Take part in consensus (needs --network or --genesis).")
 @click.option("--genesis", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Genesis file.")
 @click.option("--probe-interval", "probe_interval_s", type=float, default=None,
               help="Seconds between probe queries with known answers (default: 300 on validators, else off).")
@@ -58,6 +63,13 @@ def node() -> None:
 @click.option("--cost-weight", "cost_weight", type=click.FloatRange(0.0, 1.0), default=None,
               help="How much an expert's price counts against its quality when choosing respondents "
                    "(default 0.01; 0: price-blind).")
+@click.option("--relay", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Serve as a circuit relay: auto (default: while publicly reachable), on, off. Limits: "
+                   "relay_max_* in the config file.")
+@click.option("--want-relays", type=click.IntRange(0, 8), default=None,
+              help="Relay reservations a node behind NAT holds (default 2).")
+@click.option("--announce-private", is_flag=True, default=None,
+              help="Also announce private (RFC 1918/CGNAT) addresses: for a network inside one LAN.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 def node_start(data_dir, config_file, **flags) -> None:
     """Start a node in the foreground (Ctrl-C stops it cleanly)."""
@@ -66,7 +78,7 @@ def node_start(data_dir, config_file, **flags) -> None:
     from p2pnet import config as config_mod
     from p2pnet.node import Node, read_runtime
 
-    cfg = config_mod.build(config_file, data_dir=data_dir, **flags)
+    cfg = config_mod.with_network(config_mod.build(config_file, data_dir=data_dir, **flags))
     _setup_logging(cfg.log_level)
     running = read_runtime(cfg.data_dir)
     if running and _pid_alive(running.get("pid")):
@@ -75,7 +87,9 @@ def node_start(data_dir, config_file, **flags) -> None:
         )
     _check_before_start(cfg)
     node_obj = Node(cfg, handle_signals=True)
-    click.echo(f"p2pnet node {node_obj.peer_id} starting (data dir {cfg.data_dir})", err=True)
+    click.echo(f"p2pnet node {node_obj.peer_id} starting (data dir {cfg.data_dir})"
+               + (f", joining network {cfg.network} ({len(cfg.bootstrap)} bootstrap peers)" if cfg.network else ""),
+               err=True)
     trio.run(_run_node, node_obj)
     click.echo("p2pnet node stopped", err=True)
 
@@ -111,10 +125,17 @@ def status(data_dir, api, as_json) -> None:
         emit(info)
         return
     c = info.get("counters", {})
+    boot = info.get("bootstrap") or []
     if info.get("state") == "no peers":
         click.secho("NO PEERS: this node is cut off from the network (it keeps dialling its bootstrap "
-                    "and remembered peers)", fg="red", bold=True, err=True)
+                    "and remembered peers)" if boot else
+                    f"NO PEERS: this node is the only bootstrap peer of network {info['network']} it knows; it "
+                    "waits for others to dial it" if info.get("network") else
+                    "NO PEERS: this node has no bootstrap peers and nobody has dialled it "
+                    "(start it with --network NAME|FILE or --bootstrap MADDR)", fg="red", bold=True, err=True)
     click.echo(f"state     {info.get('state', 'ready')}")
+    if info.get("network"):
+        click.echo(f"network   {info['network']}")
     click.echo(f"peer id   {info['peer_id']}")
     click.echo(f"api       {info.get('api')}")
     click.echo(f"listen    {', '.join(info.get('listen', []))}")
@@ -125,6 +146,18 @@ def status(data_dir, api, as_json) -> None:
                + (f"   banned {len(info['banned'])}" if info.get("banned") else ""))
     click.echo(f"received  {sum(c.get('received', {}).values())}   sent {sum(c.get('sent', {}).values())}"
                f"   dropped {sum(c.get('dropped', {}).values())} {c.get('dropped') or ''}")
+    for b in boot:
+        if b.get("connected"):
+            how = "connected"
+        elif b.get("tries"):
+            how = f"FAILED {b['tries']}x, last: {b.get('last_error') or '?'}"
+        else:
+            how = "not dialled yet"
+        click.echo(f"bootstrap {b['addr']}  {how}")
+    dht = info.get("dht")
+    if isinstance(dht, dict):
+        click.echo(f"dht       routing table {dht.get('routing_table')} peers; lookups {dht.get('lookups')}, "
+                   f"found {dht.get('found')}")
     for topic, n in sorted(info.get("topics", {}).items()):
         click.echo(f"topic     {topic}  mesh={n}")
     for card in info.get("experts", []):
@@ -132,6 +165,14 @@ def status(data_dir, api, as_json) -> None:
                    f"  gen={card.get('gen_tps', 0):.0f} tok/s  load={card.get('load')}/{card.get('max_concurrency')}")
     if "height" in info:
         click.echo(f"ledger    height {info['height']}{'  (validator)' if info.get('validator') else ''}")
+    nat = info.get("nat")
+    if isinstance(nat, dict):
+        reach = nat.get("reachability") or {}
+        paths = ", ".join(f"{k} {v}" for k, v in sorted((nat.get("paths") or {}).items())) or "none"
+        click.echo(f"reach     {reach.get('state', 'unknown')}   relay service {'on' if nat.get('relay_service') else 'off'}"
+                   f"   paths: {paths}")
+        for r in nat.get("relays") or []:
+            click.echo(f"relay     {r.get('addr')}/p2p/{r.get('relay')}  (reservation {r.get('expires_in_s')} s)")
 
 
 @cli.command()

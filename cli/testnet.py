@@ -102,8 +102,9 @@ def _print_status(out: dict) -> None:
     for h in out["hosts"]:
         nat = f"behind {h['nat']} NAT at {h['public_addr']}" if h["behind_nat"] else "public"
         state = "up" if h["alive"] else "DOWN"
+        reach = f"  reach {h['reachability']}, {h['relays']} relays" if h.get("reachability") else ""
         click.echo(f"{h['name']:10} {state:4} {h['addr']:15} {nat:45} pid {h['pid']}  "
-                   f"peers {', '.join(h['peer_names']) or '-'}")
+                   f"peers {', '.join(h['peer_names']) or '-'}{reach}")
     f = out["faults"]
     active = [f"loss {f['loss']}%"] if f["loss"] else []
     active += [f"loss {pct}% on {host}" for host, pct in f["host_loss"].items()]
@@ -112,6 +113,8 @@ def _print_status(out: dict) -> None:
                for p in f["partitions"]]
     active += [f"bandwidth {rate} on {host}" for host, rate in f["bandwidth"].items()]
     click.echo(f"faults: {'; '.join(active) if active else 'none'}")
+    if out.get("network"):
+        click.echo(f"network spec: {out['network']} (every node joined with --network)")
 
 
 @testnet.command("status")

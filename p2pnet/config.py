@@ -8,6 +8,7 @@ The TOML file uses the same names as the flags (with ``_`` for ``-``)::
     experts = ["model=smollm2-135m,domains=general+geography,price=0.1"]
     validator = false
     genesis = "testnet/genesis.json"
+    network = "my-network"        # or a spec file: sets genesis and adds bootstrap (p2pnet.netspec)
 
 Unknown keys and values of the wrong type are errors that name the key.
 """
@@ -62,6 +63,10 @@ class NodeConfig:
     gpu_layers: int = 0
     validator: bool = False
     genesis: Optional[Path] = None
+    # a network spec (file or NAME, p2pnet.netspec): with_network() adds its bootstrap addresses and
+    # makes its genesis the node's; afterwards it holds the network's name
+    network: Optional[str] = None
+    dht: bool = False  # also find peers by ID through a Kademlia DHT (p2pnet.gossip.dht)
     # An announcement is true for announce_ttl_s; a node re-announces when its cards or role change (at most
     # once per announce_min_gap_s) and otherwise every announce_interval_s (the refresh period, ttl/3).
     announce_interval_s: float = 30.0
@@ -81,6 +86,18 @@ class NodeConfig:
     cost_weight: float = 0.01
     log_level: str = "info"
     max_message_bytes: int = 1 << 20
+    # NAT traversal (p2pnet.gossip.relay, docs/testnet.md "NAT traversal"): serve as a relay
+    # (auto: while public; on; off) within these limits; nodes behind NAT hold want_relays reservations
+    nat_traversal: bool = True  # false: none of the below (no reachability check, relays, DCUtR)
+    relay: str = "auto"
+    relay_max_reservations: int = 64
+    relay_max_circuits: int = 32
+    relay_max_circuit_bytes: int = 64 << 20
+    relay_max_circuit_s: int = 1800
+    relay_reservation_ttl_s: int = 900
+    want_relays: int = 2
+    hole_punch: bool = True
+    announce_private: bool = False  # announce RFC 1918 / CGNAT addresses (a LAN-only network)
 
     def validate(self) -> "NodeConfig":
         import multiaddr
@@ -116,8 +133,8 @@ class NodeConfig:
             RequestGuard(self.api_host, self.api_allowed_hosts, self.api_allowed_origins)
         except ValueError as exc:
             raise ConfigError(f"api_allowed_hosts/api_allowed_origins: {exc}") from None
-        if self.validator and self.genesis is None:
-            raise ConfigError("validator: a validator needs --genesis FILE")
+        if self.validator and self.genesis is None and self.network is None:
+            raise ConfigError("validator: a validator needs --network NAME|FILE or --genesis FILE")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: {self.log_level!r} is not debug/info/warning/error")
         if not 0 <= self.judges <= MAX_JUDGES:
@@ -138,6 +155,14 @@ class NodeConfig:
         if not 1 <= self.conn_low <= self.conn_high:
             raise ConfigError(f"conn_low/conn_high: need 1 <= conn_low ({self.conn_low}) <= conn_high "
                               f"({self.conn_high})")
+        if self.relay not in ("auto", "on", "off"):
+            raise ConfigError(f"relay: {self.relay!r} is not auto, on or off")
+        for key in ("relay_max_reservations", "relay_max_circuits", "relay_max_circuit_bytes",
+                    "relay_max_circuit_s", "relay_reservation_ttl_s"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: {getattr(self, key)} must be at least 1")
+        if not 0 <= self.want_relays <= 8:
+            raise ConfigError(f"want_relays: {self.want_relays} is not between 0 and 8")
         if self.threads < 0 or self.gpu_layers < 0:
             raise ConfigError("threads/gpu_layers must not be negative")
         return self
@@ -194,6 +219,45 @@ def load_file(path: Path) -> dict:
             raise ConfigError(f"config file {path}: unknown key {key!r}")
         out[key] = _coerce(key, value)
     return out
+
+
+def nat_settings(cfg: NodeConfig):
+    """The NAT-traversal part of ``cfg`` (p2pnet.gossip.relay.NatSettings);
+    None when ``nat_traversal`` is off."""
+    from p2pnet.gossip.relay import NatSettings
+
+    if not cfg.nat_traversal:
+        return None
+
+    return NatSettings(relay=cfg.relay, relay_max_reservations=cfg.relay_max_reservations,
+                       relay_max_circuits=cfg.relay_max_circuits,
+                       relay_max_circuit_bytes=cfg.relay_max_circuit_bytes,
+                       relay_max_circuit_s=cfg.relay_max_circuit_s,
+                       relay_reservation_ttl_s=cfg.relay_reservation_ttl_s, want_relays=cfg.want_relays,
+                       hole_punch=cfg.hole_punch, announce_private=cfg.announce_private)
+
+
+def with_network(cfg: NodeConfig) -> NodeConfig:
+    """``cfg`` joined to the network ``cfg.network`` names (a spec file or
+    NAME): the spec's bootstrap addresses come after any --bootstrap ones,
+    and its genesis (written into the data dir) becomes the node's. A
+    --genesis of another chain is an error; NetworkSpecError names a bad spec."""
+    if cfg.network is None:
+        return cfg
+    from p2pnet import netspec
+
+    spec = netspec.resolve(cfg.network)
+    genesis = cfg.genesis
+    if genesis is not None:
+        from p2pnet.consensus import load_genesis
+
+        if load_genesis(genesis).hash() != spec.genesis.hash():
+            raise ConfigError(f"genesis: {genesis} is not the genesis of network {spec.name} "
+                              f"({spec.source}); drop --genesis, --network brings its own")
+    else:
+        genesis = netspec.genesis_file_for(spec, cfg.data_dir)
+    bootstrap = tuple(dict.fromkeys([*cfg.bootstrap, *spec.bootstrap]))
+    return dataclasses.replace(cfg, genesis=genesis, bootstrap=bootstrap, network=spec.name)
 
 
 def build(config_file: Optional[Path] = None, **flags: Any) -> NodeConfig:

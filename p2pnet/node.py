@@ -21,7 +21,7 @@ from typing import Optional
 import trio
 
 from p2pnet import __version__, wire
-from p2pnet.config import NodeConfig
+from p2pnet.config import NodeConfig, nat_settings
 from p2pnet.files import write_json_atomic
 from p2pnet.gossip import topics
 from p2pnet.gossip.errors import OutboxFull
@@ -70,8 +70,10 @@ class Node:
             announce_extra=self._announce_extra,
             clock=clock,
             state_dir=config.data_dir,
+            nat=nat_settings(config),
         )
         self.network.on(topics.BROADCAST, self._on_broadcast)
+        self.network.connector.dht_wanted = config.dht  # peer routing over a DHT (p2pnet.gossip.dht)
 
     @property
     def peer_id(self) -> str:
@@ -213,7 +215,14 @@ class Node:
             "counters": self.network.stats.as_json(),
             "outbox": self.network.outbox_len(),
             "banned": [wire.peer_id_str(p) for p in self.network.penalties.banned(self.clock())],
+            # per bootstrap address: connected, dials, last error (p2pnet.gossip.connector.BootstrapBook)
+            "bootstrap": self.network.connector.bootstrap_status(),
+            "network": self.config.network,
+            "dht": self.network.connector.dht_status(),  # None when off
         }
+        if self.network.nat is not None:  # reachability, relays, paths (p2pnet.gossip.relay)
+            out["nat"] = self.network.nat.status()
+            out["announced"] = list(self.network.reachable_addrs())
         for service in self.services:
             fn = getattr(service, "status", None)
             if fn is not None:
@@ -221,7 +230,10 @@ class Node:
         return out
 
     def peers(self) -> list[dict]:
+        nat = self.network.nat
         return [
-            {"peer_id": wire.peer_id_str(p), "addrs": list(self.network.book.addrs(p))}
+            {"peer_id": wire.peer_id_str(p), "addrs": list(self.network.book.addrs(p)),
+             **({"path": nat.path_to(p), "relay": nat.relay_of(p), "relays": nat.relays_of(p)}
+                if nat is not None else {})}
             for p in self.network.peers()
         ]

@@ -12,8 +12,11 @@ own network, so no packet can leave the machine.
 
 Every node is a ``p2pnet node start`` process run inside its host's namespace
 (``ip netns exec``), listening on the host's own address, port 4001, with its
-API on 127.0.0.1:8700 of that namespace. Servers bootstrap from the first
-server; laptops from a server's public address, through their NAT.
+API on 127.0.0.1:8700 of that namespace. With a ledger (``validators`` > 0)
+the testnet writes its own network spec, ``network.json`` (p2pnet.netspec:
+its genesis, every server as a bootstrap peer), and every node joins with
+``--network``; without one, servers bootstrap from the first server and
+laptops from a server's public address, through their NAT.
 
 ``testnet.json`` in the testnet's directory records everything made (the
 namespaces, before each is created; the node processes), and every name
@@ -226,13 +229,15 @@ def up(n: int, tdir: Path, *, nat: int = 0, symmetric: int = 0, loss: float = 0.
        bandwidth: Optional[str] = None, validators: Optional[int] = None,
        experts: Optional[Sequence[str]] = None, host_experts: Optional[dict] = None,
        node_args: Sequence[str] = (), model_store: Optional[Path] = None, timeout_s: float = 180.0,
-       progress: Callable[[str], None] = lambda msg: None, fail_at: Optional[str] = None) -> dict:
+       progress: Callable[[str], None] = lambda msg: None, fail_at: Optional[str] = None,
+       genesis_params: Optional[dict] = None) -> dict:
     """Build the network, start a node on every host, wait until the servers
     see each other and every laptop sees its bootstrap server; returns ``status()``.
 
     ``experts``: specs every node hosts (None: the default model; empty: none);
     ``host_experts[name]`` replaces them on one host. The first ``validators``
-    servers (default: up to 4) keep the ledger."""
+    servers (default: up to 4) keep the ledger; ``genesis_params`` changes
+    chain parameters of its genesis (e.g. ``create_empty_blocks_interval_ms``)."""
     require_root()
     tdir = Path(tdir).resolve()
     prefix = prefix_for(tdir)
@@ -254,7 +259,8 @@ def up(n: int, tdir: Path, *, nat: int = 0, symmetric: int = 0, loss: float = 0.
     _clear_leftovers(tdir, prefix, progress)
 
     state = {"dir": str(tdir), "prefix": prefix, "inet": f"{prefix}-inet", "namespaces": [], "hosts": hosts,
-             "validators": validators, "genesis": None, "faults": faults.as_json(), "created": time.time()}
+             "validators": validators, "genesis": None, "network": None, "genesis_params": dict(genesis_params or {}),
+             "faults": faults.as_json(), "created": time.time()}
     _save(state)
     started = time.monotonic()
     try:
@@ -354,12 +360,14 @@ def _node_argv(state: dict, h: dict, experts, host_experts: dict, node_args, mod
         args += ["--expert", spec]
     if model_store is not None:
         args += ["--model-store", str(model_store)]
-    for b in bootstrap:
+    for b in () if state.get("network") else bootstrap:
         args += ["--bootstrap", b]
-    if state["genesis"]:
+    if state.get("network"):
+        args += ["--network", state["network"]]  # its genesis and bootstrap peers
+    elif state["genesis"]:
         args += ["--genesis", state["genesis"]]
-        if validator:
-            args.append("--validator")
+    if state["genesis"] and validator:
+        args.append("--validator")
     return args
 
 
@@ -386,9 +394,14 @@ def _start_nodes(state, experts, host_experts, node_args, model_store, timeout_s
         state["genesis"] = str(prepare_genesis(Path(state["dir"]), dirs, keys, progress))
     first = servers[0]
     boot = [f"/ip4/{s['addr']}/tcp/{P2P_PORT}/p2p/{s['peer_id']}" for s in servers]
+    if state["genesis"]:
+        state["network"] = str(_write_network_spec(state, keys, boot))
+        progress(f"network spec {state['network']}: {len(boot)} bootstrap servers")
     k = 0
     for h in hosts:
-        if h is first:
+        if state["network"]:  # every server is a bootstrap peer (a node skips itself)
+            bootstrap = [b for b in boot if not b.endswith(f"/p2p/{h['peer_id']}")]
+        elif h is first:
             bootstrap = []
         elif h["role"] == "server":
             bootstrap = boot[:1]
@@ -414,6 +427,28 @@ def _start_nodes(state, experts, host_experts, node_args, model_store, timeout_s
           lambda: [_died(h)() for h in hosts])
 
 
+def _write_network_spec(state: dict, keys: list, boot: list[str]) -> Path:
+    """``network.json`` in the testnet dir: the testnet's genesis (with
+    ``genesis_params`` applied) and every server as a bootstrap peer."""
+    import dataclasses
+
+    from p2pnet import netspec
+    from p2pnet.consensus.genesis import generate_genesis, load_genesis
+
+    genesis = load_genesis(state["genesis"])
+    if state.get("genesis_params"):
+        params = dataclasses.replace(genesis.params, **state["genesis_params"])
+        if params != genesis.params:
+            genesis = generate_genesis(keys, chain_id=genesis.chain_id, genesis_time_ms=genesis.genesis_time_ms,
+                                       params=params)
+            Path(state["genesis"]).write_text(genesis.to_json())
+    spec = netspec.make_spec(f"testnet-{state['prefix']}", genesis, boot,
+                             comment=f"the namespace testnet in {state['dir']} (addresses exist only inside it)")
+    path = Path(state["dir"]) / "network.json"
+    path.write_text(spec.to_json())
+    return path
+
+
 def _died(h: dict) -> Callable[[], None]:
     def check() -> None:
         if not h.get("pid") or not _alive(h["pid"]):
@@ -423,14 +458,14 @@ def _died(h: dict) -> Callable[[], None]:
 
 
 def _joined(state: dict, h: dict, st: Optional[dict]) -> bool:
-    """A server sees every other server; a laptop sees its bootstrap server."""
+    """A server sees every other server; a laptop one of its bootstrap servers."""
     if st is None:
         return False
     peers = set(st.get("peers", []))
     if h["role"] == "server":
         want = {s["peer_id"] for s in state["hosts"] if s["role"] == "server" and s is not h}
-    else:
-        want = {b.rsplit("/p2p/", 1)[1] for b in h.get("bootstrap", [])}
+    else:  # a laptop: one of its bootstrap servers
+        return bool({b.rsplit("/p2p/", 1)[1] for b in h.get("bootstrap", [])} & peers)
     return want <= peers
 
 
@@ -566,9 +601,12 @@ def status(tdir: Path) -> dict:
             "api": API_URL, "peer_id": h.get("peer_id"), "pid": h.get("pid"), "alive": st is not None,
             "peers": peers, "peer_names": sorted(names.get(p, p) for p in peers),
             "height": (st or {}).get("height"), "data_dir": h["data_dir"], "log": h["log"],
+            # NAT traversal as the node sees it (p2pnet.gossip.relay): public / behind-nat / unknown
+            "reachability": (((st or {}).get("nat") or {}).get("reachability") or {}).get("state"),
+            "relays": len(((st or {}).get("nat") or {}).get("relays") or []),
         })
     return {"dir": state["dir"], "prefix": state["prefix"], "validators": state.get("validators"),
-            "faults": state["faults"], "hosts": hosts}
+            "network": state.get("network"), "faults": state["faults"], "hosts": hosts}
 
 
 def down(tdir: Path, *, timeout_s: float = 15.0) -> dict:

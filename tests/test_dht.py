@@ -1,0 +1,148 @@
+"""Peer routing over the Kademlia DHT (p2pnet.gossip.dht) on 127.0.0.1: four
+real libp2p hosts in a line a - b - c - d, each knowing only its
+neighbours; a finds d's addresses by d's ID through the DHT and dials it."""
+
+from pathlib import Path
+
+import multiaddr
+import trio
+
+from p2pnet import wire
+from p2pnet.gossip.dht import PeerRouting
+from p2pnet.identity import load_or_create
+
+from .conftest_net import wait_for
+
+
+def make_host(identity):
+    from libp2p import new_host
+    from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    key_pair = identity.libp2p_key_pair()
+    return new_host(key_pair=key_pair,
+                    sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair,
+                                                               noise_privkey=new_x25519_key_pair().private_key)},
+                    muxer_opt={YAMUX_PROTOCOL_ID: Yamux})
+
+
+def peerstore_addrs(host, pid) -> list:
+    from libp2p.peer.peerstore import PeerStoreError
+
+    try:
+        return list(host.get_peerstore().addrs(pid))
+    except PeerStoreError:
+        return []
+
+
+async def test_a_peer_is_found_by_id_beyond_its_neighbours(tmp_path: Path):
+    from libp2p.peer.peerinfo import PeerInfo
+
+    idents = [load_or_create(tmp_path / name) for name in "abcd"]
+    hosts = [make_host(i) for i in idents]
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    async with hosts[0].run(listen), hosts[1].run(listen), hosts[2].run(listen), hosts[3].run(listen):
+        routing = [PeerRouting(h, lookup_timeout_s=20) for h in hosts]
+        async with trio.open_nursery() as nursery:
+            for r in routing:
+                await nursery.start(r.run)
+            ids = [i.peer_id for i in idents]
+            for left, right in zip(range(3), range(1, 4)):  # a-b, b-c, c-d
+                await hosts[left].connect(PeerInfo(hosts[right].get_id(), hosts[right].get_addrs()))
+                assert await routing[left].add_peer(ids[right])
+                assert await routing[right].add_peer(ids[left])
+            assert not routing[0].known(ids[3])
+            assert not peerstore_addrs(hosts[0], hosts[3].get_id())  # a has never heard of d
+
+            found = await routing[0].find(ids[3])
+            assert found is not None and found.source == "dht" and found.peer == ids[3]
+            d_addrs = {str(a) for a in hosts[3].get_addrs()}
+            assert {a.split("/p2p/")[0] for a in found.addrs} & {a.split("/p2p/")[0] for a in d_addrs}, \
+                (found.addrs, d_addrs)
+            assert routing[0].status()["lookups"] == 1 and routing[0].status()["found"] == 1
+
+            await hosts[0].connect(PeerInfo(hosts[3].get_id(), [multiaddr.Multiaddr(a) for a in found.addrs]))
+            await wait_for(lambda: hosts[3].get_id() in hosts[0].get_network().connections, 10,
+                           "a to connect to d")
+            again = await routing[0].find(ids[3])
+            assert again is not None and again.source == "local"
+
+            stranger = load_or_create(tmp_path / "stranger").peer_id
+            assert await routing[0].find(stranger) is None  # nobody knows it: None, not an error
+            assert wire.peer_id_str(stranger) not in {str(p) for p in hosts[0].get_network().connections}
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_connector_runs_the_dht_and_finds_a_peer_it_is_not_connected_to(nursery):
+    """Three nodes in a line (low watermark 1: peer exchange dials no one
+    more): a, connected to b only, finds c's addresses through the DHT."""
+    import os
+
+    from p2pnet.gossip.network import GossipNetwork
+    from p2pnet.gossip.policy import Watermarks
+    from p2pnet.identity import Identity
+
+    nets = []
+    for i in range(3):
+        ident = Identity(os.urandom(32))
+        boot = [nets[1].listen_addrs[0]] if i == 2 else [nets[0].listen_addrs[0]] if i == 1 else []
+        net = GossipNetwork(ident, ident.signer(), ["/ip4/127.0.0.1/tcp/0"], boot, watermarks=Watermarks(1, 2))
+        net.connector.dht_wanted = True
+        await nursery.start(net.run)
+        nets.append(net)
+    a, b, c = nets
+    await wait_for(lambda: b.peer_id in set(c.peers()) and a.peer_id in set(b.peers()), 30, "a line a-b-c")
+    assert c.peer_id not in set(a.peers())
+    await wait_for(lambda: all(n.connector.routing is not None for n in nets), 30, "the DHTs to run")
+    await wait_for(lambda: a.connector.routing.known(b.peer_id) and b.connector.routing.known(c.peer_id), 30,
+                   "the routing tables to hold the connected peers")
+    found = await a.connector.routing.find(c.peer_id)
+    assert found is not None and found.source == "dht"
+    c_tcp = {addr.split("/p2p/")[0] for addr in c.listen_addrs}
+    assert c_tcp & {addr.split("/p2p/")[0] for addr in found.addrs}, (found.addrs, c.listen_addrs)
+    assert a.connector.dht_status()["found"] == 1
+    either = await a.connector.find_peer(c.peer_id)  # the peer book's (c's announcements) or the DHT's
+    assert c_tcp & {addr.split("/p2p/")[0] for addr in either}, either
+
+
+def test_node_start_dht_runs_it_and_status_shows_it(tmp_path):
+    """Two real node processes with --dht: each puts the other into its
+    routing table; `p2pnet status` shows the DHT."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from p2pnet.api import client
+
+    from .conftest_net import NODE_CLI, start_node_process, stop_process
+
+    def status(d):
+        return client.get_json(json.loads((d / "node.json").read_text())["api"] + "/status", timeout=5)
+
+    procs = []
+    try:
+        first = tmp_path / "a"
+        first.mkdir()
+        procs.append(start_node_process(["node", "start", "--data-dir", first, "--listen", "/ip4/127.0.0.1/tcp/0",
+                                         "--api-port", "0", "--no-experts", "--dht"], first / "out.log", tmp_path))
+        boot = json.loads((first / "node.json").read_text())["listen"][0]
+        second = tmp_path / "b"
+        second.mkdir()
+        procs.append(start_node_process(["node", "start", "--data-dir", second, "--listen", "/ip4/127.0.0.1/tcp/0",
+                                         "--api-port", "0", "--no-experts", "--dht", "--bootstrap", boot],
+                                        second / "out.log", tmp_path))
+        deadline = time.monotonic() + 60
+        while not all((status(d).get("dht") or {}).get("routing_table", 0) >= 1 for d in (first, second)):
+            assert time.monotonic() < deadline, [status(d).get("dht") for d in (first, second)]
+            time.sleep(0.2)
+        out = subprocess.run([sys.executable, "-c", NODE_CLI, "status", "--data-dir", str(second)],
+                             capture_output=True, text=True, timeout=60)
+        assert "dht       routing table 1 peers; lookups 0, found 0" in out.stdout, out.stdout + out.stderr
+    finally:
+        for proc in procs:
+            stop_process(proc)
+    assert all(p.poll() is not None for p in procs)
