@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
 from p2pnet import wire
+from p2pnet.experts.errors import ExpertsError
 from p2pnet.experts.knowledge import STOP_WORDS, tokens
 
 GENERAL = "general"
@@ -54,7 +55,7 @@ ROUTING_STOP = frozenset({
 _STOP_WORDS = STOP_WORDS | ROUTING_STOP
 
 
-class SummaryError(ValueError):
+class SummaryError(ExpertsError, ValueError):
     """A term summary that cannot be built or read."""
 
 
