@@ -15,7 +15,9 @@ domain each: ``wan-server`` on server0, ``wan-l1`` on laptop1. Then:
     same measures over an idle stretch as long;
 (c) time from starting a node (kill -9, then the same command line, data
     dir kept) to its first answer, for a public server and for a NATed laptop,
-    and for the laptop until it holds a relay reservation (reachable).
+    and for the laptop until it holds a relay reservation (reachable);
+(d) the share of queries answered, direct and relayed, at 0, 2, 5 and 10%
+    packet loss on every link, with the asker's direct-stream counters.
 
 The machine has no netem: every link has veth latency, so (a) measures
 p2pnet's own overhead per path, not wide-area round trips. Prints a table
@@ -105,6 +107,40 @@ def latency_rows(net, n):
     return rows
 
 
+def loss_rows(net, n, levels=(0, 2, 5, 10)):
+    """(d) Share of queries answered, direct and relayed, with ``pct`` % of the
+    packets of every link dropped (nftables), and how the queries travelled:
+    the asker's direct-stream sends and gossip fallbacks over the run."""
+    from p2pnet.errors import P2PNetError
+
+    ns = net["ns"]
+    rows = []
+    try:
+        for pct in levels:
+            netns.set_loss(net["dir"], pct)
+            for label, asker, domain in (("direct", "laptop1", "wan-server"), ("relayed", "laptop0", "wan-l1")):
+                before = (status(ns[asker]) or {}).get("counters", {}).get("direct", {})
+                ok, times = 0, []
+                for i in range(n):
+                    t = time.perf_counter()
+                    try:
+                        ask(ns[asker], domain, f"What is the capital of country number {100 * pct + i}?")
+                    except (P2PNetError, OSError):
+                        continue
+                    ok += 1
+                    times.append((time.perf_counter() - t) * 1000)
+                after = (status(ns[asker]) or {}).get("counters", {}).get("direct", {})
+                moved = {k: after.get(k, 0) - before.get(k, 0) for k in after
+                         if isinstance(after.get(k), int) and after.get(k, 0) != before.get(k, 0)}
+                p50 = f", p50 {statistics.median(times):.0f} ms" if times else ""
+                rows.append((f"answered at {pct}% loss on every link, {label} ({asker})", f"{ok}/{n}",
+                             f"deadline 30 s{p50}; asker's direct-stream counters: "
+                             + (", ".join(f"{k} +{v}" for k, v in sorted(moved.items())) or "unchanged")))
+    finally:
+        netns.set_loss(net["dir"], 0)
+    return rows
+
+
 def relay_rows(net, n):
     ids, ns = net["ids"], net["ns"]
     _, relay_id = peer_path(ns["laptop0"], ids["laptop1"])
@@ -157,6 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/p2pnet-wanbench"))
+    ap.add_argument("--loss-queries", type=int, default=10, help="queries per path and loss level in (d)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/wan.py needs root (it builds network namespaces)")
@@ -178,6 +215,7 @@ def main() -> None:
         rows.append(("ready (reservations held, hole punched)", f"{time.monotonic() - t:.1f} s", "since up started"))
         rows += latency_rows(net, args.queries)
         rows += relay_rows(net, args.queries)
+        rows += loss_rows(net, args.loss_queries)
         rows += restart_rows(net)
     finally:
         netns.down(args.dir)
