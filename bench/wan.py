@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from p2pnet_testnet import netns
+from p2pnet_testnet import netns, nsexec
 
 EXPERTS = {"server0": ["model=scripted:wrong,id=server-expert,domains=wan-server"],
            "laptop1": ["model=scripted:wrong,id=laptop1-expert,domains=wan-l1"]}
@@ -62,7 +62,7 @@ def status(ns):
 def ask(ns, domain, question="What is the capital of France?"):
     body = {"model": "p2pnet", "domain": domain, "deadline_s": 30,
             "messages": [{"role": "user", "content": question}]}
-    return netns.api_post(ns, "/v1/chat/completions", body, timeout=60)
+    return nsexec.api_post(ns, "/v1/chat/completions", body, timeout=60)
 
 
 def peer_path(ns, peer_id):

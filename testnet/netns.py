@@ -30,7 +30,6 @@ enters the namespace with setns(2) and opens the socket there.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -38,7 +37,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -47,12 +45,11 @@ from p2pnet.errors import P2PNetError
 from p2pnet.files import write_json_atomic
 from p2pnet_testnet import faults as faults_mod
 from p2pnet_testnet.faults import Faults
+from p2pnet_testnet.nsexec import API_PORT, API_URL, api_get
 from p2pnet_testnet.swarm import SwarmError, _alive, _launch, _log_tail, _reap, _wait, prepare_genesis
 
 STATE_FILE = "testnet.json"
 P2P_PORT = 4001
-API_PORT = 8700
-API_URL = f"http://127.0.0.1:{API_PORT}"
 NAT_TABLE = "p2ptn_nat"
 NOT_ROOT_ENV = "P2PNET_TESTNET_NOT_ROOT"  # set: behave as if not root (tests of the error)
 FAIL_AT_ENV = "P2PNET_TESTNET_FAIL_AT"  # "network" or "nodes": fail `up` there (tests of cleanup)
@@ -91,61 +88,6 @@ def _run(*argv: str, input: Optional[str] = None, check: bool = True) -> subproc
 
 def _nft(netns: str, script: str) -> None:
     _run("ip", "netns", "exec", netns, "nft", "-f", "-", input=script)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def in_netns(netns: str, fn: Callable, *args, **kwargs):
-    """``fn(*args, **kwargs)`` called on a thread inside ``netns``: the
-    sockets it opens belong to that namespace."""
-    result: dict = {}
-
-    def target() -> None:
-        try:
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # handed to the caller's thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"netns-{netns}", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
-def tcp_connect(netns: str, addr: str, port: int, timeout: float = 1.0) -> bool:
-    """True if a TCP connection from inside ``netns`` to addr:port opens."""
-    import socket
-
-    def attempt() -> bool:
-        try:
-            socket.create_connection((addr, port), timeout=timeout).close()
-            return True
-        except OSError:
-            return False
-    return in_netns(netns, attempt)
-
-
-def api_get(netns: str, path: str, timeout: float = 5.0) -> dict:
-    from p2pnet.api import client
-
-    return in_netns(netns, client.get_json, API_URL + path, timeout=timeout)
-
-
-def api_post(netns: str, path: str, obj: dict, timeout: float = 60.0) -> dict:
-    from p2pnet.api import client
-
-    return in_netns(netns, client.post_json, API_URL + path, obj, timeout=timeout)
 
 
 def _node_status(host: dict) -> Optional[dict]:

@@ -19,7 +19,7 @@ import pytest
 
 from p2pnet import netspec
 from p2pnet.errors import P2PNetError
-from p2pnet_testnet import netns, swarm
+from p2pnet_testnet import netns, nsexec, swarm
 
 SCRIPTED = "model=scripted:wrong,id=server-expert"
 SERVERS = ["server0", "server1", "server2", "server3"]
@@ -103,7 +103,7 @@ def one_chain(net, names):
 def ask(net, name, question):
     body = {"model": "p2pnet", "messages": [{"role": "user", "content": question}], "max_tokens": 16,
             "deadline_s": 60}
-    return netns.api_post(net["ns"][name], "/v1/chat/completions", body, timeout=90)
+    return nsexec.api_post(net["ns"][name], "/v1/chat/completions", body, timeout=90)
 
 
 def verified_everywhere(net, names, running=True):

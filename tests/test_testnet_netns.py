@@ -16,7 +16,7 @@ import time
 import pytest
 
 from p2pnet_testnet import faults as faults_mod
-from p2pnet_testnet import netns, swarm
+from p2pnet_testnet import netns, nsexec, swarm
 from p2pnet_testnet.faults import Faults
 
 SCRIPTED = "model=scripted:wrong,id=server-expert"
@@ -182,7 +182,7 @@ def _seen_ports(net, laptop, local_port):
     laptop opens from one local port."""
     listeners = {}
     for s in ("server0", "server1"):
-        sock = netns.in_netns(net["ns"][s], socket.create_server, (net["addr"][s], 0))
+        sock = nsexec.in_netns(net["ns"][s], socket.create_server, (net["addr"][s], 0))
         sock.settimeout(10)
         listeners[s] = sock
 
@@ -198,7 +198,7 @@ def _seen_ports(net, laptop, local_port):
     seen, clients = [], []
     try:
         for s, sock in listeners.items():
-            clients.append(netns.in_netns(net["ns"][laptop], dial, net["addr"][s], sock.getsockname()[1]))
+            clients.append(nsexec.in_netns(net["ns"][laptop], dial, net["addr"][s], sock.getsockname()[1]))
             conn, (ip, port) = sock.accept()
             conn.close()
             seen.append((ip, port))
@@ -222,27 +222,27 @@ def test_nat_mapping(net):
 def test_partition_and_heal(net):
     d, ns, addr = net["dir"], net["ns"], net["addr"]
     port = netns.P2P_PORT
-    assert netns.tcp_connect(ns["server0"], addr["server1"], port)
+    assert nsexec.tcp_connect(ns["server0"], addr["server1"], port)
     cli("testnet", "partition", "--dir", str(d), "server0", "server1")
-    assert not netns.tcp_connect(ns["server0"], addr["server1"], port, timeout=0.5)
-    assert not netns.tcp_connect(ns["server1"], addr["server0"], port, timeout=0.5)
-    assert netns.tcp_connect(ns["server0"], addr["server2"], port)
+    assert not nsexec.tcp_connect(ns["server0"], addr["server1"], port, timeout=0.5)
+    assert not nsexec.tcp_connect(ns["server1"], addr["server0"], port, timeout=0.5)
+    assert nsexec.tcp_connect(ns["server0"], addr["server2"], port)
     cli("testnet", "heal", "--dir", str(d))
-    assert netns.tcp_connect(ns["server0"], addr["server1"], port)
+    assert nsexec.tcp_connect(ns["server0"], addr["server1"], port)
     wait_until(lambda: {"server1", "server2"} <= peer_names(net)["server0"], 60, "server0 to see server1")
 
     # laptop1 against every server, rejecting: open connections break at once
     cli("testnet", "partition", "--reject", "--dir", str(d), "laptop1")
-    assert not netns.tcp_connect(ns["laptop1"], addr["server0"], port, timeout=0.5)
+    assert not nsexec.tcp_connect(ns["laptop1"], addr["server0"], port, timeout=0.5)
     for name in ("laptop1", "server0"):  # traffic makes both ends meet the resets
-        netns.api_post(ns[name], "/broadcast", {"text": f"during the partition, from {name}"})
+        nsexec.api_post(ns[name], "/broadcast", {"text": f"during the partition, from {name}"})
 
     def cut_off():
         seen = peer_names(net)
         return not seen["laptop1"] and all("laptop1" not in peers for peers in seen.values())
     wait_until(cut_off, 30, "laptop1 to lose every peer")
     cli("testnet", "heal", "--dir", str(d))
-    assert netns.tcp_connect(ns["laptop1"], addr["server0"], port)
+    assert nsexec.tcp_connect(ns["laptop1"], addr["server0"], port)
     wait_until(lambda: peer_names(net)["laptop1"] & {"server0", "server1", "server2"}, 60, "laptop1 to rejoin")
 
 
@@ -252,10 +252,10 @@ def test_loss_and_bandwidth_rules(net):
     port = netns.P2P_PORT
     inet = f"{net['up']['prefix']}-inet"
     cli("testnet", "loss", "--dir", str(d), "100", "--link", "server0", "server1")
-    assert not any(netns.tcp_connect(ns["server0"], addr["server1"], port, timeout=0.3) for _ in range(5))
-    assert netns.tcp_connect(ns["server0"], addr["server2"], port)
+    assert not any(nsexec.tcp_connect(ns["server0"], addr["server1"], port, timeout=0.3) for _ in range(5))
+    assert nsexec.tcp_connect(ns["server0"], addr["server2"], port)
     cli("testnet", "loss", "--dir", str(d), "0", "--link", "server0", "server1")
-    assert all(netns.tcp_connect(ns["server0"], addr["server1"], port) for _ in range(5))
+    assert all(nsexec.tcp_connect(ns["server0"], addr["server1"], port) for _ in range(5))
 
     cli("testnet", "loss", "--dir", str(d), "30", "--host", "server2")
     cli("testnet", "bandwidth", "--dir", str(d), "1mbit", "--host", "laptop0")
