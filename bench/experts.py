@@ -19,6 +19,13 @@ specialists. Then, from the same answers:
 - **routing** alone: how often the inferred domain is the question's, on
   every held-out question of the three banks (no model needed).
 
+``--swarm``: the second part instead, on a real local swarm (testnet.swarm):
+a chemistry expert, a geography expert, a bad expert (scripted:wrong) and the
+bare model, each on its own node and each claiming both domains, asked through
+a fifth node's API; a warm-up with graded user feedback (/v1/feedback), then
+held-out questions; who delivered each answer; the oracle from the real experts
+answering the same held-out questions in one process afterwards.
+
 Progress goes to stderr; the tables (markdown) to stdout.
 """
 
@@ -173,6 +180,161 @@ def add_routes(out: dict, root: Path) -> None:
         r["route"] = domains.infer(r["question"], cards).domain
 
 
+# ------------------------------------------------------------------ a real swarm (issue 24 item 5, second part)
+
+SWARM_DOMAINS = ("chemistry", "geography")
+SWARM_EXPERTS = ("chemistry", "geography", "bad", "bare")  # node i hosts SWARM_EXPERTS[i]; node 4 asks
+
+
+def swarm_specs(model: str = "smollm2-135m") -> dict:
+    """Every expert claims both domains, so reputation has to choose."""
+    from p2pnet.experts.knowledge_build import shipped_passages
+
+    both = "+".join(SWARM_DOMAINS)
+    return {"chemistry": f"model={model},domains={both},id=chemistry,knowledge={shipped_passages('chemistry')}",
+            "geography": f"model={model},domains={both},id=geography,knowledge={shipped_passages('geography')}",
+            "bad": f"model=scripted:wrong,domains={both},id=bad",
+            "bare": f"model={model},domains={both},id=bare"}
+
+
+def _ask(api: str, q: dict, domain: str, max_tokens: int) -> dict:
+    from p2pnet.api import client
+
+    body = {"model": "p2pnet", "messages": [{"role": "user", "content": q["question"]}],
+            "domain": domain, "max_tokens": max_tokens, "temperature": 0.0, "deadline_s": 120}
+    t0 = time.monotonic()
+    out = client.post_json(api + "/v1/chat/completions", body, timeout=180)
+    text = out["choices"][0]["message"]["content"] or ""
+    prov = out.get("p2pnet") or {}
+    chosen = (prov.get("chosen") or {}).get("expert_id")
+    return {"domain": domain, "id": q["id"], "question": q["question"], "answer": q["answer"], "text": text.strip(),
+            "right": grade(text, KnownAnswer.from_obj(q), q["question"]), "expert": chosen,
+            "asked": [(r.get("expert_id"), r.get("status")) for r in prov.get("respondents") or ()],
+            "reason": prov.get("reason"),
+            "query_id": prov.get("query_id"), "seconds": round(time.monotonic() - t0, 2)}
+
+
+def run_swarm(args) -> dict:
+    """Warm-up with user feedback, then held-out questions through a real swarm."""
+    from p2pnet.api import client
+    from p2pnet_testnet import swarm as swarm_mod
+
+    root = Path(args.knowledge) if args.knowledge else shipped_dir()
+    specs = swarm_specs()
+    swarm_dir = Path(args.swarm_dir)
+    extra = {i: ("--expert", specs[name]) for i, name in enumerate(SWARM_EXPERTS)}
+    extra[len(SWARM_EXPERTS)] = ("--no-experts",)
+    out = {"specs": specs, "warmup": [], "heldout": [], "cores": os.cpu_count(), "load_start": os.getloadavg()}
+    started = time.monotonic()
+    nodes = swarm_mod.up(len(SWARM_EXPERTS) + 1, swarm_dir, validators=len(SWARM_EXPERTS),
+                         node_args=["--threads", str(args.threads)], extra_args=extra,
+                         model_store=Path(args.data_dir), timeout_s=300,
+                         progress=lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        api = nodes[-1]["api"]
+        out["up_seconds"] = round(time.monotonic() - started, 1)
+        warm = {d: sorted(load_questions(root / d, "probe"),
+                          key=lambda q: hashlib.sha256(q["id"].encode()).digest())[:args.warmup] for d in SWARM_DOMAINS}
+        held = {d: sample(root / d, args.n) for d in SWARM_DOMAINS}
+        # interleave the domains, so both learn at once
+        for phase, qs in (("warmup", warm), ("heldout", held)):
+            plan = [(d, q) for pair in zip(*(qs[d] for d in SWARM_DOMAINS)) for d, q in zip(SWARM_DOMAINS, pair)]
+            for i, (d, q) in enumerate(plan, 1):
+                try:
+                    row = _ask(api, q, d, args.max_tokens)
+                except Exception as exc:  # an error is a delivered non-answer
+                    row = {"domain": d, "id": q["id"], "question": q["question"], "answer": q["answer"],
+                           "text": "", "right": False, "expert": None, "error": str(exc)[:200]}
+                if phase == "warmup" and row.get("query_id"):
+                    try:
+                        row["feedback"] = client.post_json(api + "/v1/feedback",
+                                                           {"query_id": row["query_id"], "accept": bool(row["right"])},
+                                                           timeout=30)
+                    except Exception as exc:
+                        row["feedback_error"] = str(exc)[:200]
+                out[phase].append(row)
+                print(f"[{phase} {i}/{len(plan)}] {time.monotonic() - started:.0f} s: {d} -> {row['expert']} "
+                      f"{'right' if row['right'] else 'wrong'} {row.get('error', '')}", file=sys.stderr, flush=True)
+    finally:
+        out["load_end_swarm"] = os.getloadavg()
+        swarm_mod.down(swarm_dir)
+    out["swarm_seconds"] = round(time.monotonic() - started, 1)
+    # the oracle's row: every real expert on the same held-out questions, in one process, same prompts
+    out["per_expert"] = trio.run(_per_expert, args, held, specs)
+    out["load_end"] = os.getloadavg()
+    out["seconds"] = round(time.monotonic() - started, 1)
+    return out
+
+
+async def _per_expert(args, held: dict, specs: dict) -> list[dict]:
+    bare = build_expert(parse_expert_spec("model=smollm2-135m"), args.data_dir, n_threads=args.threads)
+    experts = {"bare": bare}
+    for name in ("chemistry", "geography"):
+        kb = KnowledgeBase.load(parse_expert_spec(specs[name]).knowledge).index(args.cache)
+        experts[name] = Expert(name, bare.backend, domains=SWARM_DOMAINS, knowledge=kb, knowledge_k=args.k)
+    for e in experts.values():
+        await e.start(speed=Speed(1.0, 1.0))
+    rows = []
+    try:
+        for d, qs in held.items():
+            for q in qs:
+                for name, e in experts.items():
+                    body = PromptBody((ChatMessage("user", q["question"]),), args.max_tokens, temperature=0.0)
+                    ans = await e.answer(os.urandom(16), body, timeout=300)
+                    rows.append({"domain": d, "id": q["id"], "expert": name, "text": ans.text.strip(),
+                                 "right": ans.status == "ok" and grade(ans.text, KnownAnswer.from_obj(q), q["question"])})
+            print(f"per-expert answers for {d} done", file=sys.stderr, flush=True)
+    finally:
+        await bare.aclose()
+    return rows
+
+
+def swarm_tables(out: dict) -> str:
+    held, per = out["heldout"], out["per_expert"]
+    lines = ["### A real swarm: reputation routing after warm-up (held-out questions)", "",
+             "| domain | network, reputation routing | one generalist (bare model) | random routing (mean of 4) "
+             "| per-domain oracle | network / oracle |", "|---|---:|---:|---:|---:|---:|"]
+    for d in SWARM_DOMAINS:
+        net = [r for r in held if r["domain"] == d]
+        acc = {n: _acc([r for r in per if r["domain"] == d and r["expert"] == n]) for n in ("chemistry", "geography", "bare")}
+        n = len(net)
+        acc["bad"] = (0, n)  # scripted:wrong: wrong on every question by construction
+        rand = sum(a / max(1, b) for a, b in acc.values()) / 4
+        best = max(("chemistry", "geography", "bare"), key=lambda k: acc[k][0])
+        o = acc[best][0] / max(1, acc[best][1])
+        netacc = _acc(net)[0] / max(1, n)
+        lines.append(f"| {d} | {_cell(net)} | {acc['bare'][0]}/{acc['bare'][1]} | {rand:.0%} | "
+                     f"{acc[best][0]}/{acc[best][1]} ({o:.0%}), {best} expert | {netacc / o if o else float('nan'):.2f} |")
+    lines += ["", "Per-expert accuracy on the same held-out questions (in one process, same prompts):", "",
+              "| domain | chemistry expert | geography expert | bare model | bad expert |", "|---|---:|---:|---:|---:|"]
+    for d in SWARM_DOMAINS:
+        c = [_cell([r for r in per if r["domain"] == d and r["expert"] == n]) for n in ("chemistry", "geography", "bare")]
+        lines.append(f"| {d} | " + " | ".join(c) + " | 0 (scripted) |")
+    lines += ["", "Who delivered the answer, per block of 10 queries (warm-up, then held-out):", "",
+              "| queries | phase | chemistry | geography | bare | bad | none/error | right |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    allrows = [("warm-up", r) for r in out["warmup"]] + [("held-out", r) for r in out["heldout"]]
+    for s in range(0, len(allrows), 10):
+        blk = allrows[s:s + 10]
+        cnt = lambda n: sum(1 for _, r in blk if r["expert"] == n)
+        other = len(blk) - sum(cnt(n) for n in SWARM_EXPERTS)
+        lines.append(f"| {s + 1}–{s + len(blk)} | {'/'.join(sorted({p for p, _ in blk}))} | {cnt('chemistry')} | "
+                     f"{cnt('geography')} | {cnt('bare')} | {cnt('bad')} | {other} | {sum(r['right'] for _, r in blk)} |")
+    for d in SWARM_DOMAINS:
+        rs = [r for r in out["heldout"] if r["domain"] == d]
+        by = {}
+        for r in rs:
+            by[r["expert"]] = by.get(r["expert"], 0) + 1
+        lines.append("")
+        lines.append(f"held-out {d}: delivered by " + ", ".join(f"{k} {v}" for k, v in sorted(by.items(), key=str)))
+    fb = sum(1 for r in out["warmup"] if r.get("feedback") is not None)
+    la = lambda x: " / ".join(f"{v:.2f}" for v in x)
+    lines += ["", f"{len(out['warmup'])} warm-up queries ({fb} with feedback recorded), {len(out['heldout'])} held-out; "
+              f"swarm {out['swarm_seconds']} s (up in {out.get('up_seconds')} s), total {out['seconds']} s; "
+              f"{out['cores']} cores; load average at start {la(out['load_start'])}, end of swarm "
+              f"{la(out['load_end_swarm'])}, end {la(out['load_end'])}."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=30, help="held-out questions per domain (default 30)")
@@ -187,7 +349,16 @@ def main() -> None:
     p.add_argument("--cache", default=None, help="index cache folder")
     p.add_argument("--json", default=None, help="write every answer to this JSON file")
     p.add_argument("--from-json", default=None, help="print the tables of an earlier --json run")
+    p.add_argument("--swarm", action="store_true", help="the real-swarm part instead (reputation routing)")
+    p.add_argument("--swarm-dir", default="/tmp/p2pnet-experts-swarm", help="with --swarm: the swarm's folder")
+    p.add_argument("--warmup", type=int, default=15, help="with --swarm: warm-up questions per domain")
     args = p.parse_args()
+    if args.swarm:
+        out = json.loads(Path(args.from_json).read_text()) if args.from_json else run_swarm(args)
+        if args.json and not args.from_json:
+            Path(args.json).write_text(json.dumps(out, indent=1, ensure_ascii=False))
+        print(swarm_tables(out))
+        return
     if args.from_json:
         out = json.loads(Path(args.from_json).read_text())
     else:
