@@ -52,6 +52,23 @@ def _model(data_dir: Path) -> modelstore.StoredModel:
     return modelstore.ensure_default(data_dir, progress=None)
 
 
+def _tokens_per_s(generate: Callable[[int], int], n: int) -> float:
+    """Total tokens per second of ``n`` calls ``generate(i)`` (each returns its
+    token count) run at once on threads."""
+    counts = [0] * n
+
+    def one(i: int) -> None:
+        counts[i] = generate(i)
+
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
 def part_a(data_dir: Path, threads: int, tokens: int, reps: int) -> list[Row]:
     """Hosted Expert.answer vs xllamacpp.Server.handle_chat_completions, end to end."""
     import xllamacpp
@@ -117,18 +134,7 @@ def part_c(data_dir: Path, threads: int, tokens: int, reps: int, parallel: int =
     messages = [ChatMessage("system", DEFAULT_SYSTEM_PROMPT), ChatMessage("user", QUESTION)]
 
     def batch(n: int) -> float:
-        counts = [0] * n
-
-        def one(i: int) -> None:
-            counts[i] = backend.generate(messages, max_tokens=tokens).completion_tokens
-
-        workers = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        t0 = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        return sum(counts) / (time.perf_counter() - t0)
+        return _tokens_per_s(lambda i: backend.generate(messages, max_tokens=tokens).completion_tokens, n)
 
     try:
         backend.generate(messages, max_tokens=4)  # warm up
@@ -281,18 +287,7 @@ def part_e(data_dir: Path, threads: int, tokens: int, reps: int, concurrent: int
             raise
 
     def batch(url: str, n: int) -> float:
-        counts = [0] * n
-
-        def one(i: int) -> None:
-            counts[i] = ask(url, i)
-
-        workers = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        t0 = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        return sum(counts) / (time.perf_counter() - t0)
+        return _tokens_per_s(lambda i: ask(url, i), n)
 
     async def run() -> None:
         with tempfile.TemporaryDirectory(prefix="p2pnet-bench-e-") as tmp:
