@@ -36,20 +36,10 @@ import time
 from pathlib import Path
 
 from p2pnet_testnet import netns, nsexec
+from p2pnet_testnet.nsexec import wait_until
 
 EXPERTS = {"server0": ["model=scripted:wrong,id=server-expert,domains=wan-server"],
            "laptop1": ["model=scripted:wrong,id=laptop1-expert,domains=wan-l1"]}
-
-
-def wait_until(cond, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def status(ns):
@@ -228,4 +218,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TimeoutError as exc:
+        sys.exit(f"bench/wan.py: {exc}")

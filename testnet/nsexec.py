@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from typing import Callable
 
 API_PORT = 8700
@@ -66,3 +67,16 @@ def api_post(netns: str, path: str, obj: dict, timeout: float = 60.0) -> dict:
     from p2pnet.api import client
 
     return in_netns(netns, client.post_json, API_URL + path, obj, timeout=timeout)
+
+
+def wait_until(cond: Callable, timeout_s: float, what: str):
+    """Poll ``cond()`` every 0.2 s until it returns something true, and return
+    that; TimeoutError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.2)

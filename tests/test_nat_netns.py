@@ -11,12 +11,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
 from p2pnet.gossip import nat
 from p2pnet_testnet import netns
+from p2pnet_testnet.nsexec import wait_until
 
 TOOLS = [t for t in ("ip", "nft", "tc") if netns._which(t) is None]
 pytestmark = pytest.mark.skipif(
@@ -27,17 +27,6 @@ LAPTOP1_EXPERT = "model=scripted:wrong,id=laptop1-expert,domains=nattest"
 LAPTOP0_EXPERT = "model=scripted:wrong,id=laptop0-expert,domains=natsym"
 RESERVATION_TTL_S = 30
 SERVERS = ("server0", "server1", "server2")
-
-
-def wait_until(cond, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def in_host(net, host, *args, check=True, timeout=120):
