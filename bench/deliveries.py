@@ -9,15 +9,21 @@ and its cancels only to the respondents its prompts are sealed to (the direct
 query stream), an answer to its coordinator over a direct request. The
 ledger runs among the validators only (none of it reaches other peers). An
 answer whose direct request failed (the scenario loses 1% of deliveries) is
-gossiped; in the node the answers topic reaches every node, so the table also
-gives the count with each of those as N - 1 deliveries.
+sent again to its coordinator over a direct stream in the node (direct.py
+``send_answer_nowait``), never on the answers topic, and the simulator
+delivers it to the coordinator alone: one delivery, not N - 1.
 
 Announcements are counted in the node's topic layout, not the simulator's
-routing (which hands them to one shared directory): every peer takes the
-announce topic, so one announcement is a delivery at each other peer. A peer
-hosting experts refreshes every 30 s, one offering only its addresses every
-120 s (announcer.QUIET_FACTOR), so in one 30 s period a peer receives
-E + (N - E) / 4 announcements (E: peers with experts) besides changes.
+routing (which hands them to one shared directory). Only a peer with
+something to offer gossips its announcement: experts every 30 s, validators
+likewise, each a delivery at every other peer. A peer offering only its
+addresses gossips nothing: it exchanges directories with one random peer
+every 60 s (announcer.exchange_s: a request carrying its own announcement,
+a reply with the entries the peer holds), so in one 30 s period a peer
+receives E + V announcements (E: peers with experts, V: validators besides
+them) plus about one exchange (half of one it starts, half of one it
+serves), whatever N. The column "before" is the old layout: every peer
+gossiped, the quiet ones every 120 s: E + (N - E) / 4.
 
     .venv/bin/python bench/deliveries.py [--peers 100,1000,10000] [--queries 300]
 """
@@ -37,7 +43,7 @@ import trio.testing
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from p2pnet.gossip.announcer import QUIET_FACTOR  # noqa: E402
+from p2pnet.gossip.announcer import EXCHANGE_FACTOR, QUIET_FACTOR  # noqa: E402
 from p2pnet.sim.run import Driver  # noqa: E402
 from p2pnet.sim.scenario import parse_scenario  # noqa: E402
 
@@ -67,13 +73,14 @@ def run(peers: int, queries: int) -> dict:
     kinds = {**{f"gossip:{k}": v for k, v in st.delivered_by_kind.items()},
              **{f"request:{k}": v for k, v in st.requests_by_kind.items()}}
     per_query = sum(v for k, v in kinds.items() if not k.endswith(":announce")) / queries
-    # in the node, an answer gossiped (its direct request failed) goes on the answers
-    # topic, which every node takes: N - 1 deliveries, not the simulator's one
-    flooded = per_query + kinds.get("gossip:answer", 0) * (n - 2) / queries
-    return {"peers": n, "experts": experts, "queries": queries, "kinds": kinds,
+    validators = sum(1 for p in world.peers if p.validator and not p.experts)
+    exchanges_per_period = 30.0 / (30.0 * QUIET_FACTOR / EXCHANGE_FACTOR)  # one started per exchange_s
+    return {"peers": n, "experts": experts, "validators": validators, "queries": queries, "kinds": kinds,
             "per_query_total": per_query, "per_query_per_node": per_query / n,
-            "per_query_layout": flooded, "per_query_layout_per_node": flooded / n,
-            "announce_per_period_per_node": experts + (n - experts) / QUIET_FACTOR,
+            "gossiped_answers": kinds.get("gossip:answer", 0),
+            "announce_per_period_per_node": experts + validators,
+            "exchanges_per_period_per_node": 2 * exchanges_per_period,  # the one it starts and the one it serves
+            "announce_per_period_per_node_before": experts + (n - experts) / QUIET_FACTOR,
             "announce_layout_total": st.announce_layout, "wall_s": time.monotonic() - started}
 
 
@@ -90,13 +97,14 @@ def main(argv=None) -> None:
         rows.append(row)
     print(f"\nsimulator, {args.queries} queries per run, {os.cpu_count()} cores; deliveries by kind in "
           "docs/benchmarks.md\n")
-    print("| peers | with experts | deliveries per query, all nodes | per node per query | "
-          "the same, gossiped answers flooding | per node | announcements per node per 30 s period |")
-    print("|---|---|---|---|---|---|---|")
+    print("| peers | with experts | validators | deliveries per query, all nodes | per node per query | "
+          "answers sent again (direct, 1 delivery each) | announcements gossiped to each node per 30 s | "
+          "directory exchanges per node per 30 s | before: announcements per node per 30 s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['peers']} | {r['experts']} | {r['per_query_total']:.2f} | {r['per_query_per_node']:.5f} | "
-              f"{r['per_query_layout']:.1f} | {r['per_query_layout_per_node']:.4f} | "
-              f"{r['announce_per_period_per_node']:.0f} |")
+        print(f"| {r['peers']} | {r['experts']} | {r['validators']} | {r['per_query_total']:.2f} | "
+              f"{r['per_query_per_node']:.5f} | {r['gossiped_answers']} | {r['announce_per_period_per_node']} | "
+              f"{r['exchanges_per_period_per_node']:.0f} | {r['announce_per_period_per_node_before']:.0f} |")
     print()
     for r in rows:
         print(f"{r['peers']} peers: " + ", ".join(f"{k} {v}" for k, v in sorted(r["kinds"].items()))

@@ -276,14 +276,20 @@ MAX_ANNOUNCE_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class DirectoryRequest(Message):
-    """Sent over a direct stream by a node that joins: "send me the
-    announcements you hold". The reply is a DirectoryReply."""
+    """Sent over a direct stream by a node that joins, and now and then to
+    one peer: "send me the announcements you hold" (with ``domain``: only
+    those of experts serving it). ``announce``: the asker's own signed
+    Announce envelope, taken as if gossiped (push-pull: a node that does not
+    gossip its announcement spreads it this way). The reply is a DirectoryReply."""
 
     KIND: ClassVar[str] = "directory_request"
     limit: int = MAX_DIRECTORY_ENTRIES
+    domain: str = ""
+    announce: bytes = b""
 
     def validate(self) -> None:
         _check(1 <= self.limit <= MAX_DIRECTORY_ENTRIES, "directory request limit")
+        _check(len(self.domain) <= 64 and len(self.announce) <= MAX_ANNOUNCE_BYTES, "directory request size")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from p2pnet.consensus.genesis import Params, generate_genesis
 from p2pnet.experts import scripted
 from p2pnet.experts.expert import Expert
 from p2pnet.gossip import rpc, topics
-from p2pnet.gossip.direct import split_query
+from p2pnet.gossip.direct import EarlyCancels, split_query
 from p2pnet.gossip.network import GossipNetwork
 from p2pnet.gossip.policy import Watermarks
 from p2pnet.identity import Identity, load_or_create
@@ -92,6 +92,94 @@ async def test_a_query_goes_only_to_its_respondent_dialled_if_not_connected(nurs
     assert takers[c].got == [] and c.stats.direct["query_in"] == 0
     assert c.stats.received[topics.QUERIES] == 0 and b.stats.received[topics.QUERIES] == 0
     assert topics.QUERIES in c.subscribed()  # every node relays the fallback, none took this query by it
+
+
+def test_early_cancels_are_kept_bounded_and_expire():
+    cancels = EarlyCancels(limit=2, keep_s=10.0)
+    cancels.note(b"a", b"q1", 0.0)
+    assert cancels.cancelled(b"a", b"q1", 9.9)
+    assert not cancels.cancelled(b"b", b"q1", 1.0)  # another coordinator's query of that id
+    assert not cancels.cancelled(b"a", b"q1", 10.0) and len(cancels) == 0  # expired, forgotten
+    for i in range(3):
+        cancels.note(b"a", bytes([i]), 20.0)
+    assert len(cancels) == 2 and not cancels.cancelled(b"a", bytes([0]), 20.0)  # the oldest went first
+
+
+async def test_a_query_that_comes_after_its_own_cancel_is_dropped(nursery):
+    """The Cancel overtakes the Query (separate streams): B remembers it and
+    drops the Query when it comes, by direct stream or by gossip; another
+    query goes through."""
+    b = make_net()
+    await nursery.start(b.run)
+    a = make_net(b.listen_addrs[0])
+    await nursery.start(a.run)
+    taker = Taker(b)
+    b.on(topics.QUERIES, taker.take)
+    await wait_for(lambda: b.peer_id in a.peers(), 30, "A connected to B")
+    q, other = query_to(a, b), query_to(a, b)
+    reply = await a.request(b.peer_id, wire.Cancel(q.query_id), protocol=topics.QUERY_PROTOCOL)
+    assert isinstance(reply, wire.Ack)
+    reply = await a.request(b.peer_id, q, protocol=topics.QUERY_PROTOCOL)
+    assert reply == wire.Ack("cancelled")
+    assert [type(m) for m in taker.got] == [wire.Cancel]
+    assert b.stats.direct["query_after_its_cancel"] == 1
+    await a.request(b.peer_id, other, protocol=topics.QUERY_PROTOCOL)
+    assert taker.got[-1].query_id == other.query_id
+    # by gossip too: a cancelled query that comes on the fallback topic is dropped
+    await wait_for(lambda: a.mesh().get(topics.QUERIES, 0) >= 1, 30, "the queries mesh")
+    a.publish_nowait(topics.QUERIES, q)
+    late = query_to(a, b)
+    a.publish_nowait(topics.QUERIES, late)
+    await wait_for(lambda: taker.got[-1].query_id == late.query_id, 30, "the later query by gossip")
+    assert b.stats.direct["query_after_its_cancel"] == 2
+    assert q.query_id not in [m.query_id for m in taker.got if isinstance(m, wire.Query)]
+
+
+async def test_an_answer_whose_direct_request_failed_goes_back_directly_not_by_gossip(nursery):
+    """The responder's fallback for an answer (publish on the answers topic)
+    sends it over a direct stream to the coordinator whose Query came here,
+    never to every node; an answer to a query that never came here is still
+    gossiped; one whose coordinator cannot be reached is lost and counted."""
+    b = make_net()
+    await nursery.start(b.run)
+    a = make_net(b.listen_addrs[0])
+    await nursery.start(a.run)
+    Taker(b)
+    answers = []
+
+    async def take_answer(env):
+        answers.append(env.message)
+        return wire.Ack()
+
+    a.on_request(wire.Answer.KIND, take_answer)
+    gossiped = []
+
+    async def take_gossip(env):
+        gossiped.append(env.message)
+
+    a.on(topics.ANSWERS, take_gossip)
+    await wait_for(lambda: b.peer_id in a.peers(), 30, "A connected to B")
+    q = query_to(a, b)
+    await a.request(b.peer_id, q, protocol=topics.QUERY_PROTOCOL)
+
+    def answer(query_id):
+        return wire.Answer(query_id=query_id, expert_id="e1", status="ok", box=b"sealed", answer_hash=b"h" * 32)
+
+    assert b.publish_nowait(topics.ANSWERS, answer(q.query_id)) == b""
+    await wait_for(lambda: b.stats.direct["answer_sent"] == 1, 30, "the answer at A by direct stream")
+    assert answers[0].query_id == q.query_id
+    await wait_for(lambda: b.pubsub.peer_topics.get(topics.ANSWERS), 30, "B to hear that A takes answers")
+    stray = os.urandom(16)
+    b.publish_nowait(topics.ANSWERS, answer(stray))  # no Query of that id came to B: gossiped as before
+    await wait_for(lambda: gossiped, 30, "the stray answer by gossip")
+    assert gossiped[0].query_id == stray and b.stats.sent[topics.ANSWERS] == 1
+    assert [m.query_id for m in answers] == [q.query_id]
+
+    gone = make_net()  # a coordinator B cannot reach (never started, no address)
+    b.direct.note_asker(b"q" * 16, gone.peer_id)
+    b.publish_nowait(topics.ANSWERS, answer(b"q" * 16))
+    await wait_for(lambda: b.stats.direct["answer_lost"] == 1, 30, "the unreachable coordinator's answer")
+    assert b.stats.sent[topics.ANSWERS] == 1
 
 
 async def test_an_unreachable_respondent_gets_the_query_by_gossip(nursery):

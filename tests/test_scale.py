@@ -193,23 +193,38 @@ async def test_announcer_repeats_on_change_rate_limited_else_each_refresh(autoju
 
 
 async def test_a_node_offering_only_its_addresses_refreshes_four_times_less_often(autojump_clock):
-    """No expert, not a validator: announced at 0, echoed at 2, 8 and 23,
-    then every 4 x 30 s, each announcement true for 4 x 90 s."""
+    """No expert, not a validator: nothing gossiped; its announcement is
+    kept for the directory exchange at 0 (no echoes), then every 4 x 30 s,
+    each true for 4 x 90 s; it exchanges directories with one peer every
+    4 x 30 / 2 s."""
     net = make_net(announce_interval_s=30, announce_ttl_s=90, announce_min_gap_s=3, announce_extra=dict)
-    sent = []
+    kept, exchanged = [], []
 
     def publish(topic, message):
-        sent.append((round(trio.current_time(), 3), message.ttl_s))
-        return net.signer.seal(message)
+        raise AssertionError("a node offering only its addresses gossiped its announcement")
+
+    keep = net._keep_own
+
+    def keep_own(message):
+        kept.append((round(trio.current_time(), 3), message.ttl_s))
+        keep(message)
+
+    async def fetch(most=0):
+        exchanged.append((round(trio.current_time(), 3), most))
+        net._directory = "done"
 
     net.peers = lambda: [b"peer"]
-    net._announce_heard = lambda: True
     net.publish_nowait = publish
+    net._keep_own = keep_own
+    net._fetch_directory_from_peers = fetch
     async with trio.open_nursery() as nursery:
+        net._nursery = nursery
         nursery.start_soon(net._announcer)
-        await trio.sleep_until(300.0)
+        await trio.sleep_until(299.0)
         nursery.cancel_scope.cancel()
-    assert sent == [(0.0, 360), (2.0, 360), (8.0, 360), (23.0, 360), (143.0, 360), (263.0, 360)]
+    assert kept == [(0.0, 360), (120.0, 360), (240.0, 360)]
+    assert exchanged == [(0.0, 0), (60.0, 1), (120.0, 1), (180.0, 1), (240.0, 1)]
+    assert net.announces.get(net.peer_id).message.ttl_s == 360
 
 
 # ------------------------------------------------------- real nodes, loopback

@@ -1,7 +1,21 @@
 """Announcements and the directory exchange of a :class:`GossipNetwork`:
 when to announce (``policy.AnnounceSchedule``), which announcements to hand
-on (``policy.AnnounceStore``), and the join-time directory fetch. A mixin:
-its methods use the network's state, set up in ``GossipNetwork.__init__``."""
+on (``policy.AnnounceStore``), the join-time directory fetch, and the
+periodic exchange with one peer. A mixin: its methods use the network's
+state, set up in ``GossipNetwork.__init__``.
+
+Who gossips: only a node with something to offer (an expert's cards, or a
+validator) publishes its announcement on the announce topic, which every
+node takes. A node that offers only its addresses (most nodes of a large
+network) does not: gossiped, every node would receive every such node's
+announcement, a cost per node that grows with the network (docs/benchmarks.md,
+"Scale"). It keeps its signed announcement in its own store instead, and
+every ``exchange_s`` asks one random connected peer for its directory,
+sending its own announcement with the request (push-pull anti-entropy: each
+node talks to one peer per period whatever the network's size, and an
+address spreads to all in a few periods). Entries already held are not
+checked again. Peer exchange (connector.py) hears of such nodes this way.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +33,16 @@ log = logging.getLogger("p2pnet.gossip")
 
 QUIET_FACTOR = 4
 """How many times less often a node with nothing to offer but its addresses refreshes its announcement."""
+
+EXCHANGE_FACTOR = 2
+"""A node exchanges directories with one random peer every ``QUIET_FACTOR *
+announce_interval_s / EXCHANGE_FACTOR`` seconds: twice per quiet refresh."""
+
+
+def gossips(message: wire.Announce) -> bool:
+    """Whether an announcement goes on the announce topic (an expert's or a
+    validator's) or only into the directory exchange (addresses alone)."""
+    return bool(message.cards or message.validator)
 
 
 class Announcing:
@@ -64,10 +88,26 @@ class Announcing:
         before that reaches nobody."""
         return bool(getattr(self.pubsub, "peer_topics", {}).get(topics.ANNOUNCE))
 
+    @property
+    def exchange_s(self) -> float:
+        return self.announce_interval_s * QUIET_FACTOR / EXCHANGE_FACTOR
+
+    def _keep_own(self, message: wire.Announce) -> None:
+        """Sign ``message`` and keep it as ours: served in directory replies
+        and sent with our directory requests, not gossiped."""
+        data = self.signer.seal(message)
+        self.announces.put(wire.open_envelope(data, self.params.max_message_bytes), self.clock())
+
+    def _own_announce(self) -> bytes:
+        env = self.announces.get(self.peer_id)
+        return env.raw if env is not None else b""
+
     async def _announcer(self) -> None:
         """Every ``announce_poll_s`` (or when woken): announce if the
-        schedule says so; on (re)joining, announce and fetch the directory."""
+        schedule says so; on (re)joining, announce and fetch the directory;
+        every ``exchange_s``, exchange directories with one random peer."""
         had_peers = False
+        next_exchange = None
         while True:
             now = trio.current_time()
             has_peers = bool(self.peers())
@@ -76,20 +116,23 @@ class Announcing:
                 if self._directory == "done":
                     self._directory = "wanted"
             had_peers = has_peers
-            if has_peers and self._directory == "wanted" and self._nursery is not None:
-                self._directory = "fetching"
-                self._nursery.start_soon(self._fetch_directory_from_peers)
             message = self._announce_message()
             # Not the height (it moves every block), nor an expert's load (it
             # moves with every query it takes; each change announced to every
             # node made a query's cost grow with the network): both travel
             # with the refresh.
             key = (message.addrs, tuple(dataclasses.replace(c, load=0) for c in message.cards), message.validator)
-            self.schedule.refresh_s = self.announce_interval_s * (
-                1 if message.cards or message.validator else QUIET_FACTOR)
+            self.schedule.refresh_s = self.announce_interval_s * (1 if gossips(message) else QUIET_FACTOR)
             wait = self.schedule.wait_s(now, key)
             if wait <= 0 and has_peers:
-                if self._announce_heard():
+                if not gossips(message):
+                    changed = key != self.schedule.last_key
+                    self._keep_own(message)
+                    self.schedule.sent(now, key, echo=False)
+                    if changed and self._directory == "done":
+                        next_exchange = now  # tell a peer at once
+                    wait = self.schedule.wait_s(now, key)
+                elif self._announce_heard():
                     try:
                         data = self.publish_nowait(topics.ANNOUNCE, message)
                         self.schedule.sent(now, key)
@@ -99,18 +142,57 @@ class Announcing:
                     wait = self.schedule.wait_s(now, key)
                 else:
                     wait = 0.1  # joined a moment ago: GossipSub has not heard the peers' topics yet
+            if has_peers and self._nursery is not None:
+                if self._directory == "wanted":
+                    self._directory = "fetching"
+                    next_exchange = now + self.exchange_s
+                    self._nursery.start_soon(self._fetch_directory_from_peers)
+                elif self._directory in ("done", "off") and (next_exchange is None or now >= next_exchange):
+                    # "off" (no join-time fetch asked for: a bare network) exchanges all the same
+                    self._directory = "fetching"
+                    next_exchange = now + self.exchange_s
+                    self._nursery.start_soon(self._fetch_directory_from_peers, 1)
+            if next_exchange is not None and self._directory in ("done", "off"):
+                wait = min(wait, max(next_exchange - now, 0.0))
             with trio.move_on_after(min(max(wait, 0.01), self.announce_poll_s)):
                 await self._announce_now.wait()
             self._announce_now = trio.Event()
 
     async def _serve_directory(self, env: wire.Envelope) -> wire.Message:
-        held = self.announces.current(self.clock(), env.message.limit)
+        request = env.message
+        if request.announce:
+            await self._take_pushed(env.sender, request.announce)
+        held = self.announces.current(self.clock(), request.limit, domain=request.domain)
         return wire.DirectoryReply(tuple(e.raw for e in held if e.sender != env.sender))
 
-    async def _fetch_directory_from_peers(self) -> None:
-        """Ask connected peers in turn (bootstrap peers first) until one answers."""
-        boot = self.connector.bootstrap_ids()
+    async def _take_pushed(self, peer: bytes, raw: bytes) -> None:
+        """The asker's own announcement, sent with its directory request:
+        checked as a directory entry, and it must be the asker's."""
+        if raw in self.announces.raws():
+            return
+        name = wire.peer_id_str(peer)
+        now = self.clock()
+        accepted, refused = check_directory(wire.DirectoryReply((raw,)), self.peer_id, now)
+        for reason in refused:  # counted here by reason; _strike counts it against the peer
+            if reason != "expired":
+                self.stats.drop(f"directory_{reason}")
+                self._strike(peer, reason, "directory request: a bad announcement", now)
+            else:
+                self.stats.drop("directory_expired", name)
+        for pushed in accepted:
+            if pushed.sender != peer:
+                self.stats.drop(f"directory_{wire.BAD_SIGNATURE}")
+                self._strike(peer, wire.BAD_SIGNATURE, "directory request: another peer's announcement", now)
+            elif await self._take_announce(pushed):
+                self.stats.received["directory_pushed"] += 1
+
+    async def _fetch_directory_from_peers(self, most: int = 0) -> None:
+        """Ask connected peers in turn (bootstrap peers first; ``most`` > 0:
+        at most that many, at random) until one answers."""
+        boot = self.connector.bootstrap_ids() if not most else set()
         peers = sorted(self.peers(), key=lambda p: (p not in boot, self.rng.random()))
+        if most:
+            peers = peers[:most]
         try:
             for peer in peers:
                 try:
@@ -118,21 +200,24 @@ class Announcing:
                 except (RpcFailed, trio.TooSlowError) as exc:
                     log.info("directory from %s: %s", wire.peer_id_str(peer)[:20], exc or "timeout")
                     continue
-                log.info("directory from %s: %d announcements", wire.peer_id_str(peer)[:20], taken)
+                log.debug("directory from %s: %d announcements", wire.peer_id_str(peer)[:20], taken)
                 break
         finally:
             self._directory = "done"
 
-    async def fetch_directory(self, peer: bytes, timeout_s: float = 10.0) -> int:
-        """Ask ``peer`` for the announcements it holds; take each that checks
+    async def fetch_directory(self, peer: bytes, timeout_s: float = 10.0, domain: str = "") -> int:
+        """Ask ``peer`` for the announcements it holds (with ``domain``: those
+        of experts serving it), sending ours along; take each that checks
         out as if gossiped. Returns how many were taken. A reply that is too
         large, malformed or forged is refused whole, counted and struck
         against ``peer``; a forged or malformed entry likewise (the others
-        are taken); an expired one is only counted."""
+        are taken); an expired one is only counted; one already held is
+        skipped unchecked."""
         name = wire.peer_id_str(peer)
         limit = wire.MAX_DIRECTORY_BYTES + 64 * 1024
+        ask = wire.DirectoryRequest(domain=domain, announce=self._own_announce())
         try:
-            reply = await self.request(peer, wire.DirectoryRequest(), timeout_s=timeout_s, max_reply_bytes=limit)
+            reply = await self.request(peer, ask, timeout_s=timeout_s, max_reply_bytes=limit)
             if not isinstance(reply, wire.DirectoryReply):
                 raise RpcFailed(f"a {reply.KIND} is no directory", wire.SCHEMA)
         except RpcFailed as exc:
@@ -141,7 +226,10 @@ class Announcing:
                 self._strike(peer, exc.code, f"directory: {exc}", self.clock())
             raise
         now = self.clock()
-        accepted, refused = check_directory(reply, self.peer_id, now)
+        held = self.announces.raws()
+        fresh = tuple(raw for raw in reply.announces if raw not in held)
+        self.stats.received["directory_known"] += len(reply.announces) - len(fresh)
+        accepted, refused = check_directory(wire.DirectoryReply(fresh), self.peer_id, now)
         for reason in refused:
             self.stats.drop(f"directory_{reason}", name)
             if reason != "expired":

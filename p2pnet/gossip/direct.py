@@ -36,9 +36,14 @@ needs exactly k deliveries; a domain topic would still deliver every query to
 every expert of the domain (and mesh maintenance for each domain topic on
 each of them), and a coordinator would have to join or fan out to each
 domain it asks. Answers keep coming back as before, on their own rpc stream
-from the respondent (gossip as its fallback): the query stream is closed as
-soon as the respondent has taken the query, so no stream is held open for
-the length of a generation.
+from the respondent: the query stream is closed as soon as the respondent
+has taken the query, so no stream is held open for the length of a
+generation. When that rpc fails, the responder's fallback (publishing on the
+answers topic, which every node takes) is turned into one more direct try to
+the coordinator whose Query came here, dialling it if need be
+(``send_answer_nowait``); if that fails too the answer is lost and counted
+(``answer_lost``), not flooded. Only an answer to a query this node did not
+take over a stream or the queries topic is still gossiped.
 """
 
 from __future__ import annotations
@@ -77,9 +82,55 @@ def split_query(query: wire.Query) -> list[tuple[bytes, wire.Query]]:
             for peer, prompts in by_peer.items()]
 
 
+class EarlyCancels:
+    """Cancels remembered by (coordinator, query id), at most ``limit``, each
+    for ``keep_s``. A Query and its Cancel travel on separate streams (and
+    either may go by gossip), so a Cancel can overtake its Query: the Query
+    that comes after its own Cancel is then dropped instead of served.
+    Pure: time is passed in."""
+
+    def __init__(self, limit: int = 1024, keep_s: float = 60.0) -> None:
+        self.limit = limit
+        self.keep_s = keep_s
+        self._seen: "OrderedDict[tuple, float]" = OrderedDict()  # key -> when it was cancelled
+
+    def note(self, coordinator: bytes, query_id: bytes, now: float) -> None:
+        key = (coordinator, query_id)
+        self._seen.pop(key, None)
+        self._seen[key] = now
+        while len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+
+    def cancelled(self, coordinator: bytes, query_id: bytes, now: float) -> bool:
+        """Whether ``query_id`` from ``coordinator`` was cancelled less than ``keep_s`` ago."""
+        while self._seen:
+            key, at = next(iter(self._seen.items()))
+            if now - at < self.keep_s:
+                break
+            del self._seen[key]
+        at = self._seen.get((coordinator, query_id))
+        return at is not None and now - at < self.keep_s
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 class Streams:
     """The direct-stream side of GossipNetwork (a mixin: it uses the
     network's host, signer, guard, stats and handlers)."""
+
+    def _overtaken(self, env: wire.Envelope) -> bool:
+        """Note a Cancel; True for a Query whose Cancel came first (dropped, counted)."""
+        msg = env.message
+        now = self.clock()
+        if isinstance(msg, wire.Cancel):
+            self.early_cancels.note(env.sender, msg.query_id, now)
+        elif isinstance(msg, wire.Query):
+            if self.early_cancels.cancelled(env.sender, msg.query_id, now):
+                self.stats.direct["query_after_its_cancel"] += 1
+                return True
+            self.direct.note_asker(msg.query_id, env.sender)
+        return False
 
     async def request(self, peer: bytes, message: wire.Message, timeout_s: Optional[float] = None,
                       max_reply_bytes: Optional[int] = None,
@@ -176,6 +227,9 @@ class Streams:
                         await self._reply(stream, wire.RpcError("unsupported", f"no handler for {env.kind}"))
                         return
                     self.stats.direct[f"{label}_in"] += 1
+                    if label == "query" and self._overtaken(env):
+                        await self._reply(stream, wire.Ack("cancelled"))
+                        return
                     try:
                         reply = await handler(env)
                     except Exception as exc:
@@ -215,6 +269,7 @@ class DirectQueries:
         self.queue_size = queue_size
         self._send, self._recv = trio.open_memory_channel(queue_size)
         self._sent_to: "OrderedDict[bytes, tuple]" = OrderedDict()  # query id -> respondents
+        self._askers: "OrderedDict[bytes, bytes]" = OrderedDict()  # query id taken here -> its coordinator
 
     @property
     def counts(self) -> Counter:
@@ -245,6 +300,27 @@ class DirectQueries:
         for peer in peers:
             self._send.send_nowait(("cancel", peer, wire.Cancel(query_id)))
 
+    def note_asker(self, query_id: bytes, coordinator: bytes) -> None:
+        self._askers[query_id] = coordinator
+        while len(self._askers) > self.remember:
+            self._askers.popitem(last=False)
+
+    def send_answer_nowait(self, answer: wire.Answer) -> bool:
+        """An Answer whose direct request failed (the responder's fallback):
+        sent again over a direct stream to the coordinator whose Query came
+        here, dialling it if need be, and never gossiped (the answers topic
+        would deliver it to every node). False if no Query of that id came
+        here (the caller gossips it); OutboxFull when the queue is full."""
+        coordinator = self._askers.get(answer.query_id)
+        if coordinator is None:
+            return False
+        try:
+            self._send.send_nowait(("answer", coordinator, answer))
+        except trio.WouldBlock:
+            self.net.stats.drop("direct_queue_full")
+            raise OutboxFull(f"direct query queue full ({self.queue_size})") from None
+        return True
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(self.workers):
@@ -261,18 +337,22 @@ class DirectQueries:
         every node with it would feed an overload (the round replaces a
         silent respondent after its patience)."""
         name = wire.peer_id_str(peer)[:20]
+        protocol = topics.RPC_PROTOCOL if what == "answer" else topics.QUERY_PROTOCOL
         if await self._reach(peer):
             try:
-                await self.net.request(peer, message, timeout_s=self.timeout_s, protocol=topics.QUERY_PROTOCOL)
+                await self.net.request(peer, message, timeout_s=self.timeout_s, protocol=protocol)
                 self.counts[f"{what}_sent"] += 1
                 return
             except (RpcFailed, trio.TooSlowError) as exc:
                 code = getattr(exc, "code", "timeout")
                 self.net.loglimit.info(f"direct_{what}", "direct %s to %s failed: %s", what, name, exc or code)
-                if code not in FALLBACK_CODES:
+                if code not in FALLBACK_CODES or what == "answer":
                     self.counts[f"{what}_failed"] += 1
                     return
                 self.counts[f"{what}_refused"] += 1
+        if what == "answer":  # the coordinator cannot be reached: lost, counted, not flooded
+            self.counts["answer_lost"] += 1
+            return
         try:
             self.net.publish_nowait(topics.QUERIES, message)
             self.counts[f"{what}_gossiped"] += 1

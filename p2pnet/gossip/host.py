@@ -20,6 +20,10 @@ See ../shared/notes/libp2p-0.8.1.md. Traps handled here:
    deduplicates because a (from, seqno) pair is signed by its publisher and
    never reused (sequence numbers start at the clock in nanoseconds); an
    envelope re-published under a new seqno is caught by the replay guard.
+
+Not in the notes: opportunistic grafting churns GRAFT/PRUNE in a mesh
+without peer scores, a cost that grows with the connection count: switched
+off (:func:`no_opportunistic_grafting`).
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ def build_stack(identity, listen_addrs: list[str], params: GossipParams, *, on_r
     # /gossip.py, 2 of 9 runs). The standard GossipSub v1.1 backoff (prune_back_off)
     # still applies; only this extra check is off.
     gossipsub.graft_flood_threshold = 0.0
+    no_opportunistic_grafting(gossipsub)
     from p2pnet.gossip.guard import build_guarded_pubsub, prioritise_topics
 
     prioritise_topics(gossipsub, urgent_topics)
@@ -128,3 +133,19 @@ def build_stack(identity, listen_addrs: list[str], params: GossipParams, *, on_r
         max_inbound_rpc_size=params.max_message_bytes + 64 * 1024,
     )
     return host, pubsub, gossipsub
+
+
+def no_opportunistic_grafting(gossipsub) -> None:
+    """Switch off py-libp2p 0.8.1's "opportunistic grafting". It runs every
+    heartbeat, and with every peer's score at 0 (this node sets no score
+    parameters) its threshold lets every peer of the topic outside the mesh
+    qualify: it grafts them, the mesh passes D_high, the heartbeat prunes it
+    back, the pruned peers graft again. Measured (16 GossipNetworks on
+    127.0.0.1, 9-15 connections each, idle): ~3 GRAFT/PRUNE RPCs a second per
+    node, each carrying a signed peer record to verify, 5.4 ms of CPU a
+    second per node; with it off, no control RPC in a steady mesh and 1.2
+    ms/s. The churn grows with the connection count, so it was most of the
+    idle cost that grew with N (docs/benchmarks.md, "Scale"). The GossipSub
+    spec's opportunistic grafting is a rare repair for meshes of low-scoring
+    peers; without scoring there is nothing for it to repair."""
+    gossipsub._perform_opportunistic_grafting = lambda topic, peers_to_graft: 0

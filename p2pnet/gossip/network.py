@@ -40,7 +40,12 @@ at most once per ``announce_min_gap_s``, and otherwise every
 ``announce_interval_s``; each says how long it stays true (``ttl_s``). The
 newest unexpired one of each peer is kept as received, signed, and a node
 that joins asks one peer for them all (``DirectoryRequest``) instead of
-waiting out a refresh period; each is checked as if it came by gossip.
+waiting out a refresh period; each is checked as if it came by gossip. Only
+experts and validators gossip theirs; a node offering only its addresses
+spreads its announcement by directory exchanges with one peer at a time
+(announcer.py). Hosts of a domain or a model can also be found in the DHT
+(providers.py, with ``--dht``). A Cancel that overtakes its Query is
+remembered, and the Query dropped (direct.py ``EarlyCancels``).
 """
 
 from __future__ import annotations
@@ -63,8 +68,9 @@ from p2pnet.gossip.guard import BanGate
 from p2pnet.gossip.host import GossipParams, build_stack, message_id
 from p2pnet.gossip.peerbook import PeerBook, remember_listen, sticky_listen
 from p2pnet.gossip.announcer import Announcing
-from p2pnet.gossip.direct import DirectQueries, Streams
+from p2pnet.gossip.direct import DirectQueries, EarlyCancels, Streams
 from p2pnet.gossip.inbound import Inbound
+from p2pnet.gossip.providers import Providers, keys_of
 from p2pnet.gossip.policy import AnnounceSchedule, AnnounceStore, Watermarks
 from p2pnet.logs import LogLimiter
 from p2pnet.gossip.stats import PeerPenalties, Stats
@@ -193,6 +199,9 @@ class GossipNetwork(Announcing, Inbound, Streams):
         self._rpc_slots = trio.Semaphore(max_rpc_streams)
         self._query_slots = trio.Semaphore(max_rpc_streams)
         self.direct = DirectQueries(self)
+        self.early_cancels = EarlyCancels()  # a Cancel that overtook its Query (direct.py)
+        # provider records in the DHT (providers.py): used only while the connector runs the DHT
+        self.providers = Providers(lambda: self.connector.routing, self._provider_keys)
         self._stopping = trio.Event()
         self._announce_now = trio.Event()
         self._rpc_busy: Counter = Counter()  # peer -> direct streams in flight with it
@@ -252,9 +261,14 @@ class GossipNetwork(Announcing, Inbound, Streams):
         self._rpc_handlers[kind] = handler
 
     def publish_nowait(self, topic: str, message: wire.Message) -> bytes:
-        """Sign and queue ``message``; returns the envelope bytes."""
+        """Sign and queue ``message``; returns the envelope bytes. An Answer
+        for a Query that came here goes straight back to its coordinator
+        instead (direct.py ``send_answer_nowait``): the answers topic is only
+        for answers to queries this node did not take itself."""
         if self._stopping.is_set():
             raise OutboxFull("node is shutting down")
+        if topic == topics.ANSWERS and isinstance(message, wire.Answer) and self.direct.send_answer_nowait(message):
+            return b""
         data = self.signer.seal(message)
         self._enqueue_nowait(topic, data, self.signer.last_seq)
         return data
@@ -323,6 +337,10 @@ class GossipNetwork(Announcing, Inbound, Streams):
             self._directory = "wanted"
         self._announce_now.set()
 
+    def _provider_keys(self) -> list[str]:
+        """What this node provides in the DHT: its cards' domains and models."""
+        return keys_of(self.announce_extra().get("cards", ()))
+
     def busy(self, peer: bytes) -> bool:
         """A direct stream with ``peer`` is in flight (the trimming policy keeps it)."""
         return self._rpc_busy[peer] > 0
@@ -377,6 +395,8 @@ class GossipNetwork(Announcing, Inbound, Streams):
                     nursery.start_soon(self._announcer)
                     nursery.start_soon(self.connector.keep_connected)
                     nursery.start_soon(self.connector.trimmer)
+                    if self.connector.dht_wanted:
+                        nursery.start_soon(self.providers.run)
                     if self.nat is not None:
                         await nursery.start(self.nat.run)
                     self.ready = True
@@ -548,6 +568,8 @@ class GossipNetwork(Announcing, Inbound, Streams):
         async for env in recv:
             if topic == topics.ANNOUNCE:
                 await self._take_announce(env)
+            elif topic == topics.QUERIES and self._overtaken(env):
+                continue
             else:
                 await self._handle(topic, env)
 

@@ -107,8 +107,12 @@ class AnnounceSchedule:
             gap = self.refresh_s
         return max(0.0, self.last_at + gap - now)
 
-    def sent(self, now: float, key: Hashable) -> None:
+    def sent(self, now: float, key: Hashable, *, echo: bool = True) -> None:
+        """``key`` was announced at ``now``; ``echo=False``: no echoes of it
+        (an announcement kept for the directory only, not gossiped)."""
         self._echo = 0 if key != self.last_key else self._echo + 1
+        if not echo:
+            self._echo = len(self.echoes_s)
         self.last_at, self.last_key = now, key
 
 
@@ -147,16 +151,25 @@ class AnnounceStore:
             del self._envs[peer]
 
     def current(self, now: float, limit: int = wire.MAX_DIRECTORY_ENTRIES,
-                max_bytes: int = wire.MAX_DIRECTORY_BYTES) -> list[wire.Envelope]:
-        """Unexpired announcements, the latest first, within ``limit`` and ``max_bytes``."""
+                max_bytes: int = wire.MAX_DIRECTORY_BYTES, domain: str = "") -> list[wire.Envelope]:
+        """Unexpired announcements, the latest first, within ``limit`` and
+        ``max_bytes``; with ``domain``, only those of experts serving it."""
         self.expire(now)
         out, size = [], 0
-        for env in sorted(self._envs.values(), key=lambda e: -e.ts_ms):
+        envs = self._envs.values()
+        if domain:
+            envs = [e for e in envs if any(domain in c.domains for c in e.message.cards)]
+        for env in sorted(envs, key=lambda e: -e.ts_ms):
             if len(out) >= limit or size + len(env.raw) > max_bytes:
                 break
             out.append(env)
             size += len(env.raw)
         return out
+
+    def raws(self) -> set[bytes]:
+        """The envelopes held, as bytes: an entry of a directory reply that is
+        one of them needs no checking again."""
+        return {e.raw for e in self._envs.values()}
 
     def __len__(self) -> int:
         return len(self._envs)

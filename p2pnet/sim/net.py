@@ -38,7 +38,8 @@ class NetStats:
     requests_failed: int = 0
     # accounting only (bench/deliveries.py): deliveries by message kind, gossip
     # and direct requests apart, and what an announcement costs in the node's
-    # topic layout (every peer takes the announce topic: one delivery each)
+    # topic layout (every peer takes the announce topic: one delivery each; only a peer with
+    # experts or a validator gossips one, as the simulator's announcing peers are)
     delivered_by_kind: Counter = field(default_factory=Counter)
     requests_by_kind: Counter = field(default_factory=Counter)
     announce_layout: int = 0
