@@ -175,12 +175,15 @@ def status(data_dir, api, as_json) -> None:
             click.echo(f"relay     {r.get('addr')}/p2p/{r.get('relay')}  (reservation {r.get('expires_in_s')} s)")
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @data_dir_option
 @api_option
 @json_option
-def peers(data_dir, api, as_json) -> None:
-    """List the peers a running node is connected to."""
+@click.pass_context
+def peers(ctx, data_dir, api, as_json) -> None:
+    """List the peers a running node is connected to (`peers find ID`: find one by its ID)."""
+    if ctx.invoked_subcommand is not None:
+        return
     info = get_json(api_base(api, data_dir) + "/peers")
     if as_json:
         emit(info)
@@ -189,6 +192,27 @@ def peers(data_dir, api, as_json) -> None:
         click.echo("no peers connected")
     for p in info["peers"]:
         click.echo(f"{p['peer_id']}  {' '.join(p.get('addrs', []))}")
+
+
+@peers.command("find")
+@click.argument("peer_id")
+@click.option("--fresh", is_flag=True,
+              help="Drop the connection to the peer and what the node knew of its addresses first, "
+                   "so both come from the DHT lookup.")
+@data_dir_option
+@api_option
+@json_option
+def peers_find(peer_id, fresh, data_dir, api, as_json) -> None:
+    """Find a peer by its ID through the DHT (a node started with --dht) and dial it."""
+    out = post_json(api_base(api, data_dir) + "/peers/find", {"peer_id": peer_id, "fresh": fresh}, timeout=90)
+    if as_json:
+        emit(out)
+    elif out.get("connected"):
+        click.echo(f"{out['peer_id']}  connected ({out.get('path', 'direct')}); found ({out.get('source')}) at "
+                   f"{' '.join(out.get('addrs', []))}")
+    if not out.get("connected"):
+        raise click.ClickException(f"{peer_id}: " + (f"found at {' '.join(out['addrs'])} but not reachable"
+                                                     if out.get("found") else "not found in the DHT"))
 
 
 @cli.command()

@@ -45,11 +45,14 @@ def testnet() -> None:
               help="An expert one host hosts instead (e.g. laptop1=model=scripted:wrong); HOST= hosts none.")
 @click.option("--no-experts", is_flag=True, help="Host no models.")
 @click.option("--threads", type=int, default=None, help="CPU threads per model in each node.")
+@click.option("--dht", is_flag=True,
+              help="Run every node with the Kademlia DHT (`p2pnet peers find ID` then works; off by default, "
+                   "as in `node start`).")
 @click.option("--timeout", "timeout_s", type=float, default=180.0, show_default=True,
               help="Seconds to wait for the nodes to start and join.")
 @dir_option
 @json_option
-def testnet_up(n, nat, symmetric, loss, bandwidth, validators, experts, expert_on, no_experts, threads,
+def testnet_up(n, nat, symmetric, loss, bandwidth, validators, experts, expert_on, no_experts, threads, dht,
                timeout_s, tdir, as_json) -> None:
     """Build the network and start a node on every host."""
     from p2pnet_cli.swarm import _ensure_models
@@ -71,7 +74,7 @@ def testnet_up(n, nat, symmetric, loss, bandwidth, validators, experts, expert_o
         if spec:
             host_experts[host].append(spec)
     specs = [] if no_experts else (list(experts) or None)
-    node_args = ["--threads", str(threads)] if threads else []
+    node_args = (["--threads", str(threads)] if threads else []) + (["--dht"] if dht else [])
     model_store = None
     every = [s for ss in host_experts.values() for s in ss] + list(specs or [])
     if specs is None or any(not s.startswith("model=scripted:") for s in every):

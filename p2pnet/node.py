@@ -229,6 +229,21 @@ class Node:
                 out.update(fn())
         return out
 
+    async def find_peer(self, peer_id: str, *, fresh: bool = False) -> dict:
+        """Find a peer by its ID through the DHT and dial it (``p2pnet peers
+        find``; p2pnet.gossip.connector.Connector.find_and_dial): the
+        addresses found, whether it is connected now, and by what path.
+        ValueError for a bad ID, LookupError with the DHT off."""
+        try:
+            peer = wire.peer_id_bytes(peer_id)
+        except wire.WireError as exc:
+            raise ValueError(str(exc)) from None
+        out = await self.network.connector.find_and_dial(peer, fresh=fresh)
+        nat = self.network.nat
+        if nat is not None:
+            out.update(path=nat.path_to(peer), relays=nat.relays_of(peer))
+        return out
+
     def peers(self) -> list[dict]:
         nat = self.network.nat
         return [

@@ -146,3 +146,118 @@ def test_node_start_dht_runs_it_and_status_shows_it(tmp_path):
         for proc in procs:
             stop_process(proc)
     assert all(p.poll() is not None for p in procs)
+
+
+async def read_all(stream) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = await stream.read(65536)
+        except Exception:  # EOF
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def test_identify_and_dht_answers_carry_only_reachable_addresses(tmp_path: Path):
+    """Item: identify leaked every bound address. A host on 127.0.0.1 that
+    advertises (p2pnet.gossip.advertise) a public and a relayed address:
+    identify tells a peer exactly those, its signed record holds the same,
+    and with nothing to advertise it tells none (no fallback to the bound
+    address). A DHT answer about a peer whose peerstore entry holds LAN,
+    loopback, public and relayed addresses carries the public and relayed
+    ones only, plus the relayed ones its announcements named."""
+    from libp2p.identity.identify.identify import ID as IDENTIFY
+    from libp2p.identity.identify.identify import parse_identify_response
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.peer.envelope import consume_envelope
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import PeerInfo
+
+    from p2pnet.gossip.advertise import Advertiser
+
+    idents = [load_or_create(tmp_path / name) for name in "ab"]
+    a, b = (make_host(i) for i in idents)
+    relay = load_or_create(tmp_path / "relay").peer_id
+    circuit = f"/ip4/198.18.0.1/tcp/4001/p2p/{wire.peer_id_str(relay)}/p2p-circuit"
+    advertised = ["/ip4/198.18.0.5/tcp/4001", circuit]
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    async with a.run(listen), b.run(listen):
+        adv = Advertiser(a, lambda: list(advertised))
+        adv.install()
+        bound = [str(x) for x in adv.raw_get_addrs()]
+        assert bound and all("127.0.0.1" in x for x in bound)
+        assert adv.raw_view().get_addrs() == adv.raw_get_addrs()  # what DCUtR sees
+        await b.connect(PeerInfo(a.get_id(), adv.raw_get_addrs()))
+
+        async def identify() -> tuple[list, list]:
+            stream = await b.new_stream(a.get_id(), [IDENTIFY])
+            msg = parse_identify_response(await read_all(stream))
+            _, record = consume_envelope(msg.signedPeerRecord, "libp2p-peer-record")
+            return ([str(multiaddr.Multiaddr(x)) for x in msg.listen_addrs],
+                    sorted(str(x).split(f"/p2p/{a.get_id()}")[0] for x in record.addrs))
+
+        told, signed = await identify()
+        assert told == advertised and signed == sorted(advertised)
+        advertised.clear()  # behind NAT, no reservation yet: nothing to tell
+        assert adv.changed()
+        told, signed = await identify()
+        assert told == [] and signed == []
+
+        # the DHT's answers, on b: a's peerstore entry there holds more than a may be handed out as
+        routing = PeerRouting(b, extra_addrs=lambda p: (circuit,) if p == idents[0].peer_id else ())
+        a_id = ID(idents[0].peer_id)
+        b.get_peerstore().clear_addrs(a_id)
+        b.get_peerstore().add_addrs(a_id, [multiaddr.Multiaddr(x) for x in (
+            "/ip4/10.0.1.2/tcp/4001", "/ip4/127.0.0.1/tcp/4001", "/ip4/198.18.0.5/tcp/4001")], 600)
+        answer = Message()
+        routing._closer_peers(answer, [a_id, ID(relay)])  # the relay: nothing known, left out
+        assert [ID(p.id) for p in answer.closerPeers] == [a_id]
+        handed = [str(multiaddr.Multiaddr(x)) for x in answer.closerPeers[0].addrs]
+        assert handed == ["/ip4/198.18.0.5/tcp/4001", circuit], handed
+        assert routing.status()["withheld_addrs"] == 2
+
+
+async def test_the_find_peer_route_checks_its_input_and_says_when_the_dht_is_off(nursery):
+    """POST /peers/find (p2pnet peers find): a bad body or peer ID is a 400,
+    the DHT off a 409 with one message; a lookup's result comes back as is."""
+    import json
+
+    from p2pnet.api.control import mount_control
+    from p2pnet.api.http import Router
+    from p2pnet.api.server import HttpServer
+
+    from .test_http_guard import call, host
+
+    class Node:
+        peer_id = "12D3KooWtest"
+        dht = True
+
+        async def find_peer(self, peer_id, *, fresh=False):
+            if peer_id == "bad":
+                raise ValueError("sender is not an Ed25519 peer ID")
+            if not self.dht:
+                raise LookupError("peer routing is off: start the node with --dht")
+            return {"peer_id": peer_id, "found": True, "source": "dht", "connected": True, "fresh": fresh,
+                    "addrs": ["/ip4/198.18.0.1/tcp/4001/p2p/12D3KooWrelay/p2p-circuit"]}
+
+    node = Node()
+    router = Router()
+    mount_control(router, node)
+    url = await nursery.start(HttpServer(router).run)
+    port = int(url.rsplit(":", 1)[1])
+
+    async def post(obj):
+        body = json.dumps(obj).encode()
+        return await call(port, "POST", "/peers/find", [host(port), ("content-type", "application/json")], body)
+
+    status, _, out = await post({"peer_id": "12D3KooWother", "fresh": True})
+    assert status == 200 and out["source"] == "dht" and out["fresh"] is True
+    for bad in ({}, {"peer_id": 7}, {"peer_id": "x", "fresh": "yes"}, {"peer_id": "bad"}):
+        status, _, out = await post(bad)
+        assert status == 400, (bad, out)
+    node.dht = False
+    status, _, out = await post({"peer_id": "12D3KooWother"})
+    assert status == 409 and "--dht" in out["error"]["message"]

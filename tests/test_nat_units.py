@@ -130,6 +130,49 @@ def test_reachability_behind_nat_and_unknown_on_mixed_answers():
     assert r.next_probe(13 + r.retry_s, ["a", "b", "c"]) == "a"  # a new round asks everyone again
 
 
+def test_reachability_rechecks_when_peers_see_a_new_address():
+    r = Reachability(need=2, recheck_s=300, observed_gap_s=30)
+    r.set_addrs(["/ip4/10.0.1.2/tcp/4001"], 0)
+    for peer in ("a", "b"):
+        assert r.next_probe(0, ["a", "b"]) == peer
+        r.result(peer, False, 1)
+    assert r.state == BEHIND_NAT and r.wait_s(1) == pytest.approx(300)
+    assert not r.observed("198.18.0.7", 2)  # the first address peers report: nothing to compare with
+    assert not r.observed("198.18.0.7", 3)  # the same again (another port, another peer): nothing new
+    assert not r.observed("not an ip", 3) and not r.observed("0.0.0.0", 3)
+    # the NAT's mapping changed: a new round at once, the verdict kept until it decides
+    assert r.observed("198.18.0.9", 50)
+    assert r.state == BEHIND_NAT and r.wait_s(50) == 0 and r.rechecks_observed == 1
+    assert r.next_probe(50, ["a", "b"]) == "a"
+    assert not r.observed("198.18.0.11", 51)  # a round runs already
+    r.result("a", True, 52)
+    assert r.next_probe(52, ["a", "b"]) == "b"
+    r.result("b", True, 53)
+    assert r.state == PUBLIC  # it now has a verdict of its own
+    assert not r.observed("198.18.0.12", 60)  # within observed_gap_s of the last such round
+    assert r.observed("198.18.0.13", 81) and r.rechecks_observed == 2
+    # a listen-address change forgets what was seen: its first report starts nothing
+    assert r.set_addrs(["/ip4/10.0.1.3/tcp/4001"], 90)
+    assert r.state == UNKNOWN
+    r.round_over(90)
+    assert not r.observed("198.18.0.99", 200)
+    for i in range(40):  # bounded
+        r.observed(f"198.18.1.{i}", 300 + i)
+    assert len(r._seen_ips) <= 16
+
+
+def test_addresses_handed_out_about_a_peer():
+    circ = f"/ip4/198.18.0.1/tcp/4001/p2p/{RELAY}/p2p-circuit"
+    known = ["/ip4/10.0.1.2/tcp/4001", "/ip4/127.0.0.1/tcp/4001", "/ip4/198.18.0.5/tcp/4001",
+             circ + "/p2p/12D3KooWPeer", "/ip4/0.0.0.0/tcp/4001"]
+    assert nat.handed_out(known) == ("/ip4/198.18.0.5/tcp/4001", circ)
+    # a NATed peer: its LAN address never goes, its relayed ones (also from announcements) do
+    other = f"/ip4/198.18.0.2/tcp/4001/p2p/{RELAY}/p2p-circuit"
+    assert nat.handed_out(["/ip4/192.168.1.4/tcp/4001"], [other, "/ip4/1.2.3.4/tcp/1/p2p-circuit"]) == (other,)
+    assert nat.handed_out(["/ip4/192.168.1.4/tcp/4001"], announce_private=True) == ("/ip4/192.168.1.4/tcp/4001",)
+    assert nat.handed_out(["/ip4/127.0.0.1/tcp/4001"]) == ("/ip4/127.0.0.1/tcp/4001",)  # one machine's swarm
+
+
 def test_dial_back_request_checks():
     ok = json.dumps({"ports": [4001, 4001, 5000]}).encode()
     assert check_request(ok, ("198.18.1.1", 5555), False) == [4001, 5000]

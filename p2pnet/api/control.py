@@ -22,6 +22,21 @@ def mount_control(router: Router, node) -> None:
     async def peers(request: Request) -> Response:
         return Response.json(200, {"peer_id": node.peer_id, "peers": node.peers()})
 
+    async def find_peer(request: Request) -> Response:
+        # p2pnet peers find: a DHT lookup of one peer ID, then a dial (p2pnet.node.Node.find_peer)
+        body = request.json()
+        peer_id = body.get("peer_id") if isinstance(body, dict) else None
+        fresh = body.get("fresh", False) if isinstance(body, dict) else False
+        if not isinstance(peer_id, str) or not peer_id or not isinstance(fresh, bool):
+            raise HttpError(400, 'body must be {"peer_id": "12D3Koo...", "fresh": false}', param="peer_id")
+        try:
+            out = await node.find_peer(peer_id, fresh=fresh)
+        except ValueError as exc:
+            raise HttpError(400, f"not a peer id: {exc}", param="peer_id") from None
+        except LookupError as exc:
+            raise HttpError(409, str(exc), code="dht_off") from None
+        return Response.json(200, out)
+
     async def broadcast(request: Request) -> Response:
         body = request.json()
         text = body.get("text") if isinstance(body, dict) else None
@@ -44,5 +59,6 @@ def mount_control(router: Router, node) -> None:
 
     router.add("GET", "/status", status)
     router.add("GET", "/peers", peers)
+    router.add("POST", "/peers/find", find_peer)
     router.add("POST", "/broadcast", broadcast)
     router.add("GET", "/messages", messages)

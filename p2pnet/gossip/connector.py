@@ -4,7 +4,12 @@ of connections (:class:`~p2pnet.gossip.policy.Watermarks`):
 - peer exchange: the addresses peers announce go to the peer book, and are
   dialled only while fewer than ``low`` peers are connected;
 - a loop that, while fewer than ``low`` are connected, dials remembered peers
-  and the bootstrap peers, with backoff and without end;
+  (the peer book, kept across restarts in ``peers.json``) and the bootstrap
+  peers, with backoff and without end: a node whose bootstrap peers are all
+  gone still reaches the peers it met before;
+- with the DHT on (``--dht``), while fewer than ``low`` are connected, a DHT
+  walk (a lookup of its own ID) from whoever it reached, every
+  ``walk_every_s``, and a dial of the peers the walk turns up;
 - a trimmer that, above ``high``, closes connections back down to ``low``
   (:func:`~p2pnet.gossip.policy.choose_trim`) and does not dial a trimmed
   peer again for ``redial_after_s``.
@@ -65,18 +70,20 @@ class BootstrapBook:
                         "last_try_ago_s": None if at is None else round(now - at, 1)})
         return out
 
-    def alone_line(self, connected: set, next_try_s: float) -> str:
-        """The warning of a node with no peer after a round of dials."""
+    def alone_line(self, connected: set, next_try_s: float, remembered: int = 0) -> str:
+        """The warning of a node with no peer after a round of dials;
+        ``remembered``: how many peers met before (the peer book) it tried too."""
+        also = (f"; none of the {remembered} peers met before (peers.json) answered either" if remembered else "")
         if not self._peer and self.self_listed:
             return ("no peers: this node is the only bootstrap peer it has (the others are not listed); it runs "
-                    "alone until a peer dials it")
+                    f"alone until a peer dials it{also}")
         if not self._peer:
             return ("no peers and no bootstrap peers configured: this node runs alone until a peer dials it "
-                    "(start it with --network NAME|FILE or --bootstrap MADDR)")
+                    f"(start it with --network NAME|FILE or --bootstrap MADDR){also}")
         failed = [f"{addr} ({self._error.get(addr) or 'not dialled yet'})"
                   for addr, peer in self._peer.items() if peer not in connected]
         return (f"no peers: none of the {len(self._peer)} bootstrap peers is reachable; tried "
-                f"{'; '.join(failed)}; retrying in {next_try_s:.1f}s")
+                f"{'; '.join(failed)}{also}; retrying in {next_try_s:.1f}s")
 
 
 class Connector:
@@ -93,6 +100,7 @@ class Connector:
         self.dht_wanted = False
         self.routing = None  # the PeerRouting while it runs
         self._dht_tries: Counter = Counter()  # connected peer -> attempts to put it in the routing table
+        self.walk_every_s = 60.0  # DHT walks while below the low watermark
         self._dial_send, self._dial_recv = trio.open_memory_channel(64)
 
     def bootstrap_ids(self) -> frozenset:
@@ -139,6 +147,8 @@ class Connector:
                 if getattr(self.net, "nat", None) is not None:  # direct, then through a relay (relay.py)
                     if await self.net.nat.connect(peer, addrs):
                         log.info("peer exchange: connected to %s", wire.peer_id_str(peer)[:20])
+                    else:
+                        await self._dial_found(peer, set(addrs))
                     continue
                 maddrs = [multiaddr.Multiaddr(a) for a in addrs]
                 self._lift_negative_cache(ID(peer))
@@ -152,22 +162,34 @@ class Connector:
     async def _dial_found(self, peer: bytes, tried: set) -> None:
         """With the DHT on: look ``peer`` up and dial the addresses it finds
         that were not tried already."""
-        from libp2p.peer.id import ID
-        from libp2p.peer.peerinfo import PeerInfo
-
         if self.routing is None:
             return
         found = await self.routing.find(peer)
         fresh = [a for a in (found.addrs if found else ()) if a not in tried]
-        if not fresh:
-            return
+        if fresh and await self.dial_addrs(peer, fresh):
+            log.info("peer routing: connected to %s at an address the DHT found", wire.peer_id_str(peer)[:20])
+
+    async def dial_addrs(self, peer: bytes, addrs, *, timeout_s: float = 10.0) -> bool:
+        """Dial ``peer`` at exactly ``addrs``: with the NAT service, direct
+        ones then relayed ones through the relay transport (``host.connect``
+        drops ``/p2p-circuit`` addresses); without it, ``host.connect``."""
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        if getattr(self.net, "nat", None) is not None:
+            self._lift_negative_cache(ID(peer))
+            return await self.net.nat.connect(peer, list(addrs), timeout_s, only_given=True)
+        usable = [a for a in addrs if nat.addr_scope(a) != "circuit"]
+        if not usable:
+            return False
         try:
             self._lift_negative_cache(ID(peer))
-            with trio.fail_after(10):
-                await self.net.host.connect(PeerInfo(ID(peer), [multiaddr.Multiaddr(a) for a in fresh]))
-            log.info("peer routing: connected to %s at an address the DHT found", wire.peer_id_str(peer)[:20])
+            with trio.fail_after(timeout_s):
+                await self.net.host.connect(PeerInfo(ID(peer), [multiaddr.Multiaddr(a) for a in usable]))
+            return True
         except Exception as exc:
             log.info("peer routing: cannot dial %s: %s", wire.peer_id_str(peer)[:20], _short_error(exc))
+            return False
 
     def _bootstrap_infos(self) -> list:
         from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -232,12 +254,18 @@ class Connector:
         DHT stops the DHT, never the node."""
         from p2pnet.gossip.dht import PeerRouting
 
+        service = getattr(self.net, "nat", None)
         try:
-            routing = PeerRouting(self.net.host)
+            routing = PeerRouting(
+                self.net.host,
+                # a NATed peer's relayed addresses, as its announcements named them
+                extra_addrs=(lambda p: service.relayed_addrs.get(p, ())) if service is not None else None,
+                announce_private=service is None or service.settings.announce_private)
             async with trio.open_nursery() as nursery:
                 await nursery.start(routing.run)
                 self.routing = routing
                 log.info("peer routing: Kademlia DHT running")
+                walked_at = None
                 while True:
                     connected = set(self.net.peers())
                     for peer in [p for p in self._dht_tries if p not in connected]:
@@ -245,11 +273,37 @@ class Connector:
                     for peer in [p for p in connected if 0 <= self._dht_tries[p] < 3][:8]:
                         ok = await routing.add_peer(peer)
                         self._dht_tries[peer] = -1 if ok else self._dht_tries[peer] + 1
+                    now = self.net.clock()
+                    if (self._below_low() and routing.table_size()
+                            and (walked_at is None or now - walked_at >= self.walk_every_s)):
+                        walked_at = now
+                        await self._walk(routing)
                     await trio.sleep(2.0)
         except Exception as exc:
             log.warning("peer routing (DHT) stopped: %s; the node goes on without it", _short_error(exc))
         finally:
             self.routing = None
+
+    async def _walk(self, routing) -> None:
+        """Below the low watermark with someone in the routing table: a DHT
+        walk (a lookup of this node's own ID) from whoever is there, and a
+        dial of the peers it turns up, each at the addresses it was handed."""
+        from libp2p.peer.id import ID
+
+        found = await routing.walk()
+        connected = set(self.net.peers())
+        fresh = [p for p in found if p not in connected and p != self.net.peer_id]
+        log.info("peer routing: DHT walk found %d peer(s), %d not connected", len(found), len(fresh))
+        for peer in fresh[:8]:
+            try:
+                addrs = tuple(nat.handed_out([str(a) for a in self.net.host.get_peerstore().addrs(ID(peer))]))
+            except Exception:
+                continue
+            if addrs:
+                try:
+                    self._dial_send.send_nowait((peer, addrs))
+                except trio.WouldBlock:
+                    break
 
     def dht_status(self) -> dict | None:
         return None if self.routing is None else self.routing.status()
@@ -262,6 +316,29 @@ class Connector:
             return addrs
         found = await self.routing.find(peer)
         return found.addrs if found else ()
+
+    async def find_and_dial(self, peer: bytes, *, fresh: bool = False) -> dict:
+        """Find ``peer`` by its ID in the DHT and dial it at the addresses
+        found (``p2pnet peers find``). With ``fresh``, the connection to it
+        and what this node knew of its addresses are dropped first, so the
+        addresses and the connection both come from the lookup. Raises
+        LookupError when the DHT is off."""
+        from libp2p.peer.id import ID
+
+        if self.routing is None:
+            raise LookupError("peer routing is off: start the node with --dht")
+        if fresh and peer in set(self.net.peers()):
+            try:
+                await self.net.host.disconnect(ID(peer))
+            except Exception as exc:
+                log.info("disconnect of %s failed: %s", wire.peer_id_str(peer)[:20], exc)
+        found = await self.routing.find(peer, fresh=fresh)
+        out = {"peer_id": wire.peer_id_str(peer), "found": found is not None,
+               "source": found.source if found else None, "addrs": list(found.addrs) if found else [],
+               "connected": False}
+        if found and peer != self.net.peer_id:
+            out["connected"] = await self.dial_addrs(peer, found.addrs)
+        return out
 
     async def _keep_connected(self) -> None:
         bootstrap = self._bootstrap_infos()
@@ -306,7 +383,8 @@ class Connector:
         if alone_since is None:
             return now
         if now - alone_since > 1.0:
-            log.warning("%s", self.boot_book.alone_line(set(), delay))
+            remembered = sum(1 for p, _ in self.net.book.known()[:32] if p not in self._boot_ids)
+            log.warning("%s", self.boot_book.alone_line(set(), delay, remembered))
         return alone_since
 
     def _conns(self, now: float) -> list[Conn]:

@@ -14,7 +14,14 @@ Notes on py-libp2p 0.8.1 (read from the installed package):
   :meth:`PeerRouting.add_peer` is called for each connected peer;
 - ``find_peer`` looks in the routing table and the peerstore first, and
   only then asks the network; :meth:`PeerRouting.find` reports which;
-- inbound DHT streams are capped at 12 concurrent handlers inside KadDHT.
+- inbound DHT streams are capped at 12 concurrent handlers inside KadDHT;
+- a FIND_NODE answer carries, for each peer, every address the peerstore
+  holds (identify's: a NATed peer's LAN addresses) and never a relayed one
+  it does not hold. :meth:`PeerRouting._closer_peers` replaces that: only
+  what :func:`p2pnet.gossip.nat.handed_out` allows (the announcement rule),
+  plus the peer's ``/p2p-circuit`` addresses (``extra_addrs``: those its
+  announcements named), and its signed record only when that record holds
+  nothing else. A peer with nothing to hand out is left out of the answer.
 
 The driver is the service's ``run``: start it in the node's nursery with
 ``await nursery.start(routing.run)``; everything stops with that nursery.
@@ -24,11 +31,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import trio
 
 from p2pnet import wire
+from p2pnet.gossip import nat
 from p2pnet.gossip.errors import GossipError
 
 log = logging.getLogger("p2pnet.gossip")
@@ -51,15 +59,22 @@ class Found:
 
 
 class PeerRouting:
-    def __init__(self, host, *, lookup_timeout_s: float = 15.0) -> None:
+    def __init__(self, host, *, lookup_timeout_s: float = 15.0,
+                 extra_addrs: Optional[Callable[[bytes], Iterable[str]]] = None,
+                 announce_private: bool = False) -> None:
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 
         self.host = host
         self.lookup_timeout_s = lookup_timeout_s
+        self.extra_addrs = extra_addrs or (lambda peer: ())
+        self.announce_private = announce_private
         self.dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False, enable_providers=False,
                           enable_values=False)
+        self.dht._add_closer_peers_to_response = self._closer_peers  # what answers carry (module doc)
         self.lookups = 0
         self.found = 0
+        self.walks = 0
+        self.withheld = 0  # addresses kept out of answers (private, loopback, unusable)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run the DHT service until cancelled."""
@@ -90,13 +105,16 @@ class PeerRouting:
     def table_size(self) -> int:
         return self.dht.get_routing_table_size()
 
-    async def find(self, peer: bytes) -> Optional[Found]:
+    async def find(self, peer: bytes, *, fresh: bool = False) -> Optional[Found]:
         """The addresses of ``peer``, or None if no lookup finds them within
-        ``lookup_timeout_s``."""
+        ``lookup_timeout_s``. With ``fresh``, what this node knew of the
+        peer's addresses is forgotten first, so they come from the network."""
         from libp2p.peer.id import ID
 
         pid = ID(peer)
-        local = self._local(pid)
+        if fresh:
+            self.forget(peer)
+        local = () if fresh else self._local(pid)
         if local:
             return Found(peer, local, "local")
         self.lookups += 1
@@ -112,6 +130,72 @@ class PeerRouting:
         self.found += 1
         return Found(peer, tuple(str(a) for a in info.addrs[:MAX_ADDRS]), "dht")
 
+    def forget(self, peer: bytes) -> None:
+        """Drop ``peer`` from the routing table and its addresses from the peerstore."""
+        from libp2p.peer.id import ID
+
+        pid = ID(peer)
+        try:
+            self.dht.routing_table.remove_peer(pid)
+            self.host.get_peerstore().clear_addrs(pid)
+        except Exception as exc:
+            log.debug("dht: cannot forget %s: %s", wire.peer_id_str(peer)[:20], exc)
+
+    async def walk(self) -> list[bytes]:
+        """A lookup of this node's own ID: fills the routing table (and the
+        peerstore) with the peers nearest to it; returns their IDs."""
+        self.walks += 1
+        out: list = []
+        try:
+            with trio.move_on_after(self.lookup_timeout_s):
+                out = await self.dht.peer_routing.find_closest_peers_network(self.host.get_id().to_bytes())
+        except Exception as exc:
+            log.info("dht: walk failed: %s", exc)
+        return [p.to_bytes() for p in out if p != self.host.get_id()]
+
+    def addrs_to_hand_out(self, pid) -> tuple[str, ...]:
+        """What an answer may carry about ``pid`` (module doc)."""
+        me = self.host.get_id()
+        if pid == me:
+            known = [_strip_peer(str(a), me.to_base58()) for a in self.host.get_addrs()]
+        else:
+            try:
+                known = [str(a) for a in self.host.get_peerstore().addrs(pid)]
+            except Exception:
+                known = []
+        extra = tuple(self.extra_addrs(pid.to_bytes()))
+        out = nat.handed_out(known, extra, announce_private=self.announce_private)
+        self.withheld += max(0, len(set(known) - set(out)))
+        return out[:MAX_ADDRS]
+
+    def _closer_peers(self, response, closest_peers, exclude_peer_id=None) -> None:
+        """Replaces KadDHT._add_closer_peers_to_response (module doc)."""
+        import multiaddr
+        from libp2p.kad_dht.kad_dht import get_connection_type
+
+        for pid in closest_peers:
+            if exclude_peer_id is not None and pid == exclude_peer_id:
+                continue
+            try:
+                addrs = self.addrs_to_hand_out(pid)
+                raw = [multiaddr.Multiaddr(a).to_bytes() for a in addrs]
+                if not raw:
+                    continue
+                record = None
+                env = self.host.get_peerstore().get_peer_record(pid)
+                if env is not None:
+                    signed = {_strip_peer(str(a), pid.to_base58()) for a in env.record().addrs}
+                    if signed and signed <= set(addrs):
+                        record = env.marshal_envelope()
+                entry = response.closerPeers.add()
+                entry.id = pid.to_bytes()
+                entry.connection = get_connection_type(self.host, pid)
+                entry.addrs.extend(raw)
+                if record is not None:
+                    entry.signedRecord = record
+            except Exception as exc:  # one bad entry costs that entry, not the answer
+                log.debug("dht: entry for %s left out: %s", pid, exc)
+
     def _local(self, pid) -> tuple[str, ...]:
         info = self.dht.routing_table.get_peer_info(pid)
         addrs = list(info.addrs) if info else []
@@ -123,4 +207,11 @@ class PeerRouting:
         return tuple(str(a) for a in addrs[:MAX_ADDRS])
 
     def status(self) -> dict:
-        return {"routing_table": self.table_size(), "lookups": self.lookups, "found": self.found}
+        return {"routing_table": self.table_size(), "lookups": self.lookups, "found": self.found,
+                "walks": self.walks, "withheld_addrs": self.withheld}
+
+
+def _strip_peer(addr: str, peer: str) -> str:
+    """``addr`` without a trailing ``/p2p/<peer>``."""
+    tail = f"/p2p/{peer}"
+    return addr[: -len(tail)] if addr.endswith(tail) else addr

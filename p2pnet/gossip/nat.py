@@ -95,6 +95,25 @@ def announceable(listen: Iterable[str], circuits: Iterable[str] = (), *,
     return tuple(dict.fromkeys(out))
 
 
+def handed_out(addrs: Iterable[str], circuits: Iterable[str] = (), *,
+               announce_private: bool = False) -> tuple[str, ...]:
+    """The addresses of a peer this node may hand to others (a DHT answer):
+    what it knows of that peer under the announcement rule. Direct ones go
+    through :func:`announceable` (so a NATed peer's LAN address is never
+    handed out); relayed ones (from anywhere in ``addrs`` or ``circuits``)
+    go as ``<relay>/p2p/<relay-id>/p2p-circuit``, a trailing ``/p2p/<peer>``
+    dropped."""
+    plain, relayed = [], []
+    for a in [*addrs, *circuits]:
+        if addr_scope(a) != "circuit":
+            plain.append(a)
+            continue
+        parts = split_circuit(a)
+        if parts is not None:
+            relayed.append(circuit_addr(*parts))
+    return announceable(plain, relayed, announce_private=announce_private)
+
+
 def usable_by_me(addr: str, my_listen: Iterable[str]) -> bool:
     """Whether this node should try ``addr`` (heard from a peer): never a
     wildcard or malformed one; loopback only if it listens on loopback

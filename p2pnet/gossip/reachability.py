@@ -18,7 +18,10 @@ at most ``max_inflight`` dial-backs at once and one per peer per
 argument): ``need`` distinct peers must agree before it says ``public`` or
 ``behind-nat``; mixed or too few answers leave it ``unknown``. It asks again
 when the node's addresses change (a new round, the verdict reset to
-``unknown``), every ``recheck_s``, and every ``retry_s`` while unknown.
+``unknown``), every ``recheck_s``, every ``retry_s`` while unknown, and
+when peers start seeing it at an IP none saw before (identify's observed
+address: the NAT's mapping or the uplink changed; the verdict stands until
+the new round decides, at most one such round per ``observed_gap_s``).
 :class:`ReachabilityProber` is its Trio driver.
 """
 
@@ -56,6 +59,10 @@ class Reachability:
     _asked: set = field(default_factory=set)
     _ok: set = field(default_factory=set)
     _failed: set = field(default_factory=set)
+    observed_gap_s: float = 30.0
+    rechecks_observed: int = 0  # rounds started by a new observed IP
+    _seen_ips: set = field(default_factory=set)  # IPs peers saw this node at, since the listen addresses changed
+    _observed_round_at: Optional[float] = None
 
     def set_addrs(self, addrs: Iterable[str], now: float) -> bool:
         """The node's own listen addresses; a change starts a new round and
@@ -64,7 +71,29 @@ class Reachability:
         if addrs == self.addrs:
             return False
         self.addrs = addrs
+        self._seen_ips = set()
         self._set(UNKNOWN, now)
+        self._start(now)
+        return True
+
+    def observed(self, ip: str, now: float) -> bool:
+        """A peer saw this node's connection come from ``ip``. An IP no
+        peer reported before (the first ones excepted) starts a new round,
+        the verdict kept until it decides: at most one such round per
+        ``observed_gap_s``, none while a round runs. Returns whether a
+        round started."""
+        if nat.ip_scope(ip) in ("invalid", "unspecified") or ip in self._seen_ips:
+            return False
+        first = not self._seen_ips
+        if len(self._seen_ips) >= 16:  # bounded: a peer cannot grow it without end
+            self._seen_ips.clear()
+        self._seen_ips.add(ip)
+        if first or not self.addrs or self._round_at is not None:
+            return False
+        if self._observed_round_at is not None and now - self._observed_round_at < self.observed_gap_s:
+            return False
+        self._observed_round_at = now
+        self.rechecks_observed += 1
         self._start(now)
         return True
 
@@ -123,7 +152,7 @@ class Reachability:
     def as_json(self, now: float) -> dict:
         return {"state": self.state, "confirmed_by": len(self._ok), "refuted_by": len(self._failed),
                 "checked_ago_s": None if self.checked_at is None else round(now - self.checked_at, 1),
-                "changed": self.changed}
+                "changed": self.changed, "rechecks_on_new_observed_ip": self.rechecks_observed}
 
 
 # ------------------------------------------------------------------ server
@@ -315,6 +344,10 @@ class ReachabilityProber:
         while not self.net.stopping:
             now = trio.current_time()
             self.state.set_addrs(self.net.listen_addrs, now)
+            for ip in _observed_ips(self.net.host):
+                if self.state.observed(ip, now):
+                    log.info("reachability: a peer sees this node at %s, an address none saw before; "
+                             "checking again", ip)
             before = self.state.state
             peers = {p.to_base58(): p for p in _direct_peers(self.net.host)}
             peer = self.state.next_probe(now, peers)
@@ -332,6 +365,21 @@ class ReachabilityProber:
                 with trio.move_on_after(max(0.05, min(5.0, self.state.wait_s(now) or self.poll_s))):
                     await self._wake.wait()
                 self._wake = trio.Event()
+
+
+def _observed_ips(host) -> list[str]:
+    """The IPs peers reported seeing this node at (identify's observed
+    address, over direct connections only: py-libp2p's observed-address
+    manager)."""
+    manager = getattr(host, "_observed_addr_manager", None)
+    if manager is None:
+        return []
+    try:
+        addrs = manager.addrs(min_observers=1)
+    except Exception:
+        return []
+    ips = [nat.ip_of(str(a)) for a in addrs[:32] if nat.CIRCUIT not in str(a)]
+    return list(dict.fromkeys(ip for ip in ips if ip))
 
 
 def _direct_peers(host) -> list:

@@ -24,6 +24,9 @@ docs/testnet.md, "NAT traversal").
 - **DCUtR.** ``DCUtRProtocol`` runs on every node and tries to replace a
   relayed connection with a direct one; :meth:`NatService.path_to` says
   which a peer has: direct, hole-punched or relayed.
+- **What the host tells peers about itself.** identify, identify push and
+  signed peer records carry what announcements carry (advertise.py); a
+  change is pushed to connected peers.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import trio
 
 from p2pnet import wire
 from p2pnet.gossip import nat, rpc, topics
+from p2pnet.gossip.advertise import Advertiser
 from p2pnet.gossip.errors import GossipError
 from p2pnet.gossip.reachability import (
     BEHIND_NAT,
@@ -146,6 +150,7 @@ class NatService:
         self.transport = None
         self.dcutr = None
         self.dialback = None
+        self.advertiser = None
         self._wake = trio.Event()
         self._circuits: tuple[str, ...] = ()
         self._punched: set = set()  # peers once connected through a relay
@@ -263,6 +268,9 @@ class NatService:
         # relay it merely dials through (trap: see docs/testnet.md).
         self.transport = CircuitV2Transport(host, self.protocol, RelayConfig(roles=RelayRole.STOP, limits=limits))
         self.dialback = DialBackServer(lambda ip, port, peer: dial_and_handshake(host, ip, port, peer))
+        # identify, identify push and signed peer records carry what announcements do (advertise.py)
+        self.advertiser = Advertiser(host, self.net.reachable_addrs)
+        self.advertiser.install()
         prober = ReachabilityProber(self.net, self.reach, on_change=self._reachability_changed,
                                     on_reached=self._reached)
         self.net.on(topics.ANNOUNCE, self._note_announce)
@@ -273,8 +281,8 @@ class NatService:
             host.set_stream_handler(STOP_PROTOCOL_ID, self._stop_fixup)
             host.set_stream_handler(TProtocol(reachability.PROTOCOL), self.dialback.handle)
             async with trio.open_nursery() as nursery:
-                if s.hole_punch:
-                    self.dcutr = DCUtRProtocol(host)
+                if s.hole_punch:  # DCUtR binds its dials to a real listen port: the unfiltered host
+                    self.dcutr = DCUtRProtocol(self.advertiser.raw_view())
                     nursery.start_soon(self._run_dcutr, background_trio_service)
                 nursery.start_soon(prober.run)
                 nursery.start_soon(self._reserver)
@@ -402,6 +410,8 @@ class NatService:
                 self._circuits = circuits
                 log.info("relayed addresses: %s", ", ".join(circuits) or "none")
                 self.net.announce_soon()
+            if self.advertiser is not None and self.advertiser.changed() and self._nursery is not None:
+                self._nursery.start_soon(self.advertiser.push_all)  # peers' peerstores, hence the DHT
             with trio.move_on_after(self.poll_s):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -499,18 +509,21 @@ class NatService:
 
     # ---------------------------------------------------------------- dialing
 
-    async def connect(self, peer: bytes, addrs: Iterable[str] = (), timeout_s: float = 10.0) -> bool:
+    async def connect(self, peer: bytes, addrs: Iterable[str] = (), timeout_s: float = 10.0, *,
+                      only_given: bool = False) -> bool:
         """Connect to ``peer``: its direct addresses first, then each of its
-        circuit addresses (given, or last announced). True once connected."""
+        circuit addresses (given, or last announced; with ``only_given``,
+        the given ones only). True once connected."""
         import multiaddr
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo
 
         if peer in set(self.net.peers()):
             return True
-        addrs = list(addrs) or list(self.net.book.addrs(peer))
+        addrs = list(addrs) or ([] if only_given else list(self.net.book.addrs(peer)))
         direct = [a for a in addrs if nat.addr_scope(a) != "circuit" and nat.usable_by_me(a, self.net.listen_addrs)]
-        circuits = [a for a in [*addrs, *self.relayed_addrs.get(peer, ())] if nat.split_circuit(a) is not None]
+        announced = () if only_given else self.relayed_addrs.get(peer, ())
+        circuits = [a for a in [*addrs, *announced] if nat.split_circuit(a) is not None]
         if direct:
             try:
                 with trio.fail_after(timeout_s):
@@ -532,7 +545,7 @@ class NatService:
         full = f"{base}/p2p/{rid}{nat.CIRCUIT}/p2p/{wire.peer_id_str(peer)}"
         try:
             with trio.fail_after(timeout_s):
-                await self.transport.dial(multiaddr.Multiaddr(full))
+                await self._dial_through(multiaddr.Multiaddr(full), peer)
         except Exception as exc:
             self.counts["relayed_dials_failed"] += 1
             self.net.loglimit.info(("relayed_dial", rid), "relayed dial of %s via %s failed: %s",
@@ -541,6 +554,20 @@ class NatService:
         self.counts["relayed_dials"] += 1
         log.info("connected to %s through relay %s", wire.peer_id_str(peer)[:20], rid[:20])
         return True
+
+    async def _dial_through(self, maddr, peer: bytes):
+        """A circuit through exactly the relay ``maddr`` names.
+        ``CircuitV2Transport.dial`` first tries every circuit address the
+        peerstore holds for the peer, whatever relay it was asked for; now
+        that signed peer records carry circuit addresses (advertise.py), a
+        second circuit asked through another relay came through the first
+        one again."""
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        pid = ID(peer)
+        raw = await self.transport._dial_via_circuit_addr(maddr, PeerInfo(pid, [maddr]))
+        return await self.net.host.upgrade_outbound_connection(raw, pid)
 
 
 __all__ = ["NatError", "NatSettings", "NatService", "RelayPlan", "PUBLIC", "BEHIND_NAT", "UNKNOWN"]
