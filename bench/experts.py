@@ -22,9 +22,14 @@ specialists. Then, from the same answers:
 ``--swarm``: the second part instead, on a real local swarm (testnet.swarm):
 a chemistry expert, a geography expert, a bad expert (scripted:wrong) and the
 bare model, each on its own node and each claiming both domains, asked through
-a fifth node's API; a warm-up with graded user feedback (/v1/feedback), then
-held-out questions; who delivered each answer; the oracle from the real experts
-answering the same held-out questions in one process afterwards.
+a fifth node's API. Warm-up: the four expert nodes are the validators and
+probe every ``--probe-interval`` seconds (the probe halves of the banks,
+graded exactly, full weight); the bench polls node 4's /reputation until each
+specialist ranks first in its own domain by ``--settle-margin`` (or
+``--settle-timeout`` passes), then optionally ``--warmup`` questions per domain
+with graded user feedback (/v1/feedback, at node 4: a newcomer's weight).
+Then held-out questions; who delivered each answer; the oracle from the real
+experts answering the same held-out questions in one process afterwards.
 
 Progress goes to stderr; the tables (markdown) to stdout.
 """
@@ -209,22 +214,76 @@ def _ask(api: str, q: dict, domain: str, max_tokens: int) -> dict:
     chosen = (prov.get("chosen") or {}).get("expert_id")
     return {"domain": domain, "id": q["id"], "question": q["question"], "answer": q["answer"], "text": text.strip(),
             "right": grade(text, KnownAnswer.from_obj(q), q["question"]), "expert": chosen,
-            "asked": [(r.get("expert_id"), r.get("status")) for r in prov.get("respondents") or ()],
+            "asked": [(r.get("expert_id"), r.get("status"), r.get("latency_ms")) for r in prov.get("respondents") or ()],
             "reason": prov.get("reason"),
             "query_id": prov.get("query_id"), "seconds": round(time.monotonic() - t0, 2)}
 
 
+def settled(table: dict, margin: float, min_ratings: int) -> bool:
+    """Whether each domain's specialist ranks first in it by ``margin``, with
+    every expert rated at least ``min_ratings`` times in it: ``table`` is
+    domain -> expert name -> (score, confidence, ratings)."""
+    for d in SWARM_DOMAINS:
+        row = table.get(d, {})
+        if set(row) != set(SWARM_EXPERTS) or any(v[2] < min_ratings for v in row.values()):
+            return False
+        if any(row[d][0] < v[0] + margin for name, v in row.items() if name != d):
+            return False
+    return True
+
+
+def _standings(api: str, names: dict) -> dict:
+    """domain -> expert name -> (score, confidence, count) from the node's /reputation."""
+    from p2pnet.api import client
+
+    out = {}
+    for d in SWARM_DOMAINS:
+        rows = client.get_json(f"{api}/reputation?domain={d}", timeout=10).get("standings") or ()
+        out[d] = {names[r["peer_id"]]: (round(r["score"], 3), round(r["confidence"], 3), r["count"])
+                  for r in rows if r["peer_id"] in names}
+    return out
+
+
+def _settle(nodes: list, args, started: float) -> dict:
+    """Poll node 4's reputation until the specialists rank first in their domains."""
+    from p2pnet.api import client
+
+    names = {nodes[i]["peer_id"]: name for i, name in enumerate(SWARM_EXPERTS)}
+    api, t0, timeline = nodes[-1]["api"], time.monotonic(), []
+    while True:
+        try:
+            table = _standings(api, names)
+            sent = sum(client.get_json(n["api"] + "/status", timeout=10).get("probes_sent", 0)
+                       for n in nodes[:len(SWARM_EXPERTS)])
+        except Exception as exc:  # a node busy answering: try again at the next poll
+            print(f"poll failed: {exc}", file=sys.stderr, flush=True)
+            table, sent = None, None
+        el = round(time.monotonic() - t0, 1)
+        if table is not None:
+            timeline.append({"seconds": el, "probes_sent": sent, "standings": table})
+            line = "; ".join(f"{d}: " + ", ".join(f"{n} {v[0]:.2f}/{v[2]}" for n, v in sorted(table[d].items()))
+                             for d in SWARM_DOMAINS)
+            print(f"[settle {el:.0f} s, {sent} probes] {line}", file=sys.stderr, flush=True)
+            if settled(table, args.settle_margin, args.settle_min_ratings):
+                return {"settled": True, "seconds": el, "probes_sent": sent, "timeline": timeline}
+        if el >= args.settle_timeout:
+            return {"settled": False, "seconds": el, "probes_sent": sent, "timeline": timeline}
+        time.sleep(args.settle_poll)
+
+
 def run_swarm(args) -> dict:
-    """Warm-up with user feedback, then held-out questions through a real swarm."""
+    """Probe warm-up until routing settles, then held-out questions through a real swarm."""
     from p2pnet.api import client
     from p2pnet_testnet import swarm as swarm_mod
 
     root = Path(args.knowledge) if args.knowledge else shipped_dir()
     specs = swarm_specs()
     swarm_dir = Path(args.swarm_dir)
-    extra = {i: ("--expert", specs[name]) for i, name in enumerate(SWARM_EXPERTS)}
+    extra = {i: ("--expert", specs[name], "--probe-interval", str(args.probe_interval))
+             for i, name in enumerate(SWARM_EXPERTS)}
     extra[len(SWARM_EXPERTS)] = ("--no-experts",)
-    out = {"specs": specs, "warmup": [], "heldout": [], "cores": os.cpu_count(), "load_start": os.getloadavg()}
+    out = {"specs": specs, "warmup": [], "heldout": [], "cores": os.cpu_count(), "load_start": os.getloadavg(),
+           "probe_interval": args.probe_interval}
     started = time.monotonic()
     nodes = swarm_mod.up(len(SWARM_EXPERTS) + 1, swarm_dir, validators=len(SWARM_EXPERTS),
                          node_args=["--threads", str(args.threads)], extra_args=extra,
@@ -233,6 +292,8 @@ def run_swarm(args) -> dict:
     try:
         api = nodes[-1]["api"]
         out["up_seconds"] = round(time.monotonic() - started, 1)
+        out["settle"] = _settle(nodes, args, started)
+        out["settle"]["after"] = _standings(api, {nodes[i]["peer_id"]: n for i, n in enumerate(SWARM_EXPERTS)})
         warm = {d: sorted(load_questions(root / d, "probe"),
                           key=lambda q: hashlib.sha256(q["id"].encode()).digest())[:args.warmup] for d in SWARM_DOMAINS}
         held = {d: sample(root / d, args.n) for d in SWARM_DOMAINS}
@@ -257,6 +318,11 @@ def run_swarm(args) -> dict:
                       f"{'right' if row['right'] else 'wrong'} {row.get('error', '')}", file=sys.stderr, flush=True)
     finally:
         out["load_end_swarm"] = os.getloadavg()
+        try:
+            out["standings_end"] = _standings(nodes[-1]["api"], {nodes[i]["peer_id"]: n
+                                                                 for i, n in enumerate(SWARM_EXPERTS)})
+        except Exception as exc:
+            out["standings_end"] = str(exc)[:200]
         swarm_mod.down(swarm_dir)
     out["swarm_seconds"] = round(time.monotonic() - started, 1)
     # the oracle's row: every real expert on the same held-out questions, in one process, same prompts
@@ -326,6 +392,41 @@ def swarm_tables(out: dict) -> str:
             by[r["expert"]] = by.get(r["expert"], 0) + 1
         lines.append("")
         lines.append(f"held-out {d}: delivered by " + ", ".join(f"{k} {v}" for k, v in sorted(by.items(), key=str)))
+    st = out.get("settle")
+    if st:
+        lines += ["", f"Warm-up by the validators' probes (every {out.get('probe_interval')} s ± 50% on each of 4 "
+                  f"validators): {'settled' if st['settled'] else 'NOT settled'} after {st['seconds']:.0f} s, "
+                  f"{st['probes_sent']} probes sent (all domains; score/ratings per expert):", "",
+                  "| seconds | probes | " + " | ".join(f"{d}: {n}" for d in SWARM_DOMAINS for n in SWARM_EXPERTS) + " |",
+                  "|---:|---:|" + "---:|" * (len(SWARM_DOMAINS) * len(SWARM_EXPERTS))]
+        tl = st["timeline"]
+        shown = tl if len(tl) <= 12 else [tl[i * (len(tl) - 1) // 11] for i in range(12)]
+        for row in shown:
+            cells = []
+            for d in SWARM_DOMAINS:
+                for n in SWARM_EXPERTS:
+                    v = row["standings"].get(d, {}).get(n)
+                    cells.append(f"{v[0]:.2f}/{v[2]}" if v else "–")
+            lines.append(f"| {row['seconds']:.0f} | {row['probes_sent']} | " + " | ".join(cells) + " |")
+    reasons: dict = {}
+    for r in out["heldout"]:
+        key = (r.get("reason") or r.get("error") or "none").split(":")[0].split(" (")[0][:60]
+        reasons[key] = reasons.get(key, 0) + 1
+    slow = sum(1 for r in out["heldout"] for a in r.get("asked") or () if a[1] == "slow")
+    asked = sum(len(r.get("asked") or ()) for r in out["heldout"])
+    secs = [r["seconds"] for r in out["heldout"] if "seconds" in r]
+    lines += ["", f"Held-out queries: {asked} respondent slots ({asked / max(1, len(out['heldout'])):.2f} a query), "
+              f"{slow} given up on as slow; {sum(secs) / max(1, len(secs)):.1f} s a query (max "
+              f"{max(secs, default=0):.0f} s). Reasons for the choice: "
+              + "; ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])) + "."]
+    lat: dict = {}
+    for r in out["heldout"]:
+        for a in r.get("asked") or ():
+            if len(a) > 2 and a[1] == "ok" and a[2] is not None:
+                lat.setdefault(a[0], []).append(a[2] / 1000)
+    if lat:
+        lines += ["", "Answer times in the held-out queries (ok answers, s): " + "; ".join(
+            f"{n} median {sorted(v)[len(v) // 2]:.1f}, max {max(v):.1f} ({len(v)})" for n, v in sorted(lat.items())) + "."]
     fb = sum(1 for r in out["warmup"] if r.get("feedback") is not None)
     la = lambda x: " / ".join(f"{v:.2f}" for v in x)
     lines += ["", f"{len(out['warmup'])} warm-up queries ({fb} with feedback recorded), {len(out['heldout'])} held-out; "
@@ -351,7 +452,15 @@ def main() -> None:
     p.add_argument("--from-json", default=None, help="print the tables of an earlier --json run")
     p.add_argument("--swarm", action="store_true", help="the real-swarm part instead (reputation routing)")
     p.add_argument("--swarm-dir", default="/tmp/p2pnet-experts-swarm", help="with --swarm: the swarm's folder")
-    p.add_argument("--warmup", type=int, default=15, help="with --swarm: warm-up questions per domain")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="with --swarm: warm-up questions per domain with user feedback, after the probes settle")
+    p.add_argument("--probe-interval", type=float, default=20.0, help="with --swarm: the validators' probe interval (s)")
+    p.add_argument("--settle-margin", type=float, default=0.1,
+                   help="with --swarm: settled when each specialist's score leads its domain by this")
+    p.add_argument("--settle-min-ratings", type=int, default=3,
+                   help="with --swarm: and every expert rated at least this often in each domain")
+    p.add_argument("--settle-timeout", type=float, default=900.0, help="with --swarm: stop waiting after this (s)")
+    p.add_argument("--settle-poll", type=float, default=15.0, help="with --swarm: seconds between reputation polls")
     args = p.parse_args()
     if args.swarm:
         out = json.loads(Path(args.from_json).read_text()) if args.from_json else run_swarm(args)

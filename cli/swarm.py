@@ -16,6 +16,10 @@ dir_option = click.option("--dir", "swarm_dir", type=click.Path(file_okay=False,
 DEFAULT_VALIDATORS = 4
 """Validators of a swarm started without --validators: BFT with 4 tolerates one that fails."""
 
+SWARM_PROBE_INTERVAL_S = 30.0
+"""The validators' probe interval in a local swarm: the node's default (300 s) is meant for a
+network of many validators; with 3 or 4, specialists would take an hour to rank first."""
+
 
 def _dir(swarm_dir):
     return swarm_dir or default_swarm_dir()
@@ -38,9 +42,11 @@ def swarm() -> None:
 @click.option("--threads", type=int, default=None, help="CPU threads per model in each node.")
 @click.option("--timeout", "timeout_s", type=float, default=180.0, show_default=True,
               help="Seconds to wait for the nodes and the mesh.")
+@click.option("--probe-interval", "probe_interval_s", type=click.FloatRange(min=1.0), default=SWARM_PROBE_INTERVAL_S,
+              show_default=True, help="Seconds between each validator's probes (graded known-answer queries).")
 @dir_option
 @click.option("--json", "as_json", is_flag=True)
-def swarm_up(n, validators, experts, no_experts, threads, timeout_s, swarm_dir, as_json) -> None:
+def swarm_up(n, validators, experts, no_experts, threads, timeout_s, probe_interval_s, swarm_dir, as_json) -> None:
     """Start N nodes on 127.0.0.1 and wait until they form a mesh."""
     from p2pnet_testnet import swarm as swarm_mod
 
@@ -64,7 +70,8 @@ def swarm_up(n, validators, experts, no_experts, threads, timeout_s, swarm_dir, 
     if threads:
         node_args += ["--threads", str(threads)]
     nodes = swarm_mod.up(n, swarm_dir, validators=validators, node_args=node_args, extra_args=per_node,
-                         model_store=model_store, timeout_s=timeout_s, progress=lambda m: click.echo(m, err=True))
+                         model_store=model_store, probe_interval_s=None if no_experts else probe_interval_s,
+                         timeout_s=timeout_s, progress=lambda m: click.echo(m, err=True))
     for node in nodes:
         node["expert"] = layout[node["index"]] if layout else ("none" if no_experts else "--expert")
     if as_json:

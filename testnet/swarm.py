@@ -222,12 +222,15 @@ def up(
     node_args: Sequence[str] = (),
     extra_args: Optional[dict] = None,
     model_store: Optional[Path] = None,
+    probe_interval_s: Optional[float] = None,
     timeout_s: float = 120.0,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> list[dict]:
     """Start the swarm and wait for the mesh; returns ``status()``.
 
-    ``node_args`` go to every node, ``extra_args[i]`` to node i only."""
+    ``node_args`` go to every node, ``extra_args[i]`` to node i only;
+    ``probe_interval_s``: the validators' probe interval (their default,
+    signals.DEFAULT_PROBE_INTERVAL_S, when None)."""
     if n < 1:
         raise SwarmError("a swarm needs at least one node")
     if not 0 <= validators <= n:
@@ -265,6 +268,8 @@ def up(
                 args += ["--genesis", str(genesis_path)]
                 if i < validators:
                     args.append("--validator")
+                    if probe_interval_s is not None:
+                        args += ["--probe-interval", str(probe_interval_s)]
             log_path = d / "node.log"
             proc = _launch(args, log_path)
             node = SwarmNode(i, d, proc.pid, log_path, tuple(args))

@@ -492,3 +492,32 @@ async def test_busy_respondent_is_replaced_by_another_expert(nursery, tmp_path):
     assert resp.choices[0].message.content == "The capital of France is Paris."
     rows = [(r["peer_id"], r["status"]) for r in resp.model_extra["p2pnet"]["respondents"]]
     assert rows == [(nodes[1].peer_id, "busy"), (nodes[2].peer_id, "ok")]
+
+
+async def test_a_domain_with_no_known_expert_is_found_through_dht_provider_records(nursery, tmp_path):
+    """The coordinator holds no announcement of any geography expert (they
+    re-announce only every 5 min here, and what it heard is wiped): it asks the
+    DHT who provides the domain, fetches that peer's directory of the domain
+    and is answered by the expert found that way."""
+    nodes = []
+    for name, backend in (("coord", None), ("n0", paris())):
+        cfg = config.build(None, data_dir=tmp_path / name, listen=("/ip4/127.0.0.1/tcp/0",), api_port=0,
+                           bootstrap=(boot_addr(nodes[0]),) if nodes else (), announce_interval_s=300.0, announce_ttl_s=600.0,
+                           dht=True)
+        experts = []
+        if backend is not None:
+            experts.append(Expert("scripted", backend, domains=("geography",), max_concurrency=2))
+            await experts[0].start()
+        node = Node(cfg, experts=experts)
+        await nursery.start(node.run)
+        nodes.append(node)
+    coord, expert_node = nodes
+    coordinator = coordinator_of(coord)
+    await wait_for(lambda: expert_node.network.providers.provided >= 1, 60, "the expert to provide its domain")
+    coordinator.directory.forget(expert_node.network.peer_id)
+    coord.network.announces.expire(float("inf"))
+    assert coordinator.directory.candidates(coordinator.clock(), "geography", None) == []
+    resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=1, domain="geography"))
+    assert resp.choices[0].message.content == "The capital of France is Paris."
+    assert resp.model_extra["p2pnet"]["chosen"]["peer_id"] == expert_node.peer_id
+    assert coordinator.status()["experts_discovered"] >= 1

@@ -4,6 +4,7 @@ experts, options and event scripts. No network, no Trio: time is a float."""
 
 import hashlib
 import itertools
+import math
 import random
 
 import pytest
@@ -12,7 +13,8 @@ from hypothesis import given, settings, strategies as st
 from p2pnet import wire
 from p2pnet.experts import signals
 from p2pnet.experts.directory import ExpertRef
-from p2pnet.experts.evaluation import AgreementEvaluator
+from p2pnet.experts.evaluation import AgreementEvaluator, Candidate, vote_weight, weighted_choice
+from p2pnet.experts.patience import LatencyBook, card_seconds, patience, still_wanted
 from p2pnet.experts.query_round import (
     Ask, Cancel, Chunk, Close, Done, Forget, Gone, QueryRound, Rate, Reply, RoundRules, RoundSetup, Stream, Tick,
 )
@@ -389,6 +391,169 @@ def test_an_ask_that_streams_nothing_asks_for_no_chunks():
     assert ask.stream_key is None and not ask.prompt.stream
 
 
+# ------------------------------------------- standing: waiting and voting
+
+def standing_of(table):
+    return lambda peer_id, domain: table.get(peer_id, (0.5, 0.0))
+
+
+def test_a_better_standing_silent_respondent_is_waited_for_past_its_patience():
+    # e1 (standing 0.3) answers fast; e2 (0.8) is still working at its patience (5 s): it is
+    # waited for one more patience, and its answer, not the fast one, is delivered
+    r1, r2 = ref(1), ref(2)
+    rnd = QueryRound(setup([r1, r2], standing=standing_of({r1.peer: (0.3, 6.0), r2.peer: (0.8, 6.0)})), 0.0)
+    rnd.start(0.0)
+    assert rnd.step(ok(B(1), r1, "Lyon"), 0.1) == [] and rnd.wake_at() == 5.0
+    assert rnd.step(Tick(), 5.0) == [] and rnd.silent() == [r2.key] and rnd.wake_at() == 10.0
+    acts = rnd.step(ok(B(1), r2, "Paris"), 9.0)
+    res = done(acts).outcome.result
+    assert res.text == "Paris" and res.provenance.chosen == xkey(r2)
+    assert "vote weight by standing" in res.provenance.reason
+    # the ratings stay the head count's (two answers that differ: 0 each), standing rates nobody
+    assert [a.rating.score for a in acts if isinstance(a, Rate)] == [0.0, 0.0]
+
+
+def test_the_wait_for_a_better_standing_respondent_ends_after_one_more_patience():
+    # (its query or answer may have been lost: the round does not hold on to the deadline)
+    r1, r2 = ref(1), ref(2)
+    rnd = QueryRound(setup([r1, r2], standing=standing_of({r1.peer: (0.3, 6.0), r2.peer: (0.8, 6.0)})), 0.0)
+    rnd.start(0.0)
+    rnd.step(ok(B(1), r1, "Lyon"), 0.1)
+    assert rnd.step(Tick(), 5.0) == []
+    acts = rnd.step(Tick(), 10.0)
+    assert acts[:2] == [Cancel(B(1), (r2.key,), "slow"), Close(B(1))]
+    assert done(acts).outcome.result.text == "Lyon"
+
+
+def test_no_wait_for_a_better_standing_respondent_that_would_leave_no_time():
+    # deadline 10 s, patience 5 s: one more patience would end at the deadline, leaving no
+    # time for a tie-break or a replacement: the silent one is slow at once
+    r1, r2 = ref(1), ref(2)
+    rnd = QueryRound(setup([r1, r2], deadline_s=10.0,
+                           standing=standing_of({r1.peer: (0.3, 6.0), r2.peer: (0.8, 6.0)})), 0.0)
+    rnd.start(0.0)
+    rnd.step(ok(B(1), r1, "Lyon"), 0.1)
+    assert rnd.step(Tick(), 5.0)[:2] == [Cancel(B(1), (r2.key,), "slow"), Close(B(1))]
+
+
+def test_a_silent_respondent_without_better_standing_is_slow():
+    r1, r2 = ref(1), ref(2)
+    rnd = QueryRound(setup([r1, r2], standing=standing_of({r1.peer: (0.8, 6.0), r2.peer: (0.8, 6.0)})), 0.0)
+    rnd.start(0.0)
+    rnd.step(ok(B(1), r1, "Paris"), 0.1)
+    acts = rnd.step(Tick(), 5.0)
+    assert acts[:2] == [Cancel(B(1), (r2.key,), "slow"), Close(B(1))]
+    assert rnd.answers[r2.key].status == "slow"
+
+
+def test_nobody_answered_the_silent_are_replaced_whatever_their_standing():
+    r1, r2, r3 = ref(1), ref(2), ref(3)
+    rnd = QueryRound(setup([r1, r2, r3], standing=standing_of({r1.peer: (0.9, 9.0)})), 0.0)
+    rnd.start(0.0)
+    assert rnd.step(Tick(), 5.0)[:3] == [Cancel(B(1), (r1.key, r2.key), "slow"), Close(B(1)),
+                                         Ask(B(2), (r3,), PROMPT, 60.0, None)]
+
+
+def test_agreement_counts_by_standing_not_head_count():
+    # two weak experts agree on a wrong answer; the one with standing differs: its answer is
+    # delivered, and the ratings stay the head count's
+    r1, r2, r3 = ref(1), ref(2), ref(3)
+    table = {r1.peer: (0.2, 9.0), r2.peer: (0.4, 9.0), r3.peer: (0.9, 9.0)}
+    rnd = QueryRound(setup([r1, r2, r3], respondents=3, standing=standing_of(table)), 0.0)
+    rnd.start(0.0)
+    rnd.step(ok(B(1), r1, "Lyon"), 0.1)
+    rnd.step(ok(B(1), r2, "Lyon."), 0.2)
+    acts = rnd.step(ok(B(1), r3, "Paris"), 1.0)
+    res = done(acts).outcome.result
+    assert res.text == "Paris" and res.provenance.chosen == xkey(r3)
+    assert "head count: majority answer (2 of 3 agree)" in res.provenance.reason
+    assert [a.rating.score for a in acts if isinstance(a, Rate)] == [1.0, 1.0, 0.0]
+
+
+def test_a_majority_delivers_its_best_standing_member_not_its_fastest():
+    r1, r2 = ref(1), ref(2)
+    rnd = QueryRound(setup([r1, r2], standing=standing_of({r1.peer: (0.5, 9.0), r2.peer: (0.7, 9.0)})), 0.0)
+    rnd.start(0.0)
+    rnd.step(ok(B(1), r1, "Paris."), 0.1)
+    res = done(rnd.step(ok(B(1), r2, "The answer is Paris"), 2.0)).outcome.result
+    assert res.provenance.chosen == xkey(r2) and res.text == "The answer is Paris"
+
+
+def test_equal_standing_keeps_the_head_count():
+    # nobody known yet: the majority's fastest, as before standing existed
+    r1, r2, r3 = ref(1), ref(2), ref(3)
+    rnd = QueryRound(setup([r1, r2, r3], respondents=3), 0.0)
+    rnd.start(0.0)
+    rnd.step(ok(B(1), r1, "Lyon"), 0.1)
+    rnd.step(ok(B(1), r2, "Paris"), 0.2)
+    res = done(rnd.step(ok(B(1), r3, "Paris"), 0.3)).outcome.result
+    assert res.provenance.chosen == xkey(r2) and res.provenance.reason == "majority answer (2 of 3 agree), fastest of them"
+
+
+def test_weighted_choice_counts_copies_once():
+    c = [Candidate("p1", "e1", "ok", "Lyon", 10), Candidate("p2", "e2", "ok", "Lyon", 20),
+         Candidate("p3", "e3", "ok", "Paris", 30), Candidate("p4", "e4", "error")]
+    w = [vote_weight(0.6), vote_weight(0.6), vote_weight(0.7), 1.0]
+    assert w[:3] == [pytest.approx(math.log(16)), pytest.approx(math.log(16)), pytest.approx(math.log(1 + 70 / 3))]
+    assert weighted_choice(c, w)[0] == 0  # 5.55 against 3.19
+    assert weighted_choice(c, w, ["v", "v", None, None])[0] == 2  # one voice: 2.77 against 3.19
+    assert weighted_choice(c[3:], [1.0]) is None
+    # two unknown experts that agree outweigh one of 0.9, not one of 0.96
+    assert 2 * vote_weight(0.5) > vote_weight(0.9) and 2 * vote_weight(0.5) < vote_weight(0.96)
+    assert vote_weight(1.0) == pytest.approx(math.log(991)) and vote_weight(-1) == pytest.approx(math.log1p(10 / 99))
+
+
+def test_patience_learns_from_observed_latency():
+    # e2's card: 0.475 s for this prompt; it takes 3 s (6.3 x): the next round waits longer
+    r1, r2 = ref(1), ref(2)
+    book = LatencyBook()
+    assert card_seconds(r2.card, PROMPT) == pytest.approx(0.475)
+    assert patience([r2], PROMPT, 60.0, 3.0, 0.5, book) == pytest.approx(1.425)
+    rnd = QueryRound(setup([r1, r2], latency=book), 0.0)
+    rnd.start(0.0)
+    rnd.step(ok(B(1), r1, "Paris"), 0.2)
+    done(rnd.step(ok(B(1), r2, "Paris"), 3.0))
+    mean, dev, n = book.stats(r2.key)
+    assert (mean, n) == (pytest.approx(3.0 / 0.475), 1) and dev == pytest.approx(mean / 2)
+    assert book.scale(r2.key) == pytest.approx(2 * mean)  # mean + 2 x dev
+    assert patience([r2], PROMPT, 60.0, 3.0, 0.5, book) == pytest.approx(3 * 0.475 * 2 * mean)
+    assert patience([r1, r2], PROMPT, 20.0, 3.0, 0.5, book) == 10.0  # at most half the deadline
+    # an expert faster than its card never shortens the card's patience
+    book.observe(r1.key, 0.01, 0.475)
+    assert book.scale(r1.key) == 1.0
+
+
+def test_a_respondent_given_up_on_counts_twice_its_wait():
+    r1, r2 = ref(1), ref(2)
+    book = LatencyBook()
+    rnd = QueryRound(setup([r1, r2], latency=book), 0.0)
+    rnd.start(0.0)
+    rnd.step(ok(B(1), r1, "Paris"), 0.1)
+    rnd.step(Tick(), 5.0)  # e2 slow after 5 s: at least that long, counted as 10 s
+    assert book.stats(r2.key)[0] == pytest.approx(10.0 / 0.475)
+    assert patience([r2], PROMPT, 60.0, 3.0, 5.0, book) == 30.0
+
+
+def test_latency_book_is_bounded_and_ignores_nonsense():
+    book = LatencyBook(capacity=2)
+    for i in range(3):
+        book.observe(("p", f"e{i}"), 1.0, 1.0)
+    assert len(book) == 2 and book.stats(("p", "e0")) is None
+    book.observe(("p", "x"), -1.0, 1.0)
+    book.observe(("p", "x"), 1.0, 0.0)
+    assert book.stats(("p", "x")) is None
+    with pytest.raises(ValueError):
+        LatencyBook(capacity=0)
+
+
+def test_still_wanted():
+    table = {b"a": (0.9, 5.0), b"b": (0.5, 0.0), b"c": (0.2, 5.0)}
+    st_ = standing_of(table)
+    assert still_wanted([(b"a", "x"), (b"b", "x")], [(b"c", "x")], "d", st_) == {(b"a", "x"), (b"b", "x")}
+    assert still_wanted([(b"b", "x"), (b"c", "x")], [(b"a", "x")], "d", st_) == set()
+    assert still_wanted([(b"a", "x")], [], "d", st_) == set()
+
+
 # ---------------------------------------------------------- seeded properties
 
 TEXTS = ("Paris", "Lyon", "Paris.", "The answer is Paris", "Marseille, I think")
@@ -435,7 +600,9 @@ def random_case(seed: int):
                rng.choice(("ok",) * 5 + ("error",) if rich else STATUSES), rng.randrange(5),
                rng.choice((None, 0.2, rng.random())))
               for _ in range(rng.randint(3, 40))]
-    return s, rng.choice((0.0, rng.uniform(0, 1), rng.uniform(0, 1000))), script
+    start = rng.choice((0.0, rng.uniform(0, 1), rng.uniform(0, 1000)))
+    s.latency = LatencyBook() if rng.random() < 0.5 else None  # learned patience, or the cards alone
+    return s, start, script
 
 
 class Drive:

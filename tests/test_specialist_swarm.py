@@ -47,7 +47,8 @@ def asked(monkeypatch):
     calls = []
 
     def fake_up(n, swarm_dir, *, validators=0, node_args=(), extra_args=None, **kwargs):
-        calls.append({"node_args": list(node_args), "extra_args": extra_args or {}})
+        calls.append({"node_args": list(node_args), "extra_args": extra_args or {},
+                      "probe_interval_s": kwargs.get("probe_interval_s")})
         return [{"index": i, "peer_id": f"peer{i}", "api": f"http://127.0.0.1:{9000 + i}", "peers": []}
                 for i in range(n)]
 
@@ -72,6 +73,33 @@ def test_swarm_up_gives_each_node_its_own_expert(tmp_path, asked):
     assert [n["expert"] for n in json.loads(out.output)["nodes"]] == ["chemistry", "geography", "general"]
     out = invoke(tmp_path, "--nodes", "3")
     assert "chemistry knowledge expert" in out.output and "bare generalist" in out.output
+
+
+def test_swarm_validators_probe_every_30_s_by_default(tmp_path, asked):
+    # the node's default (300 s) would leave a 3-node swarm's reputation flat for an hour
+    assert invoke(tmp_path, "--nodes", "3").exit_code == 0
+    assert invoke(tmp_path, "--nodes", "3", "--probe-interval", "5").exit_code == 0
+    assert [c["probe_interval_s"] for c in asked] == [30.0, 5.0]
+    assert invoke(tmp_path, "--nodes", "3", "--probe-interval", "0").exit_code != 0
+
+
+def test_up_gives_validators_the_probe_interval(tmp_path, monkeypatch):
+    launched = []
+
+    class Proc:
+        pid, returncode = 4242, None
+
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(swarm, "_launch", lambda args, log_path: launched.append(args) or Proc())
+    monkeypatch.setattr(swarm, "_node_status", lambda d: None)
+    monkeypatch.setattr(swarm, "down", lambda *a, **k: [])
+    monkeypatch.setattr(swarm, "_wait", lambda *a, **k: (_ for _ in ()).throw(swarm.SwarmError("stop here")))
+    with pytest.raises(swarm.SwarmError, match="stop here"):
+        swarm.up(2, tmp_path / "sw", validators=1, probe_interval_s=30.0)
+    (first,) = launched  # node 0 waits for itself to start: the stub stops there
+    assert first[first.index("--probe-interval") + 1] == "30.0" and "--validator" in first
 
 
 def test_expert_flag_still_overrides_the_default(tmp_path, asked):

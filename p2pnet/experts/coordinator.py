@@ -35,6 +35,7 @@ from p2pnet import sealing, wire
 from p2pnet.experts import domains, signals
 from p2pnet.experts.directory import Directory, ExpertRef
 from p2pnet.experts.evaluation import FEEDBACK, AgreementEvaluator, Evaluator, SignalWeights
+from p2pnet.experts.patience import LatencyBook
 from p2pnet.experts.query_round import (
     Ask, Cancel, Chunk, Close, Forget, Gone, QueryRound, Rate, Reply, RoundRules, RoundSetup, Stream, Tick,
 )
@@ -114,6 +115,7 @@ class Coordinator:
                                 judge_max_tokens=judge_max_tokens, weights=weights)
         self.watch_s = watch_s  # how often a query in flight checks that its respondents are connected
         self.feedback_book = signals.FeedbackBook(feedback_capacity)
+        self.latency = LatencyBook()  # what respondents' answers took against their cards, learned across queries
         self.directory = Directory()
         self._runs: set = set()
         self._batches: dict[bytes, _Run] = {}  # batch id (query id on the wire) -> its run
@@ -122,6 +124,8 @@ class Coordinator:
         self.forgotten = 0  # respondents no longer connected, their cards forgotten
         self.slow = 0  # respondents given up on after their patience
         self.gone = 0  # respondents that disconnected while asked
+        self.discovered = 0  # experts found through DHT provider records when none was known
+        self.discover_timeout_s = 5.0
         self.chunks_received = 0
         self._recent: deque = deque(maxlen=200)  # respondents of recent queries, for traffic shares
         node.network.on(topics.ANNOUNCE, self._on_announce)
@@ -219,6 +223,31 @@ class Coordinator:
             })
         return out
 
+    async def _discover(self, domain: str, budget_s: float, limit: int = 3) -> int:
+        """No expert of ``domain`` is known here (its announcements have not
+        reached this node, or it joined a moment ago): ask the DHT which peers
+        provide the domain (p2pnet.gossip.providers), dial up to ``limit`` of
+        them and fetch their directories of that domain, within ``budget_s``.
+        Returns how many announcements were taken; 0 with the DHT off."""
+        net = self.node.network
+        providers = getattr(net, "providers", None)
+        if providers is None or budget_s <= 0:
+            return 0
+        taken = 0
+        with trio.move_on_after(budget_s):
+            found = await providers.find_domain(domain, count=limit * 2)
+            for p in [p for p in found if p.peer != net.peer_id][:limit]:
+                try:
+                    if p.peer not in net.peers() and not await net.connector.dial_addrs(p.peer, p.addrs):
+                        continue
+                    taken += await net.fetch_directory(p.peer, timeout_s=budget_s, domain=domain)
+                except Exception as exc:  # a provider that left or refuses: try the next
+                    log.info("discovering %r experts at %s: %s", domain, wire.peer_id_str(p.peer)[:16], exc)
+        if taken:
+            self.discovered += taken
+            log.info("found %d announcement(s) of %r experts through the DHT", taken, domain)
+        return taken
+
     async def chat(self, req: ChatRequest, on_delta=None, *, probe: Optional[signals.Probe] = None) -> ChatResult:
         """Answer ``req``. ``probe`` (the validator's Prober) grades each answer
         against a known answer instead of by agreement; on the wire a probe is
@@ -238,12 +267,18 @@ class Coordinator:
             max_tokens=req.max_tokens or self.default_max_tokens,
             temperature=float(req.temperature or 0.0),
         )
+        candidates = self.directory.candidates(now, domain, model)
+        if not candidates and domain and probe is None:
+            deadline = req.deadline_s or self.default_deadline_s
+            if await self._discover(domain, min(self.discover_timeout_s, deadline / 4)):
+                now = self.clock()
+                candidates = self.directory.candidates(now, domain, model)
         rnd = QueryRound(RoundSetup(
-            domain=domain, prompt=prompt, candidates=self.directory.candidates(now, domain, model),
+            domain=domain, prompt=prompt, candidates=candidates,
             deadline_s=req.deadline_s or self.default_deadline_s, policy=self.policy, evaluator=self.evaluator,
             standing=self.standing, rng=self.rng, new_id=lambda: os.urandom(16), me=self.node.network.peer_id,
             rules=self.rules, respondents=req.respondents, judges=judges or 0, probe=probe,
-            streaming=on_delta is not None,
+            streaming=on_delta is not None, latency=self.latency,
             judge_pool=self.directory.candidates(now, domain, None) if judges else ()), now)
         run = _Run(rnd, on_delta)
         self.queries += 1
@@ -462,7 +497,7 @@ class Coordinator:
     def status(self) -> dict:
         return {"queries": self.queries, "queries_failed": self.failed, "queries_in_flight": len(self._runs),
                 "respondents_forgotten": self.forgotten, "respondents_slow": self.slow,
-                "respondents_gone": self.gone,
+                "respondents_gone": self.gone, "experts_discovered": self.discovered,
                 "ratings_pending": len(self.ratings) if self.ratings is not None else 0,
                 "known_experts": len(self.directory.all(self.clock()))}
 

@@ -11,6 +11,7 @@ docs/evaluation.md)."""
 
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
@@ -270,3 +271,61 @@ def by_voice(evaluator: Evaluator, candidates: Sequence[Candidate], voices: Sequ
 
 
 EVALUATORS = {"agreement": AgreementEvaluator, "fastest": FastestEvaluator}
+
+
+# --------------------------------------------------- choosing by standing
+
+WRONG_ANSWERS = 10
+"""For the vote: a wrong answer is one of about this many equally likely ones."""
+
+
+def vote_weight(quality: float, wrong_answers: int = WRONG_ANSWERS) -> float:
+    """The say of an expert right with probability ``quality`` (``q``, kept
+    within [0.01, 0.99]) in a vote on answers with many possible wrong ones:
+    ``ln(1 + m q / (1 - q))``. An answer's chance of being right grows by the
+    factor ``m q / (1 - q)`` for each independent expert that gives it (a
+    wrong expert gives that same answer with chance ``(1 - q) / m``), so two
+    experts that agree outweigh one better expert unless it is much better:
+    two unknown experts (0.5: 2.40 each) against one of 0.9 (4.51) or one
+    of 0.96 (5.48). ``1 +`` keeps every weight positive, and experts of equal
+    standing count equally (a head count)."""
+    q = min(0.99, max(0.01, float(quality)))
+    return math.log1p(wrong_answers * q / (1.0 - q))
+
+
+def weighted_choice(candidates: Sequence[Candidate], weights: Sequence[float],
+                    voices: Optional[Sequence] = None) -> Optional[tuple[int, str]]:
+    """The answer to deliver when agreement counts by standing: usable answers
+    that agree (agreement >= AGREES with the group's first) form a group; a
+    group's weight is the sum of its members' ``weights`` (copies, members
+    with the same ``voices`` key, count once: the highest). The heaviest
+    group wins; within it the member with the highest weight, then the
+    fastest. Returns (index, reason), or None without a usable answer."""
+    usable = [i for i, c in enumerate(candidates) if is_usable(c)]
+    if not usable:
+        return None
+    voices = voices if voices is not None else [None] * len(candidates)
+    # members by weight, then speed: a group's first is its best-standing answer
+    order = sorted(usable, key=lambda i: (-weights[i], candidates[i].latency_ms, i))
+    groups: list[list[int]] = []
+    for i in order:
+        for g in groups:
+            if agreement(candidates[g[0]].text, candidates[i].text) >= AGREES:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+
+    def weight(g: list[int]) -> float:
+        by_voice: dict = {}
+        for i in g:
+            v = i if voices[i] is None else ("voice", voices[i])
+            by_voice[v] = max(by_voice.get(v, 0.0), weights[i])
+        return sum(by_voice.values())
+
+    ranked = sorted(groups, key=lambda g: (-round(weight(g), 9), order.index(g[0])))
+    best = ranked[0]
+    total = sum(weight(g) for g in groups)
+    reason = (f"answer of {len(best)} of {len(usable)} usable with {weight(best):.2f} of {total:.2f} "
+              f"vote weight by standing, its best-standing expert's")
+    return best[0], reason

@@ -30,13 +30,17 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 from p2pnet import wire
 from p2pnet.config import MAX_JUDGES
-from p2pnet.experts import signals
+from p2pnet.experts import patience as waiting, signals
 from p2pnet.experts.directory import ExpertRef
 from p2pnet.experts.evaluation import Candidate, Evaluation, Evaluator, SignalWeights, by_voice, is_usable, normalize
+from p2pnet.experts.patience import LatencyBook
+from p2pnet.experts.round_io import (  # noqa: F401 (the round's vocabulary, imported from here)
+    Action, Ask, Cancel, Chunk, Close, Done, Event, Forget, Gone, Rate, Reply, Stream, Tick,
+)
 from p2pnet.experts.selection import Selection, SelectionPolicy, Standing
 from p2pnet.experts.verdict import Outcome, Verdict, judge_tally
 from p2pnet.query import BadQuery, Escalation, ExpertKey, NoExpertAvailable
@@ -45,118 +49,6 @@ Key = tuple  # (peer: bytes, expert_id: str)
 
 MIN_ASK_S = 0.5
 """No further expert is asked with this little (seconds) of the deadline left."""
-
-
-# ------------------------------------------------------------------ events
-
-@dataclass(frozen=True)
-class Reply:
-    """An expert's answer to batch ``batch_id`` (opened and checked by the
-    driver; an unreadable one arrives with status "invalid"), or a failure to
-    reach it (status "busy": the query could not be sent)."""
-
-    batch_id: bytes
-    key: Key
-    status: str
-    text: str = ""
-    completion_tokens: int = 0
-    finish_reason: str = ""
-    confidence: Optional[float] = None
-    answer_hash: bytes = b""
-    prompt_tokens: int = 0
-    gen_ms: int = 0
-    error: str = ""
-    passages: tuple = ()  # ids of the knowledge passages the expert put into its prompt
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Piece ``index`` of the text a streaming respondent is generating."""
-
-    batch_id: bytes
-    key: Key
-    index: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Gone:
-    """Respondents of batch ``batch_id`` that are no longer connected."""
-
-    batch_id: bytes
-    keys: tuple
-
-
-@dataclass(frozen=True)
-class Tick:
-    """Time passed: the driver's timer for :meth:`QueryRound.wake_at` fired."""
-
-
-Event = Union[Reply, Chunk, Gone, Tick]
-
-
-# ----------------------------------------------------------------- actions
-
-@dataclass(frozen=True)
-class Ask:
-    """Send ``prompt`` sealed to each of ``refs`` as query ``batch_id``, to be
-    answered by ``deadline`` (round time); ``stream_key`` streams its text.
-    ``traffic``: a user query's respondents (not judges), for traffic shares."""
-
-    batch_id: bytes
-    refs: tuple[ExpertRef, ...]
-    prompt: wire.PromptBody
-    deadline: float
-    stream_key: Optional[Key] = None
-    traffic: bool = True
-
-
-@dataclass(frozen=True)
-class Cancel:
-    """Cancel batch ``batch_id`` wherever it still runs; ``keys`` stayed
-    silent (``why``: "slow" or "timeout"); forget those no longer connected."""
-
-    batch_id: bytes
-    keys: tuple
-    why: str
-
-
-@dataclass(frozen=True)
-class Close:
-    """Batch ``batch_id`` is over: stop its local work, ignore late answers."""
-
-    batch_id: bytes
-
-
-@dataclass(frozen=True)
-class Forget:
-    """``key`` disconnected while asked: forget its cards until it announces again."""
-
-    key: Key
-
-
-@dataclass(frozen=True)
-class Stream:
-    """Pass ``text`` on to the client."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Rate:
-    """Record this rating (signed by the driver) for the ledger."""
-
-    rating: wire.Rating
-
-
-@dataclass(frozen=True)
-class Done:
-    """The round is over: its outcome (an answer, or the error to raise)."""
-
-    outcome: Outcome
-
-
-Action = Union[Ask, Cancel, Close, Forget, Stream, Rate, Done]
 
 
 # ------------------------------------------------------------------- setup
@@ -197,6 +89,7 @@ class RoundSetup:
     probe: Optional[signals.Probe] = None
     streaming: bool = False  # the client wants text as it is generated
     judge_pool: Sequence[ExpertRef] = ()
+    latency: Optional[LatencyBook] = None  # observed answer times, shared by a driver's rounds
 
 
 @dataclass
@@ -206,6 +99,8 @@ class _Batch:
     started: float
     deadline: float
     patience_at: Optional[float]
+    expected: dict = field(default_factory=dict)  # key -> the card's time for this prompt (s)
+    extended: bool = False  # waited one more patience for a respondent with better standing
     stream_key: Optional[Key] = None
     next_chunk: int = 0
     streamed: str = ""
@@ -327,8 +222,8 @@ class QueryRound:
                 out += [Forget(k) for k in gone]
                 self._mark(b, gone, "gone", now)
         if b.patience_at is not None and now >= b.patience_at and not b.done and now < b.deadline:
-            b.patience_at = None
-            out += self._give_up_on_slow(b, now)
+            at, b.patience_at = b.patience_at, None
+            out += self._give_up_on_slow(b, now, at)
         if not b.done and now >= b.deadline:
             b.timed_out = True
             silent = tuple(k for k in b.keys if k not in self._answers_of(b))
@@ -352,6 +247,12 @@ class QueryRound:
         self._answers_of(b)[r.key] = cand
         if not b.judging:
             self.meta[r.key] = r
+        book = self.s.latency
+        if book is not None and r.key in b.expected:
+            if r.status == "ok":
+                book.observe(r.key, now - b.started, b.expected[r.key])
+            elif r.status in ("slow", "timeout"):
+                book.gave_up(r.key, now - b.started, b.expected[r.key])
         if all(k in self._answers_of(b) for k in b.keys):
             b.done = True
 
@@ -359,36 +260,39 @@ class QueryRound:
         for key in keys:
             self._take(b, Reply(b.id, key, status), now)
 
-    def _give_up_on_slow(self, b: _Batch, now: float) -> list:
-        """Past its patience: a respondent that sent nothing (a streaming one
-        that sent text is alive, and is waited for) is "slow". Its query is
-        cancelled where it still runs, and a late answer is ignored."""
-        slow = tuple(k for k in b.keys if k not in self._answers_of(b)
-                     and not (k == b.stream_key and b.next_chunk))
+    def _give_up_on_slow(self, b: _Batch, now: float, at: float) -> list:
+        """Past its patience (due ``at``): a respondent that sent nothing (a
+        streaming one that sent text is alive, and is waited for) is "slow",
+        unless its standing is better than that of every expert with a
+        usable answer (``patience.still_wanted``): the batch then waits one
+        more patience before giving up on anyone, if that leaves another
+        expert a patience before the deadline (a tie-break or a replacement
+        still fits; with 10 s and a patience of 5 s, no wait). A
+        slow one's query is cancelled where it still runs, and a late answer
+        is ignored."""
+        silent = [k for k in b.keys if k not in self._answers_of(b) and not (k == b.stream_key and b.next_chunk)]
+        wanted = set() if b.judging or b.extended else waiting.still_wanted(
+            silent, [k for k, c in self.answers.items() if is_usable(c)], self.s.domain, self.s.standing)
+        # one more patience, if another expert would still have as long after it
+        until = min(at + (at - b.started), b.deadline - (at - b.started))
+        if wanted and until > at:
+            b.extended, b.patience_at = True, until
+        else:
+            wanted = set()
+        slow = tuple(k for k in silent if k not in wanted)
         if not slow:
             return []
         self._mark(b, slow, "slow", now)
         return [Cancel(b.id, slow, "slow")]
 
-    def _patience(self, refs, deadline_s: float) -> float:
-        """How long a respondent may stay silent before it counts as slow:
-        ``patience_factor`` times the time its card announces for a
-        full-length answer (prompt and ``max_tokens``, times one more than its
-        announced load), the slowest respondent's, at least
-        ``patience_floor_s`` and at most half the deadline, so that another
-        expert still has the other half."""
-        prompt = self.prompt
-        prompt_tokens = 8 + sum(len(m.content) for m in prompt.messages) / 4  # about 4 characters a token
-        expected = max(((prompt_tokens / max(ref.card.prompt_tps, 1e-3)
-                         + prompt.max_tokens / max(ref.card.gen_tps, 1e-3)) * (1 + max(0, ref.card.load))
-                        for ref in refs), default=0.0)
-        return min(deadline_s / 2, max(self.rules.patience_floor_s, self.rules.patience_factor * expected))
-
     def _ask(self, refs, now: float, stream: bool, deadline_s: float) -> list:
         """A new batch asking ``refs`` until the round's deadline."""
-        patience = self._patience(refs, deadline_s)
+        rules = self.rules
+        patience = waiting.patience(refs, self.prompt, deadline_s, rules.patience_factor, rules.patience_floor_s,
+                                    self.s.latency)
         b = _Batch(self.s.new_id(), tuple(r.key for r in refs), now, self.deadline,
-                   now + patience if patience < deadline_s else None)
+                   now + patience if patience < deadline_s else None,
+                   {r.key: waiting.card_seconds(r.card, self.prompt) for r in refs})
         self.asked.update((r.key, r) for r in refs)
         # one respondent streams, unless the client already saw text from another (that text
         # cannot be taken back: the answer then comes whole at the end, see Verdict)
@@ -573,13 +477,19 @@ class QueryRound:
         once: at temperature 0, usable answers with the same text from experts
         that announce the same model file and knowledge (``ModelCard.voice``)
         are one voice."""
-        keys = list(self.asked)
-        cands = [self.answers[k] for k in keys]
+        cands = [self.answers[k] for k in self.asked]
         if self.prompt.temperature != 0:
             return self.s.evaluator.evaluate(cands)
-        voices = [(self.asked[k].card.voice, normalize(c.text)) if is_usable(c) and self.asked[k].card.voice
-                  else None for k, c in zip(keys, cands)]
-        return by_voice(self.s.evaluator, cands, voices)
+        return by_voice(self.s.evaluator, cands, self.voices())
+
+    def voices(self) -> list:
+        """Per respondent asked: its voice (the same for copies of one model,
+        with one knowledge, that gave the same text at temperature 0), None
+        when it is a voice of its own."""
+        if self.prompt.temperature != 0:
+            return [None] * len(self.asked)
+        return [(ref.card.voice, normalize(self.answers[k].text)) if is_usable(self.answers[k]) and ref.card.voice
+                else None for k, ref in self.asked.items()]
 
     def _finish(self, now: float) -> list:
         s, st = self.s, self.stage

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from p2pnet import wire
 from p2pnet.experts import signals
-from p2pnet.experts.evaluation import Candidate, is_usable
+from p2pnet.experts.evaluation import Candidate, is_usable, vote_weight, weighted_choice
 from p2pnet.experts.selection import Standing
 from p2pnet.query import (
     BadQuery, ChatResult, DeadlineExceeded, ExpertKey, JudgeReport, NoExpertAvailable, Provenance,
@@ -64,33 +64,37 @@ class Verdict:
         self.keys = list(rnd.asked)
         self.cands = [rnd.answers[k] for k in self.keys]
         evaluation = rnd.evaluate()
-        # with peer judging asked for, the judges (or their absence) decide; no standing
-        undecided = evaluation.undecided and s.probe is None and judging is None
         evaluation, self.rated, self.per_signal = signals.apply_signals(
             self.cands, evaluation, rnd.rules.weights, probe=s.probe,
             judge_scores=judging.scores if judging is not None else None)
-        if undecided:
+        # with peer judging asked for, the judges (or their absence) decide; a probe's grade decides
+        if s.probe is None and judging is None:
             evaluation = self._by_standing(evaluation)
         self.evaluation, self.judging = evaluation, judging
         self.query_hash = hashlib.sha256(rnd.query_id + rnd.prompt.pack()).digest()
         self.ratings = self._ratings()
 
     def _by_standing(self, evaluation):
-        """No majority, even after a tie-break: deliver the answer of the
-        expert the ledger rates best in the domain (ties: the evaluator's
-        choice). Only the delivered answer changes; the ratings stay those of
-        the undecided vote, so standing never rates itself."""
+        """Agreement counted by standing: each usable answer votes with its
+        expert's weight in the domain (:func:`evaluation.vote_weight` of its
+        posterior mean; copies of one model once), the heaviest group of
+        agreeing answers wins and its best-standing expert's answer is
+        delivered, so an answer that disagrees with a better-standing expert
+        is not chosen for being fast or for agreeing with weaker ones. While
+        standing says nothing (every weight equal) the evaluator's head count
+        stands. Only the delivered answer changes; the ratings stay those of
+        the head count, so standing never rates itself."""
         usable = [i for i, c in enumerate(self.cands) if is_usable(c)]
-        if not usable:
+        if len(usable) < 2:
             return evaluation
-        domain = self.rnd.s.domain
-        mean = {i: self.rnd.s.standing(self.keys[i][0], domain)[0] for i in usable}
-        pick = max(usable, key=lambda i: (mean[i], i == evaluation.chosen))
+        rnd, domain = self.rnd, self.rnd.s.domain
+        weights = [vote_weight(rnd.s.standing(k[0], domain)[0]) for k in self.keys]
+        if len({round(weights[i], 9) for i in usable}) == 1:
+            return evaluation
+        pick, reason = weighted_choice(self.cands, weights, rnd.voices())
         if pick == evaluation.chosen:
-            return evaluation
-        return dataclasses.replace(evaluation, chosen=pick, reason=(
-            f"no majority among {len(usable)} answers: the expert with the best standing in "
-            f"{domain!r} ({mean[pick]:.2f})"))
+            return dataclasses.replace(evaluation, reason=f"{evaluation.reason}; {reason}")
+        return dataclasses.replace(evaluation, chosen=pick, reason=f"{reason} (head count: {evaluation.reason})")
 
     def _ratings(self) -> list:
         """One rating per rated respondent; none for this node's own experts."""
