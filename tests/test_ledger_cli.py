@@ -88,13 +88,15 @@ def test_a_ledger_of_another_state_format_is_one_line(data_dir, tmp_path):
     """A ledger written by a release with another reputation rule (format 1:
     a cumulative per-pair budget) is refused on open, not misread."""
     import shutil
+
+    from p2pnet.consensus.reputation import STATE_VERSION
     copy = tmp_path / "old"
     shutil.copytree(data_dir, copy)
     env = lmdb.open(str(copy / "ledger"), max_dbs=8)
     db = env.open_db(b"meta")
     with env.begin(write=True) as txn:
         state = bytes(txn.get(b"app_state", db=db))
-        assert state[:2] == b"\x95\x02"
+        assert state[:2] == bytes([0x95, STATE_VERSION])
         txn.put(b"app_state", b"\x95\x01" + state[2:], db=db)
     env.close()
     for args in (("reputation",), ("ledger", "verify")):

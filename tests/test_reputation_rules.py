@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 from p2pnet import wire
 from p2pnet.consensus.genesis import generate_genesis
 from p2pnet.consensus.reputation import (
-    FP, STATE_VERSION, ReputationState, Rules, apply_txs, check_block_txs, decay_factor, decode_tx, genesis_state,
-    rater_weight, score, standings, state_hash,
+    FP, PROBE_MIN_EVIDENCE, PROBE_POOL_CAP, STATE_VERSION, ReputationState, Rules, apply_txs, check_block_txs,
+    decay_factor, decode_tx, genesis_state, probe_bound, rater_weight, score, standing_view, standings, state_hash,
 )
 from p2pnet.consensus.sim import make_signer
 
@@ -171,11 +171,14 @@ def test_every_record_is_the_sum_of_its_raters_says(blocks):
                <= params.max_ratings_per_rater_per_block]
         state = run([txs], state)
     for resp, recs in state.records.items():
-        for domain, (ta, tb, na, nb, _, _) in recs.items():
+        for domain, (ta, tb, na, nb, *_) in recs.items():
             says = [x[(resp, domain)] for x in state.pairs.values() if (resp, domain) in x]
             assert (ta, tb) == (sum(a for a, b, _, t in says if t), sum(b for a, b, _, t in says if t))
             assert (na, nb) == (sum(a for a, b, _, t in says if not t), sum(b for a, b, _, t in says if not t))
             assert all(a + b <= params.pair_cap for a, b, _, _ in says)
+    for recs in state.records.values():
+        for rec in recs.values():  # the probe pool: the validators' latest probe grades, bounded
+            assert rec[6] + rec[7] <= PROBE_POOL_CAP
 
 
 def test_signal_weights_scale_the_evidence_a_rating_adds():
@@ -186,7 +189,7 @@ def test_signal_weights_scale_the_evidence_a_rating_adds():
     def evidence(signal, genesis=weighted, n=1):
         s = run([[rate(v, EXPERT, 1.0, k=i * 10 + j, signal=signal) for j, v in enumerate(VALIDATORS)]
                  for i in range(n)], genesis_state(genesis))
-        ta, tb, na, nb, count, _ = s.records[EXPERT.peer_id]["code"]
+        ta, tb, na, nb, count = s.records[EXPERT.peer_id]["code"][:5]
         return ta + tb + na + nb, count
 
     assert evidence("agreement", GENESIS) == (4 * FP, 4)  # the default: every signal counts 1.0
@@ -262,3 +265,75 @@ def test_weights_do_not_depend_on_order_within_a_block(ratings, rnd):
     rnd.shuffle(keys)
     reordered = [t for k in keys for t in by_rater[k]]
     assert run([txs]).to_bytes() == run([reordered]).to_bytes()
+
+
+# ---------------------------------------------------------------- the probe bound
+
+
+def _praised(n=3):
+    """An expert every validator rated 1.0 by agreement ``n`` times (a vote a
+    colluding majority can win): 12 units of trusted evidence, all praise."""
+    return run([[rate(v, EXPERT, 1.0, k=i * 10 + j) for j, v in enumerate(VALIDATORS)] for i in range(n)])
+
+
+def _probed(state, grades, rater=None, k0=1000):
+    """``state`` after one probe grade per block, alternating validators unless ``rater``."""
+    for i, g in enumerate(grades):
+        who = rater or VALIDATORS[i % 2]
+        state = run([[rate(who, EXPERT, g, k=k0 + i, signal="probe")]], state)
+    return state
+
+
+def test_graded_probes_bound_the_mean_that_praise_and_votes_lift():
+    praised = _praised()
+    mean, evidence = standing_view(praised, EXPERT.peer_id, "code")
+    assert mean > 0.9 and evidence == 12.0
+    # half of its probe answers are wrong: 4 units of probe evidence at 0.5
+    probed = _probed(praised, [1.0, 0.0, 1.0, 0.0])
+    rec = probed.records[EXPERT.peer_id]["code"]
+    assert rec[6:] == (2 * FP, 2 * FP)
+    bound = probe_bound(rec, probed.rules.params)
+    assert bound == 500_000 + 188_982  # Beta(3, 3): mean 0.5, sd sqrt(9 / 252)
+    mean, evidence = standing_view(probed, EXPERT.peer_id, "code")
+    # the probes replaced two validators' earlier praise within their say (pair_cap): the
+    # evidence is as much as before, and only the mean is bounded
+    assert mean == bound / FP and evidence == pytest.approx(12.0, abs=1e-5)
+    assert score(probed, EXPERT.peer_id, "code") == bound / FP
+    # as a rater it weighs what its bounded mean earns, not what the praise did
+    assert rater_weight(probed, EXPERT.peer_id)[0] < rater_weight(praised, EXPERT.peer_id)[0]
+
+
+def test_probes_only_bound_from_above_and_only_with_enough_of_them():
+    # one probe grade (1 unit < PROBE_MIN_EVIDENCE): no bound yet
+    assert PROBE_MIN_EVIDENCE == 2 * FP
+    one = _probed(_praised(), [0.0])
+    assert probe_bound(one.records[EXPERT.peer_id]["code"], one.rules.params) is None
+    # the plain posterior: the grade took the place of one of that validator's 3 praises
+    assert standing_view(one, EXPERT.peer_id, "code")[0] == pytest.approx((1 + 11) / (2 + 12), abs=1e-5)
+    # good probes never lift a mean that other ratings hold down (a degrading expert still falls)
+    panned = run([[rate(v, EXPERT, 0.0, k=i * 10 + j) for j, v in enumerate(VALIDATORS)] for i in range(3)])
+    lifted = _probed(panned, [1.0, 1.0, 1.0])
+    mean, _ = standing_view(lifted, EXPERT.peer_id, "code")
+    # the plain posterior: the grades count as ratings within each validator's say (its older
+    # ratings fade in proportion: 8/3 praise of 12 units), nothing more; the bound is far above
+    assert mean == pytest.approx((1 + 8 / 3) / (2 + 12), abs=1e-5)
+    assert probe_bound(lifted.records[EXPERT.peer_id]["code"], lifted.rules.params) > 0.9 * FP
+
+
+def test_the_probe_pool_holds_only_the_validators_latest_probe_grades():
+    # a non-validator's "probe" ratings and a validator's agreement ratings leave the pool empty
+    other = _probed(_praised(), [0.0] * 4, rater=OTHER)
+    assert other.records[EXPERT.peer_id]["code"][6:] == (0, 0)
+    # many good grades, then bad ones: the pool never holds more than its cap, and the
+    # older grades make room for the newer (an expert that degrades loses its bound's support)
+    state = _probed(_praised(), [1.0] * 20)
+    assert state.records[EXPERT.peer_id]["code"][6:] == (PROBE_POOL_CAP, 0)
+    state = _probed(state, [0.0] * 20, k0=2000)
+    pa, pb = state.records[EXPERT.peer_id]["code"][6:]
+    # each new grade scales the older ones by 11/12: 12 * (11/12)**20 = 2.1 units of good grades left
+    assert pa + pb <= PROBE_POOL_CAP and 2.0 * FP < pa < 2.2 * FP and pb > 9.8 * FP
+    # two validators still praise it (6 units), two now grade it 0: the probes bound it to 0.33
+    bound = probe_bound(state.records[EXPERT.peer_id]["code"], state.rules.params)
+    assert bound < 0.35 * FP and standing_view(state, EXPERT.peer_id, "code")[0] == bound / FP
+    # and the state with its pools replays and round-trips byte for byte
+    assert ReputationState.from_bytes(state.rules, state.to_bytes()).hash() == state.hash()

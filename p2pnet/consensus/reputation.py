@@ -11,21 +11,35 @@ and why it resists sybils is described in docs/reputation.md.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from p2pnet import wire
 from p2pnet.consensus.genesis import Genesis, Params
 
+PROBE = "probe"
+"""The signal whose grades fill a record's probe pool (wire.RATING_SIGNALS)."""
 FP = 1_000_000
-STATE_VERSION = 2
-"""2: a rater's say on a record is its latest ratings (:data:`PairSay`); 1 was a
-cumulative budget that only decay freed."""
+STATE_VERSION = 3
+"""3: a record also holds the validators' latest probe grades (:data:`Record`),
+which bound its mean from above; 2: a rater's say on a record is its latest
+ratings (:data:`PairSay`); 1 was a cumulative budget that only decay freed."""
+PROBE_POOL_CAP = 12 * FP
+"""The probe pool of a record holds the validators' latest probe grades, at most
+this much evidence: a new grade scales the older ones down to make room."""
+PROBE_MIN_EVIDENCE = 2 * FP
+"""Below this much probe evidence a record's mean is not bounded by its probes."""
+PROBE_Z_PPM = 1_000_000
+"""The bound is the probes' posterior mean plus this many (in ppm) of its sd."""
 TX_KINDS = frozenset({wire.Rating.KIND})
 """Message kinds that may be ledger transactions."""
 
-Record = Tuple[int, int, int, int, int, int]
-"""(trusted_alpha, trusted_beta, newcomer_alpha, newcomer_beta, count, epoch)"""
+Record = Tuple[int, int, int, int, int, int, int, int]
+"""(trusted_alpha, trusted_beta, newcomer_alpha, newcomer_beta, count, epoch,
+probe_alpha, probe_beta). The probe pool is a second view of the validators'
+probe grades (they count in the trusted pool too): the answer graded against a
+known answer, which a colluding majority cannot outvote."""
 PairSay = Tuple[int, int, int, int]
 """One rater's say on one (respondent, domain) record: (alpha, beta, epoch, trusted),
 the evidence its ratings still hold in the record's trusted (1) or newcomer (0) pool."""
@@ -210,11 +224,35 @@ def state_hash(state: ReputationState) -> bytes:
 
 
 def _decay_record(rec: Record, epoch: int, ppm: int) -> Record:
-    ta, tb, na, nb, count, e = rec
+    ta, tb, na, nb, count, e, pa, pb = rec
     if e == epoch:
         return rec
     f = decay_factor(ppm, epoch - e)
-    return (ta * f // FP, tb * f // FP, na * f // FP, nb * f // FP, count, epoch)
+    return (ta * f // FP, tb * f // FP, na * f // FP, nb * f // FP, count, epoch, pa * f // FP, pb * f // FP)
+
+
+def probe_bound(rec: Record, p: Params) -> Optional[int]:
+    """The highest mean (FP) that a record's probe pool supports: the probes'
+    posterior mean plus ``PROBE_Z_PPM`` of its sd (integer square root), or None
+    while the pool holds less than ``PROBE_MIN_EVIDENCE``. Praise, agreement and
+    votes a ring wins cannot lift a mean above what graded probes show; nothing
+    here lifts a mean (an expert that degrades falls with its other ratings)."""
+    pa, pb = rec[6], rec[7]
+    if pa + pb < PROBE_MIN_EVIDENCE:
+        return None
+    a, b = p.prior_alpha + pa, p.prior_beta + pb
+    n = a + b
+    mean = a * FP // n
+    sd = math.isqrt(a * b * FP * FP * FP // (n * n * (n + FP)))
+    return min(FP, mean + sd * PROBE_Z_PPM // FP)
+
+
+def _mean(alpha: int, beta: int, rec: Record, p: Params) -> int:
+    """Posterior mean (FP) of evidence (alpha, beta) with the prior, at most the
+    record's :func:`probe_bound`."""
+    mean = (p.prior_alpha + alpha) * FP // (p.prior_alpha + p.prior_beta + alpha + beta)
+    bound = probe_bound(rec, p)
+    return mean if bound is None else min(mean, bound)
 
 
 def _fade_say(say: Optional[PairSay], epoch: int, ppm: int, room: int, trusted: int,
@@ -240,6 +278,17 @@ def _fade_say(say: Optional[PairSay], epoch: int, ppm: int, room: int, trusted: 
     return keep_a, keep_b
 
 
+def _probe_pool(pa: int, pb: int, eff: int, s: int) -> Tuple[int, int]:
+    """A record's probe pool after one more validator's probe grade ``s`` (FP)
+    of evidence ``eff``: the older grades are scaled down, in proportion, to
+    leave room for it within ``PROBE_POOL_CAP``, so the pool is the latest grades."""
+    eff = min(eff, PROBE_POOL_CAP)
+    room = PROBE_POOL_CAP - eff
+    if pa + pb > room:
+        pa, pb = pa * room // (pa + pb), pb * room // (pa + pb)
+    return pa + eff * s // FP, pb + eff * (FP - s) // FP
+
+
 def _effective(rec: Record, p: Params) -> Tuple[int, int]:
     """Alpha and beta evidence of a record, the newcomer pool clipped to its cap."""
     ta, tb, na, nb = rec[:4]
@@ -255,9 +304,10 @@ def _standing(state: ReputationState, peer: bytes) -> int:
     p = state.rules.params
     best = 0
     for rec in state.records.get(peer, {}).values():
-        ta, tb = _decay_record(rec, state.epoch, p.decay_per_epoch_ppm)[:2]
+        rec = _decay_record(rec, state.epoch, p.decay_per_epoch_ppm)
+        ta, tb = rec[:2]
         evidence = ta + tb
-        mean = (p.prior_alpha + ta) * FP // (p.prior_alpha + p.prior_beta + evidence)
+        mean = _mean(ta, tb, rec, p)
         s = max(0, 2 * mean - FP) * evidence // (evidence + p.standing_half_evidence)
         best = max(best, s)
     return min(best, p.max_rater_weight)
@@ -327,8 +377,8 @@ def apply_txs(state: ReputationState, height: int, txs: Sequence[RatingTx]) -> R
         if resp not in copied_r:
             new.records[resp] = dict(new.records.get(resp, {}))
             copied_r.add(resp)
-        rec = new.records[resp].get(domain, (0, 0, 0, 0, 0, epoch))
-        ta, tb, na, nb, count, _ = _decay_record(rec, epoch, p.decay_per_epoch_ppm)
+        rec = new.records[resp].get(domain, (0, 0, 0, 0, 0, epoch, 0, 0))
+        ta, tb, na, nb, count, _, pa, pb = _decay_record(rec, epoch, p.decay_per_epoch_ppm)
         pools = [[na, nb], [ta, tb]]  # [newcomer, trusted]
         say = new.pairs[tx.rater].get((resp, domain))
         # the signal scales what the rating adds; the rater's say stays within pair_cap * weight
@@ -341,7 +391,9 @@ def apply_txs(state: ReputationState, height: int, txs: Sequence[RatingTx]) -> R
         pool = pools[int(trusted)]
         pool[0], pool[1] = pool[0] + da, pool[1] + db
         (na, nb), (ta, tb) = pools
-        new.records[resp][domain] = (ta, tb, na, nb, count + 1, epoch)
+        if tx.rater in state.rules.validators and PROBE in wire.signal_parts(tx.rating.signal):
+            pa, pb = _probe_pool(pa, pb, eff, s)
+        new.records[resp][domain] = (ta, tb, na, nb, count + 1, epoch, pa, pb)
     return new
 
 
@@ -396,8 +448,7 @@ def _standing_of(state: ReputationState, resp: bytes, domain: str, rec: Record) 
     p = state.rules.params
     rec = _decay_record(rec, state.epoch, p.decay_per_epoch_ppm)
     ea, eb = _effective(rec, p)
-    alpha, beta = p.prior_alpha + ea, p.prior_beta + eb
-    s = alpha * FP // (alpha + beta)
+    s = _mean(ea, eb, rec, p)
     conf = (ea + eb) * FP // (ea + eb + p.standing_half_evidence)
     return Standing(wire.peer_id_str(resp), domain, s / FP, conf / FP, rec[4], s)
 
@@ -433,7 +484,7 @@ def standing_view(state: ReputationState, respondent: bytes, domain: str) -> Tup
         return p.prior_alpha / (p.prior_alpha + p.prior_beta), 0.0
     rec = _decay_record(rec, state.epoch, p.decay_per_epoch_ppm)
     ea, eb = _effective(rec, p)
-    return (p.prior_alpha + ea) * FP // (p.prior_alpha + p.prior_beta + ea + eb) / FP, (ea + eb) / FP
+    return _mean(ea, eb, rec, p) / FP, (ea + eb) / FP
 
 
 def score(state: ReputationState, respondent: bytes, domain: str) -> float:
