@@ -177,13 +177,13 @@ def test_newcomers_are_explored_price_blind():
 
 def test_probes_settle_experts_that_user_queries_avoid():
     """A newcomer with one poor rating, or an expert banned on thin evidence,
-    gets no user traffic; a probe (graded exactly) goes to the least-known of
-    them first, so the first gets a verdict and the second a second chance.
-    (With ``probe_open_share`` 1: every probe; by default half of them, the
-    rest re-measure the experts that carry traffic.)"""
+    gets no user traffic; a probe (graded exactly) goes to one of them (here with
+    ``probe_order`` "least": the least-known first), so the first gets a verdict
+    and the second a second chance. (With ``probe_open_share`` 1: every probe; by
+    default half of them, the rest re-measure the experts that carry traffic.)"""
     refs = [ref(i) for i in range(5)]
     standing = table(refs, [(0.9, 30), (0.9, 30), (0.33, 1.0), (0.3, 2.5), (0.2, 10)])
-    policy = ReputationPolicy(explore_share=1.0, probe_open_share=1.0)
+    policy = ReputationPolicy(explore_share=1.0, probe_open_share=1.0, probe_order="least")
     rng = random.Random(6)
     assert share(policy, refs, standing, set(refs[2:]), k=2) == 0.0  # user queries never reach them
     probes = [policy.select(refs, 1, "math", standing, rng, probe=True) for _ in range(50)]
@@ -195,6 +195,31 @@ def test_probes_settle_experts_that_user_queries_avoid():
     settled = table(refs, [(0.9, 30), (0.9, 30), (0.25, 4.0), (0.3, 4.5), (0.2, 10)])
     sels = [policy.select(refs, 1, "math", settled, rng, probe=True) for _ in range(50)]
     assert all(s.chosen[0] in refs[:2] for s in sels)  # nothing unsettled: probes go where users go
+
+
+def test_open_verdict_probes_draw_at_random_so_a_wave_cannot_starve_a_newcomer():
+    """By default (``probe_order`` "random") the open-verdict slot of a probe is
+    drawn uniformly, from the seeded rng, among the unsettled and unvetted
+    experts. A wave of 8 fresh identities then cannot keep a newcomer with a
+    sliver of evidence waiting (least-evidence-first never reaches it); experts
+    with a settled verdict never take that slot; the same seed gives the same picks."""
+    refs = [ref(i) for i in range(12)]
+    values = [(0.9, 30), (0.9, 30), (0.2, 10), (0.6, 0.2)] + [(0.5, 0.0)] * 8
+    standing = table(refs, values)
+    rand = ReputationPolicy(probe_open_share=1.0)
+    least = ReputationPolicy(probe_open_share=1.0, probe_order="least")
+    assert rand.probe_order == "random"
+    firsts = [rand.select(refs, 2, "math", standing, random.Random(s), probe=True).chosen[0] for s in range(900)]
+    assert set(firsts) == set(refs[3:])  # only the open verdicts, each of them
+    assert 900 / 9 * 0.6 < firsts.count(refs[3]) < 900 / 9 * 1.4
+    assert all("drawn at random" in rand.select(refs, 1, "math", standing, random.Random(1), probe=True).reason
+               for _ in range(3))
+    assert refs[3] not in {least.select(refs, 2, "math", standing, random.Random(s), probe=True).chosen[0]
+                           for s in range(200)}
+    again = [rand.select(refs, 2, "math", standing, random.Random(s), probe=True).chosen for s in range(50)]
+    assert again == [rand.select(refs, 2, "math", standing, random.Random(s), probe=True).chosen for s in range(50)]
+    with pytest.raises(ValueError):
+        ReputationPolicy(probe_order="newest")
 
 
 def test_one_expert_per_model_at_temperature_zero():

@@ -205,3 +205,50 @@ async def test_prober_asks_like_a_user_at_its_rate(nursery, autojump_clock):
     for _, req, probe in co.calls:
         assert req == ChatRequest("p2pnet", (("user", probe.question),), domain=probe.domain)
     assert prober.status() == {"probes_sent": len(times), "probes_failed": (len(times) + 1) // 2}
+
+
+def test_probes_draw_only_domains_that_an_announced_expert_serves():
+    """A probe of a domain nobody serves fails at once and measures nothing:
+    with ``served`` given the draw keeps to the domains it names (all of them
+    when a "general" expert is announced, since it answers any domain, or
+    when nothing overlaps); the same seed draws the same probes."""
+    probes = signals.ProbeSet.builtin()
+    assert probes.domains() == ["general", "geography"]
+    for served, expected in (({"geography", "chemistry"}, {"geography"}), ({"general"}, {"general", "geography"}),
+                             ({"chemistry"}, {"general", "geography"}), (None, {"general", "geography"}),
+                             ({"geography", "general"}, {"general", "geography"})):
+        drawn = [probes.draw(random.Random(s), served).domain for s in range(200)]
+        assert set(drawn) == expected, served
+    assert ([probes.draw(random.Random(3), {"geography"}).question for _ in range(5)]
+            == [probes.draw(random.Random(3), {"geography"}).question for _ in range(5)])
+    assert signals.servable(["a", "b", "c"], frozenset({"c", "a", "z"})) == ["a", "c"]
+
+
+async def test_the_prober_reads_the_served_domains_from_the_directory(nursery, autojump_clock):
+    from types import SimpleNamespace
+
+    class FakeCoordinator:
+        def __init__(self, domains):
+            self.calls = []
+            card = SimpleNamespace(domains=domains)
+            self.directory = SimpleNamespace(all=lambda now: [SimpleNamespace(card=card)] if domains else [])
+
+        def clock(self):
+            return 0.0
+
+        async def chat(self, req, on_delta=None, *, probe=None):
+            self.calls.append(probe)
+            return "answered"
+
+    geo = FakeCoordinator(("geography",))
+    prober = signals.Prober(geo, rng=random.Random(2))
+    for _ in range(40):
+        await prober.probe_once()
+    assert {p.domain for p in geo.calls} == {"geography"}
+    assert signals.announced_domains(geo) == frozenset({"geography"})
+    assert signals.announced_domains(object()) is None  # no directory: every domain
+    told = FakeCoordinator(())
+    prober = signals.Prober(told, rng=random.Random(2), served=lambda: ["units"])
+    for _ in range(40):
+        await prober.probe_once()
+    assert {p.domain for p in told.calls} == {"units"}

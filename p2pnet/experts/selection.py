@@ -204,6 +204,9 @@ def check_gain(p_wrong: float, quality: float) -> tuple[float, float]:
     return right - (1.0 - p_wrong), 1.0 - agree
 
 
+PROBE_ORDERS = ("random", "least")  # how probes pick the expert whose verdict is open
+
+
 class ReputationPolicy(SelectionPolicy):
     """Thompson sampling on the ledger's posterior, minus the price:
     ``value = theta - cost_weight * price - load_weight * load`` with
@@ -235,10 +238,13 @@ class ReputationPolicy(SelectionPolicy):
       if one is worth its price (:meth:`second_opinion`).
     - Probes (``select(..., probe=True)``) measure where the verdict is open:
       in ``probe_open_share`` of them (all while no expert is established)
-      the first slot goes to the unsettled or unvetted expert with the least
-      evidence: an unvetted newcomer, a newcomer whose first ratings were
-      poor (mean below the floor) or a banned one with less than
-      ``recheck_evidence``. User queries never go to them, so without probes
+      the first slot goes to an unsettled or unvetted expert: an unvetted
+      newcomer, a newcomer whose first ratings were poor (mean below the
+      floor) or a banned one with less than ``recheck_evidence``. With
+      ``probe_order`` "random" (the default) it is drawn uniformly from the
+      seeded rng: a wave of new identities (a sybil wave) then cannot push a
+      newcomer with a sliver of evidence to the back of the line. "least"
+      takes the one with the least evidence first. User queries never go to them, so without probes
       a newcomer unlucky once would stay neither banned nor trusted, and an
       early ban would be final. Probes are graded exactly: a bad expert sinks
       further, an unlucky good one recovers. The other probes re-measure the
@@ -260,7 +266,9 @@ class ReputationPolicy(SelectionPolicy):
                  z: float = 1.0, max_k: int = 3, uncertain_k: int = 3, load_weight: float = 0.2,
                  prior_weight: float = 2.0, audit_share: float = 0.0, recheck_evidence: float = 4.0,
                  escalate_below: float = 0.0, unsure_odds: float = UNSURE_ODDS,
-                 vet_evidence: float = 0.5, probe_open_share: float = 0.5) -> None:
+                 vet_evidence: float = 0.5, probe_open_share: float = 0.5, probe_order: str = "random") -> None:
+        if probe_order not in PROBE_ORDERS:
+            raise ValueError(f"probe_order must be one of {', '.join(PROBE_ORDERS)}")
         if not 0.0 <= explore_share <= 1.0 or not 0.0 <= audit_share <= 1.0 or not 0.0 <= probe_open_share <= 1.0:
             raise ValueError("explore_share, audit_share and probe_open_share must lie in [0, 1]")
         if not 1 <= max_k <= 16 or not 1 <= uncertain_k <= 16:
@@ -280,6 +288,7 @@ class ReputationPolicy(SelectionPolicy):
         self.recheck_evidence, self.escalate_below = recheck_evidence, escalate_below
         self.unsure_odds = unsure_odds
         self.vet_evidence, self.probe_open_share = vet_evidence, probe_open_share
+        self.probe_order = probe_order
 
     # ------------------------------------------------------------ pure parts
 
@@ -393,12 +402,17 @@ class ReputationPolicy(SelectionPolicy):
         unsure = False
         one = distinct_models
         if probe and (unsettled or unvetted) and (not est or rng.random() < self.probe_open_share):
-            # the first slot measures where the verdict is open, least known first; the
-            # rest (and the other probes) re-measure the experts that carry traffic, so
-            # that one that degrades is seen
-            target = min(unsettled + unvetted, key=lambda row: (row[2].evidence, -row[3]))
+            # the first slot measures where the verdict is open (drawn at random, or least
+            # known first); the rest (and the other probes) re-measure the experts that
+            # carry traffic, so that one that degrades is seen
+            open_rows = unsettled + unvetted
+            if self.probe_order == "least":
+                target = min(open_rows, key=lambda row: (row[2].evidence, -row[3]))
+                notes.append("probing the least-known unsettled or unvetted expert")
+            else:
+                target = open_rows[rng.randrange(len(open_rows))]
+                notes.append("probing an unsettled or unvetted expert drawn at random")
             chosen = [target] + take(est + vetted + unvetted + poor, k - 1, [target], one)
-            notes.append("probing the least-known unsettled or unvetted expert")
         elif est:
             chosen = take(est, k, distinct=one)
             # a check of the pick goes to the most proven other expert (the best

@@ -12,7 +12,7 @@ import random
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 import trio
 
@@ -93,11 +93,20 @@ class ProbeSet:
             banks = ()
         return cls(cls.builtin().probes + tuple(banks), arithmetic=True)
 
-    def draw(self, rng: random.Random) -> Probe:
+    def domains(self) -> list[str]:
+        """The domains this set has probes for, sorted."""
+        return sorted({p.domain for p in self.probes} | ({"general"} if self.arithmetic else set()))
+
+    def draw(self, rng: random.Random, served: Optional[Collection[str]] = None) -> Probe:
         """A probe of a domain drawn uniformly (so a large bank does not
         crowd out the others), then a question of it; generated sums are
-        half of the "general" domain's draws (all of them without probes)."""
-        domains = sorted({p.domain for p in self.probes} | ({"general"} if self.arithmetic else set()))
+        half of the "general" domain's draws (all of them without probes).
+
+        ``served`` (the domains the announced experts name, see
+        :func:`servable`) limits the draw to domains some expert would
+        answer; a probe of a domain nobody serves fails at once and measures
+        nothing. None, or no overlap, leaves every domain in."""
+        domains = servable(self.domains(), served)
         domain = domains[rng.randrange(len(domains))]
         pool = [p for p in self.probes if p.domain == domain]
         if self.arithmetic and domain == "general" and (not pool or rng.random() < 0.5):
@@ -109,13 +118,36 @@ class ProbeSet:
         return len(self.probes)
 
 
+def servable(domains: Sequence[str], served: Optional[Collection[str]]) -> list[str]:
+    """Those of ``domains`` that an expert announcing one of ``served`` would
+    answer (as the directory routes: a "general" expert serves any domain, so
+    with one announced every domain stays). All of ``domains`` when
+    ``served`` is None or leaves none."""
+    if served is None or "general" in served:
+        return list(domains)
+    return [d for d in domains if d in served] or list(domains)
+
+
+def announced_domains(coordinator) -> Optional[frozenset]:
+    """The domains the experts in ``coordinator``'s directory announce now;
+    None if it keeps no directory (then probes draw from every domain)."""
+    directory, clock = getattr(coordinator, "directory", None), getattr(coordinator, "clock", None)
+    if directory is None or clock is None:
+        return None
+    return frozenset(d for ref in directory.all(clock()) for d in ref.card.domains)
+
+
 class Prober:
     """Sends a probe through the coordinator every ``interval_s`` (randomly
     jittered by ±50%), exactly as a user query, and rates each respondent
-    1.0/0.0 (signal "probe"). Run it with ``nursery.start(prober.run)``."""
+    1.0/0.0 (signal "probe"). Probes draw only domains that some announced
+    expert serves (``served``: a callable returning those domains, by default
+    read from the coordinator's directory). Run it with
+    ``nursery.start(prober.run)``."""
 
     def __init__(self, coordinator, probes: Optional[ProbeSet] = None, *, interval_s: float = 300.0,
-                 respondents: Optional[int] = None, rng: Optional[random.Random] = None) -> None:
+                 respondents: Optional[int] = None, rng: Optional[random.Random] = None,
+                 served: Optional[Callable[[], Optional[Iterable[str]]]] = None) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self.coordinator = coordinator
@@ -123,12 +155,15 @@ class Prober:
         self.interval_s = interval_s
         self.respondents = respondents
         self.rng = rng or random.Random()
+        self.served = served or (lambda: announced_domains(coordinator))
         self.sent = 0
         self.failed = 0
 
     async def probe_once(self, probe: Optional[Probe] = None):
         """Send one probe; returns the ChatResult, or None if the query failed."""
-        probe = probe or self.probes.draw(self.rng)
+        if probe is None:
+            served = self.served()
+            probe = self.probes.draw(self.rng, None if served is None else frozenset(served))
         req = ChatRequest(model="p2pnet", messages=(("user", probe.question),), domain=probe.domain,
                           respondents=self.respondents)
         self.sent += 1
