@@ -520,4 +520,33 @@ async def test_a_domain_with_no_known_expert_is_found_through_dht_provider_recor
     resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=1, domain="geography"))
     assert resp.choices[0].message.content == "The capital of France is Paris."
     assert resp.model_extra["p2pnet"]["chosen"]["peer_id"] == expert_node.peer_id
-    assert coordinator.status()["experts_discovered"] >= 1
+    assert coordinator.status()["experts_discovered_dht"] >= 1
+
+
+async def test_a_node_that_knows_no_expert_asks_its_peers_directories_before_giving_up(nursery, tmp_path):
+    """Without the DHT: the coordinator has no card at all (announcements
+    not arrived yet, as right after joining): before answering "no expert"
+    it fetches a connected peer's directory and is answered."""
+    nodes = []
+    for name, backend in (("coord", None), ("n0", paris())):
+        cfg = config.build(None, data_dir=tmp_path / name, listen=("/ip4/127.0.0.1/tcp/0",), api_port=0,
+                           bootstrap=(boot_addr(nodes[0]),) if nodes else (), announce_interval_s=300.0,
+                           announce_ttl_s=600.0)
+        experts = []
+        if backend is not None:
+            experts.append(Expert("scripted", backend, domains=("general", "geography"), max_concurrency=2))
+            await experts[0].start()
+        node = Node(cfg, experts=experts)
+        await nursery.start(node.run)
+        nodes.append(node)
+    coord, expert_node = nodes
+    coordinator = coordinator_of(coord)
+    await wait_for(lambda: coord.network.peers(), 30, "the two nodes to connect")
+    await wait_for(lambda: coordinator.directory.all(coordinator.clock()), 30, "the expert's announcement")
+    coordinator.directory.forget(expert_node.network.peer_id)
+    coord.network.announces.expire(float("inf"))
+    resp = await trio.to_thread.run_sync(lambda: ask(coord.api_url, respondents=1))
+    assert resp.choices[0].message.content == "The capital of France is Paris."
+    assert resp.model_extra["p2pnet"]["chosen"]["peer_id"] == expert_node.peer_id
+    status = coordinator.status()
+    assert status["experts_discovered"] >= 1 and status["experts_discovered_dht"] == 0

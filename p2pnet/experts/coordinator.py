@@ -124,7 +124,8 @@ class Coordinator:
         self.forgotten = 0  # respondents no longer connected, their cards forgotten
         self.slow = 0  # respondents given up on after their patience
         self.gone = 0  # respondents that disconnected while asked
-        self.discovered = 0  # experts found through DHT provider records when none was known
+        self.discovered = 0  # announcements fetched on asking because no expert was known
+        self.discovered_dht = 0  # of those, from peers the DHT's provider records named
         self.discover_timeout_s = 5.0
         self.chunks_received = 0
         self._recent: deque = deque(maxlen=200)  # respondents of recent queries, for traffic shares
@@ -224,28 +225,37 @@ class Coordinator:
         return out
 
     async def _discover(self, domain: str, budget_s: float, limit: int = 3) -> int:
-        """No expert of ``domain`` is known here (its announcements have not
-        reached this node, or it joined a moment ago): ask the DHT which peers
-        provide the domain (p2pnet.gossip.providers), dial up to ``limit`` of
-        them and fetch their directories of that domain, within ``budget_s``.
-        Returns how many announcements were taken; 0 with the DHT off."""
+        """No expert for ``domain`` is known here (its announcements have not
+        reached this node yet, or it joined a moment ago), within ``budget_s``:
+        with the DHT on, ask which peers provide the domain
+        (p2pnet.gossip.providers), dial up to ``limit`` of them and fetch
+        their directories of that domain; if that finds nothing, fetch the
+        whole directory of up to 2 connected peers. Returns how many
+        announcements were taken."""
         net = self.node.network
-        providers = getattr(net, "providers", None)
-        if providers is None or budget_s <= 0:
+        if budget_s <= 0 or not hasattr(net, "fetch_directory"):
             return 0
         taken = 0
+        providers = getattr(net, "providers", None)
         with trio.move_on_after(budget_s):
-            found = await providers.find_domain(domain, count=limit * 2)
+            found = await providers.find_domain(domain, count=limit * 2) if providers is not None and domain else []
             for p in [p for p in found if p.peer != net.peer_id][:limit]:
                 try:
                     if p.peer not in net.peers() and not await net.connector.dial_addrs(p.peer, p.addrs):
                         continue
-                    taken += await net.fetch_directory(p.peer, timeout_s=budget_s, domain=domain)
+                    got = await net.fetch_directory(p.peer, timeout_s=budget_s, domain=domain)
+                    taken += got
+                    self.discovered_dht += got
                 except Exception as exc:  # a provider that left or refuses: try the next
                     log.info("discovering %r experts at %s: %s", domain, wire.peer_id_str(p.peer)[:16], exc)
+            for peer in ([] if taken else self.rng.sample(list(net.peers()), min(2, len(net.peers())))):
+                try:
+                    taken += await net.fetch_directory(peer, timeout_s=budget_s)
+                except Exception as exc:
+                    log.info("directory from %s: %s", wire.peer_id_str(peer)[:16], exc)
         if taken:
             self.discovered += taken
-            log.info("found %d announcement(s) of %r experts through the DHT", taken, domain)
+            log.info("no expert for %r was known: took %d announcement(s) found on asking", domain, taken)
         return taken
 
     async def chat(self, req: ChatRequest, on_delta=None, *, probe: Optional[signals.Probe] = None) -> ChatResult:
@@ -268,10 +278,13 @@ class Coordinator:
             temperature=float(req.temperature or 0.0),
         )
         candidates = self.directory.candidates(now, domain, model)
-        if not candidates and domain and probe is None:
+        if not candidates and probe is None:
             deadline = req.deadline_s or self.default_deadline_s
             if await self._discover(domain, min(self.discover_timeout_s, deadline / 4)):
-                now = self.clock()
+                now = self.clock()  # what was found may change the inferred domain too
+                route = domains.resolve(req.domain, domains.last_user_text(req.messages), (
+                    r.card for r in self.directory.all(now)))
+                domain = route.domain
                 candidates = self.directory.candidates(now, domain, model)
         rnd = QueryRound(RoundSetup(
             domain=domain, prompt=prompt, candidates=candidates,
@@ -498,6 +511,7 @@ class Coordinator:
         return {"queries": self.queries, "queries_failed": self.failed, "queries_in_flight": len(self._runs),
                 "respondents_forgotten": self.forgotten, "respondents_slow": self.slow,
                 "respondents_gone": self.gone, "experts_discovered": self.discovered,
+                "experts_discovered_dht": self.discovered_dht,
                 "ratings_pending": len(self.ratings) if self.ratings is not None else 0,
                 "known_experts": len(self.directory.all(self.clock()))}
 
