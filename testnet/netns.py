@@ -97,6 +97,23 @@ def _node_status(host: dict) -> Optional[dict]:
         return None
 
 
+def _experts_hosted(args: list[str]) -> int:
+    """How many experts a node started with ``args`` hosts, as far as its
+    flags say: its ``--expert`` specs, none with ``--no-experts``, else the
+    default model; 0 (nothing to wait for) when a ``--config`` decides."""
+    if "--no-experts" in args:
+        return 0
+    return args.count("--expert") or (0 if "--config" in args else 1)
+
+
+def _experts_known(host: dict) -> int:
+    """How many experts the host's node knows (its own included), 0 while unknown."""
+    try:
+        return int(api_get(host["netns"], "/v1/models", timeout=5)["data"][0].get("experts", 0))
+    except (P2PNetError, OSError, KeyError, IndexError, TypeError, ValueError):
+        return 0
+
+
 # ---------------------------------------------------------------- plan and state
 
 def prefix_for(tdir: Path) -> str:
@@ -367,6 +384,13 @@ def _start_nodes(state, experts, host_experts, node_args, model_store, timeout_s
     _wait(lambda: all(_joined(state, h, _node_status(h)) for h in hosts), timeout_s,
           "the servers to see each other and every laptop its bootstrap server",
           lambda: [_died(h)() for h in hosts])
+    # up means answerable: an ask right after it must not find "no expert" on a laptop
+    # whose announcements are still on their way (models load, then announce)
+    n = sum(_experts_hosted(h["args"]) for h in hosts)
+    if n:
+        progress(f"waiting until every node knows the {n} expert(s)")
+        _wait(lambda: all(_experts_known(h) >= n for h in hosts), timeout_s,
+              f"every node to know the {n} expert(s)", lambda: [_died(h)() for h in hosts])
 
 
 def _write_network_spec(state: dict, keys: list, boot: list[str]) -> Path:
