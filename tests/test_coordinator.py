@@ -19,12 +19,15 @@ from .conftest_net import wait_for
 QUESTION = "What is the capital of France?"
 
 
-async def start_node(nursery, tmp_path, name, boot=None, backend=None, expert_id="scripted"):
+async def start_node(nursery, tmp_path, name, boot=None, backend=None, expert_id="scripted",
+                     domains=("general", "geography"), **settings):
+    """A node on 127.0.0.1 hosting ``backend`` (if given) as an expert of
+    ``domains``; ``settings`` override the config (announcing every 0.5 s)."""
     cfg = config.build(None, data_dir=tmp_path / name, listen=("/ip4/127.0.0.1/tcp/0",), api_port=0,
-                       bootstrap=(boot,) if boot else (), announce_interval_s=0.5)
+                       bootstrap=(boot,) if boot else (), **{"announce_interval_s": 0.5, **settings})
     experts = []
     if backend is not None:
-        expert = Expert(expert_id, backend, domains=("general", "geography"), max_concurrency=2)
+        expert = Expert(expert_id, backend, domains=domains, max_concurrency=2)
         await expert.start()
         experts.append(expert)
     node = Node(cfg, experts=experts)
@@ -499,19 +502,10 @@ async def test_a_domain_with_no_known_expert_is_found_through_dht_provider_recor
     re-announce only every 5 min here, and what it heard is wiped): it asks the
     DHT who provides the domain, fetches that peer's directory of the domain
     and is answered by the expert found that way."""
-    nodes = []
-    for name, backend in (("coord", None), ("n0", paris())):
-        cfg = config.build(None, data_dir=tmp_path / name, listen=("/ip4/127.0.0.1/tcp/0",), api_port=0,
-                           bootstrap=(boot_addr(nodes[0]),) if nodes else (), announce_interval_s=300.0, announce_ttl_s=600.0,
-                           dht=True)
-        experts = []
-        if backend is not None:
-            experts.append(Expert("scripted", backend, domains=("geography",), max_concurrency=2))
-            await experts[0].start()
-        node = Node(cfg, experts=experts)
-        await nursery.start(node.run)
-        nodes.append(node)
-    coord, expert_node = nodes
+    quiet = {"announce_interval_s": 300.0, "announce_ttl_s": 600.0, "dht": True}
+    coord = await start_node(nursery, tmp_path, "coord", **quiet)
+    expert_node = await start_node(nursery, tmp_path, "n0", boot_addr(coord), paris(), domains=("geography",),
+                                   **quiet)
     coordinator = coordinator_of(coord)
     await wait_for(lambda: expert_node.network.providers.provided >= 1, 60, "the expert to provide its domain")
     coordinator.directory.forget(expert_node.network.peer_id)
@@ -527,19 +521,9 @@ async def test_a_node_that_knows_no_expert_asks_its_peers_directories_before_giv
     """Without the DHT: the coordinator has no card at all (announcements
     not arrived yet, as right after joining): before answering "no expert"
     it fetches a connected peer's directory and is answered."""
-    nodes = []
-    for name, backend in (("coord", None), ("n0", paris())):
-        cfg = config.build(None, data_dir=tmp_path / name, listen=("/ip4/127.0.0.1/tcp/0",), api_port=0,
-                           bootstrap=(boot_addr(nodes[0]),) if nodes else (), announce_interval_s=300.0,
-                           announce_ttl_s=600.0)
-        experts = []
-        if backend is not None:
-            experts.append(Expert("scripted", backend, domains=("general", "geography"), max_concurrency=2))
-            await experts[0].start()
-        node = Node(cfg, experts=experts)
-        await nursery.start(node.run)
-        nodes.append(node)
-    coord, expert_node = nodes
+    quiet = {"announce_interval_s": 300.0, "announce_ttl_s": 600.0}
+    coord = await start_node(nursery, tmp_path, "coord", **quiet)
+    expert_node = await start_node(nursery, tmp_path, "n0", boot_addr(coord), paris(), **quiet)
     coordinator = coordinator_of(coord)
     await wait_for(lambda: coord.network.peers(), 30, "the two nodes to connect")
     await wait_for(lambda: coordinator.directory.all(coordinator.clock()), 30, "the expert's announcement")

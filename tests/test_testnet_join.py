@@ -20,6 +20,7 @@ import pytest
 from p2pnet import netspec
 from p2pnet.errors import P2PNetError
 from p2pnet_testnet import netns, nsexec, swarm
+from p2pnet_testnet.nsexec import wait_until
 
 SCRIPTED = "model=scripted:wrong,id=server-expert"
 SERVERS = ["server0", "server1", "server2", "server3"]
@@ -35,14 +36,6 @@ def cli(*args, check=True, timeout=120):
     if check:
         assert out.returncode == 0, out.stdout + out.stderr
     return out
-
-
-def wait_until(cond, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def root_state(prefix):

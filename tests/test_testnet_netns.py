@@ -17,6 +17,7 @@ import pytest
 
 from p2pnet_testnet import faults as faults_mod
 from p2pnet_testnet import netns, nsexec, swarm
+from p2pnet_testnet.nsexec import wait_until
 from p2pnet_testnet.faults import Faults
 
 SCRIPTED = "model=scripted:wrong,id=server-expert"
@@ -32,14 +33,6 @@ def cli(*args, check=True, env=None, timeout=120):
     if check:
         assert out.returncode == 0, out.stderr
     return out
-
-
-def wait_until(cond, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def root_state():

@@ -224,6 +224,13 @@ class Coordinator:
             })
         return out
 
+    def _route(self, req: ChatRequest, now: float):
+        """The one place a query's domain is resolved: the request's, or
+        inferred from the question and the term summaries the experts known
+        at ``now`` announce (the prompt stays here)."""
+        return domains.resolve(req.domain, domains.last_user_text(req.messages),
+                               (r.card for r in self.directory.all(now)))
+
     async def _discover(self, domain: str, budget_s: float, limit: int = 3) -> int:
         """No expert for ``domain`` is known here (its announcements have not
         reached this node yet, or it joined a moment ago), within ``budget_s``:
@@ -266,10 +273,7 @@ class Coordinator:
             raise Busy(f"{self.max_pending} queries in flight on this node; try again shortly")
         now = self.clock()
         model = self.requested_model(req)
-        # the one place a query's domain is resolved: the request's, or inferred from
-        # the question and the term summaries the experts announce (the prompt stays here)
-        route = domains.resolve(req.domain, domains.last_user_text(req.messages), (
-            r.card for r in self.directory.all(now)))
+        route = self._route(req, now)
         domain = route.domain
         judges = 0 if probe is not None else (req.judges if req.judges is not None else self.default_judges)
         prompt = wire.PromptBody(
@@ -282,8 +286,7 @@ class Coordinator:
             deadline = req.deadline_s or self.default_deadline_s
             if await self._discover(domain, min(self.discover_timeout_s, deadline / 4)):
                 now = self.clock()  # what was found may change the inferred domain too
-                route = domains.resolve(req.domain, domains.last_user_text(req.messages), (
-                    r.card for r in self.directory.all(now)))
+                route = self._route(req, now)
                 domain = route.domain
                 candidates = self.directory.candidates(now, domain, model)
         rnd = QueryRound(RoundSetup(
