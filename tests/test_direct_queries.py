@@ -175,10 +175,31 @@ async def test_an_answer_whose_direct_request_failed_goes_back_directly_not_by_g
     assert gossiped[0].query_id == stray and b.stats.sent[topics.ANSWERS] == 1
     assert [m.query_id for m in answers] == [q.query_id]
 
-    gone = make_net()  # a coordinator B cannot reach (never started, no address)
+    # a coordinator B cannot reach yet (not started, no address): tried again with backoff,
+    # and delivered once it can be reached (a relayed coordinator whose relay just died)
+    late = make_net()
+    late_answers = []
+
+    async def take_late(env):
+        late_answers.append(env.message)
+        return wire.Ack()
+
+    late.on_request(wire.Answer.KIND, take_late)
+    b.direct.note_asker(b"r" * 16, late.peer_id)
+    b.publish_nowait(topics.ANSWERS, answer(b"r" * 16))
+    await wait_for(lambda: b.stats.direct["answer_retried"] >= 1, 30, "a second try of the unreachable answer")
+    assert not late_answers and b.stats.direct["answer_lost"] == 0
+    await nursery.start(late.run)
+    b.book.note(late.peer_id, [a.split("/p2p/")[0] for a in late.listen_addrs])
+    await wait_for(lambda: late_answers, 30, "the answer at the coordinator that came back")
+    assert late_answers[0].query_id == b"r" * 16 and b.stats.direct["answer_lost"] == 0
+
+    gone = make_net()  # a coordinator B never reaches (never started, no address): lost after every try
     b.direct.note_asker(b"q" * 16, gone.peer_id)
+    retried = b.stats.direct["answer_retried"]
     b.publish_nowait(topics.ANSWERS, answer(b"q" * 16))
-    await wait_for(lambda: b.stats.direct["answer_lost"] == 1, 30, "the unreachable coordinator's answer")
+    await wait_for(lambda: b.stats.direct["answer_lost"] == 1, 60, "the unreachable coordinator's answer")
+    assert b.stats.direct["answer_retried"] - retried == len(b.direct.ANSWER_RETRY_S)
     assert b.stats.sent[topics.ANSWERS] == 1
 
 

@@ -41,8 +41,10 @@ has taken the query, so no stream is held open for the length of a
 generation. When that rpc fails, the responder's fallback (publishing on the
 answers topic, which every node takes) is turned into one more direct try to
 the coordinator whose Query came here, dialling it if need be
-(``send_answer_nowait``); if that fails too the answer is lost and counted
-(``answer_lost``), not flooded. Only an answer to a query this node did not
+(``send_answer_nowait``), retried with backoff (0.25 s doubling, 5 tries,
+about 8 s in all: a relayed coordinator whose relay just died is reachable
+again through its other relay within a second); if every try fails the
+answer is lost and counted (``answer_lost``), not flooded. Only an answer to a query this node did not
 take over a stream or the queries topic is still gossiped.
 """
 
@@ -62,6 +64,7 @@ log = logging.getLogger("p2pnet.gossip")
 
 QUERY_KINDS = frozenset({wire.Query.KIND, wire.Cancel.KIND})
 FALLBACK_CODES = frozenset({"unreachable", "unsupported"})
+ANSWER_RETRY_CODES = frozenset({"unreachable", "stream"})  # an answer's try that is worth another
 """Direct failures after which a query goes by gossip: no stream could be opened."""
 
 
@@ -259,9 +262,14 @@ class DirectQueries:
     when the queue has no room for all of a query's parts); ``workers`` tasks
     deliver. Counters are in ``net.stats.direct``."""
 
+    ANSWER_RETRY_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # the pauses before an answer's later tries
+    MAX_RETRYING = 64  # answers waiting for a later try at once; past it one is lost and counted
+
     def __init__(self, net, *, queue_size: int = 512, workers: int = 16, timeout_s: float = 5.0,
                  dial_timeout_s: float = 5.0, remember: int = 4096) -> None:
         self.net = net
+        self._nursery: Optional[trio.Nursery] = None
+        self._retrying = 0
         self.workers = workers
         self.timeout_s = timeout_s
         self.dial_timeout_s = dial_timeout_s
@@ -323,14 +331,37 @@ class DirectQueries:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for _ in range(self.workers):
                 nursery.start_soon(self._worker)
 
     async def _worker(self) -> None:
         async for what, peer, message in self._recv:
-            await self._deliver(what, peer, message)
+            if what == "answer":
+                await self._deliver_answer(peer, message, 0)
+            else:
+                await self._deliver(what, peer, message)
 
-    async def _deliver(self, what: str, peer: bytes, message: wire.Message) -> None:
+    async def _deliver_answer(self, peer: bytes, answer: wire.Answer, tries: int) -> None:
+        """One try; a failed one is tried again later (off the workers) while tries remain."""
+        if await self._deliver("answer", peer, answer):
+            return
+        if (tries >= len(self.ANSWER_RETRY_S) or self.net.stopping or self._nursery is None
+                or self._retrying >= self.MAX_RETRYING):
+            self.counts["answer_lost"] += 1
+            return
+        self.counts["answer_retried"] += 1
+        self._retrying += 1
+        self._nursery.start_soon(self._retry_answer, peer, answer, tries)
+
+    async def _retry_answer(self, peer: bytes, answer: wire.Answer, tries: int) -> None:
+        try:
+            await trio.sleep(self.ANSWER_RETRY_S[tries])
+        finally:
+            self._retrying -= 1
+        await self._deliver_answer(peer, answer, tries + 1)
+
+    async def _deliver(self, what: str, peer: bytes, message: wire.Message) -> bool:
         """Over a direct stream; by gossip only if no stream could be opened
         (unreachable, or the peer does not take queries on one). A timeout or
         a busy peer is not gossiped: the query may have arrived, and flooding
@@ -342,22 +373,29 @@ class DirectQueries:
             try:
                 await self.net.request(peer, message, timeout_s=self.timeout_s, protocol=protocol)
                 self.counts[f"{what}_sent"] += 1
-                return
+                return True
             except (RpcFailed, trio.TooSlowError) as exc:
                 code = getattr(exc, "code", "timeout")
                 self.net.loglimit.info(f"direct_{what}", "direct %s to %s failed: %s", what, name, exc or code)
-                if code not in FALLBACK_CODES or what == "answer":
+                if what == "answer":
+                    # a refusal or a timeout is final (the coordinator answered, or may hold it);
+                    # a stream that could not be opened or broke is tried again
+                    if code not in ANSWER_RETRY_CODES:
+                        self.counts["answer_failed"] += 1
+                        return True
+                    return False
+                if code not in FALLBACK_CODES:
                     self.counts[f"{what}_failed"] += 1
-                    return
+                    return True
                 self.counts[f"{what}_refused"] += 1
-        if what == "answer":  # the coordinator cannot be reached: lost, counted, not flooded
-            self.counts["answer_lost"] += 1
-            return
+        if what == "answer":  # the coordinator cannot be reached now: tried again, or lost and counted
+            return False
         try:
             self.net.publish_nowait(topics.QUERIES, message)
             self.counts[f"{what}_gossiped"] += 1
         except OutboxFull:
             self.counts[f"{what}_lost"] += 1
+        return True
 
     async def _reach(self, peer: bytes) -> bool:
         """Connected to ``peer``, dialling it at its announced addresses if need be."""
