@@ -179,8 +179,11 @@ def test_kill_relay_during_a_relayed_query(net):
     assert proc.returncode == 0, err
     answer = json.loads(out)
     assert answer["p2pnet"]["chosen"] == {"peer_id": net["ids"][l1], "expert_id": "laptop1-expert"}, answer
-    # the circuit through the other relay held: laptop1 never left laptop0's peers
-    assert relays[1] in peers(net, l0)[net["ids"][l1]]["relays"]
+    # laptop0 still reaches laptop1 through a live relay (the circuit through the other relay
+    # usually holds; on a loaded machine it was seen re-dialled, once in 14 runs)
+    wait_until(lambda: (lambda r: r and relay_id not in r)(
+        peers(net, l0).get(net["ids"][l1], {}).get("relays") or []), 60,
+        f"laptop0 to reach laptop1 through a relay other than {relay}")
     # laptop1 replaced the dead relay: two reservations again, none on it
     wait_until(lambda: (lambda c: len(c) >= 2 and all(nat.split_circuit(a)[1] != relay_id for a in c))(
         status(net, l1)["nat"]["circuit_addrs"]), 60, f"laptop1 to move off {relay}")
