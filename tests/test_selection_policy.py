@@ -183,7 +183,7 @@ def test_probes_settle_experts_that_user_queries_avoid():
     default half of them, the rest re-measure the experts that carry traffic.)"""
     refs = [ref(i) for i in range(5)]
     standing = table(refs, [(0.9, 30), (0.9, 30), (0.33, 1.0), (0.3, 2.5), (0.2, 10)])
-    policy = ReputationPolicy(explore_share=1.0, probe_open_share=1.0, probe_order="least")
+    policy = ReputationPolicy(explore_share=1.0, probe_open_share=1.0, probe_order="least", probe_k=1)
     rng = random.Random(6)
     assert share(policy, refs, standing, set(refs[2:]), k=2) == 0.0  # user queries never reach them
     probes = [policy.select(refs, 1, "math", standing, rng, probe=True) for _ in range(50)]
@@ -220,6 +220,39 @@ def test_open_verdict_probes_draw_at_random_so_a_wave_cannot_starve_a_newcomer()
     assert again == [rand.select(refs, 2, "math", standing, random.Random(s), probe=True).chosen for s in range(50)]
     with pytest.raises(ValueError):
         ReputationPolicy(probe_order="newest")
+
+
+def test_probes_ask_probe_k_experts_open_verdicts_first():
+    """Every probe asks at least ``probe_k`` (3) experts, each graded against the
+    known answer. An open-verdict probe fills its other slots with more open
+    verdicts (a sybil wave is vetted three at a time), then with established
+    experts; a re-measuring probe reaches past the best expert to the next ones
+    (here an expert whose standing may rest on praise). User queries keep their k."""
+    refs = [ref(i) for i in range(7)]
+    standing = table(refs, [(0.9, 30), (0.9, 30), (0.75, 8)] + [(0.5, 0.0)] * 4)
+    vetting = ReputationPolicy(probe_open_share=1.0)
+    assert vetting.probe_k == 3
+    for seed in range(40):
+        sel = vetting.select(refs, 1, "math", standing, random.Random(seed), probe=True)
+        assert len(sel.chosen) == 3 and set(sel.chosen) <= set(refs[3:])
+    # two open verdicts left: both are probed, and the third slot re-measures an established expert
+    two = table(refs, [(0.9, 30), (0.9, 30), (0.75, 8), (0.5, 0.0), (0.5, 0.0), (0.2, 10), (0.2, 10)])
+    sel = vetting.select(refs, 1, "math", two, random.Random(3), probe=True)
+    assert set(sel.chosen[:2]) == {refs[3], refs[4]} and sel.chosen[2] in refs[:3]
+    # re-measuring probes (no open verdict drawn): the three established experts, not only the best
+    remeasure = ReputationPolicy(probe_open_share=0.0)
+    for seed in range(40):
+        assert set(remeasure.select(refs, 1, "math", standing, random.Random(seed), probe=True).chosen) == set(refs[:3])
+    # a larger k wins; probe_k=1 keeps one expert a probe; user queries are not widened
+    assert len(vetting.select(refs, 4, "math", standing, random.Random(1), probe=True).chosen) == 4
+    single = ReputationPolicy(probe_open_share=1.0, probe_k=1)
+    assert len(single.select(refs, 1, "math", standing, random.Random(1), probe=True).chosen) == 1
+    assert {len(vetting.select(refs[:3], 1, "math", table(refs, [(0.95, 60)] * 3), random.Random(s)).chosen)
+            for s in range(20)} == {1}
+    again = [vetting.select(refs, 1, "math", standing, random.Random(s), probe=True).chosen for s in range(20)]
+    assert again == [vetting.select(refs, 1, "math", standing, random.Random(s), probe=True).chosen for s in range(20)]
+    with pytest.raises(ValueError):
+        ReputationPolicy(probe_k=0)
 
 
 def test_one_expert_per_model_at_temperature_zero():

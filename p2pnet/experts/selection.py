@@ -244,11 +244,18 @@ class ReputationPolicy(SelectionPolicy):
       ``probe_order`` "random" (the default) it is drawn uniformly from the
       seeded rng: a wave of new identities (a sybil wave) then cannot push a
       newcomer with a sliver of evidence to the back of the line. "least"
-      takes the one with the least evidence first. User queries never go to them, so without probes
+      takes the one with the least evidence first. The probe's other slots go
+      to more open verdicts (in the same order), then to the experts that carry
+      traffic. User queries never go to them, so without probes
       a newcomer unlucky once would stay neither banned nor trusted, and an
       early ban would be final. Probes are graded exactly: a bad expert sinks
       further, an unlucky good one recovers. The other probes re-measure the
       experts that carry traffic, so that one that degrades is seen.
+      Every probe asks at least ``probe_k`` experts (3; more when k is larger):
+      each gets a grade against the known answer, which a colluding ring cannot
+      outvote, so an expert whose standing grew from praise and won votes is
+      graded before it carries much user traffic, and a sybil wave is vetted
+      ``probe_k`` identities at a time.
     - Second opinions: a query that would ask one expert asks the two best
       sampled ones in ``audit_share`` of cases, since one answer alone earns
       no agreement rating and beliefs would otherwise only move with probes.
@@ -266,13 +273,14 @@ class ReputationPolicy(SelectionPolicy):
                  z: float = 1.0, max_k: int = 3, uncertain_k: int = 3, load_weight: float = 0.2,
                  prior_weight: float = 2.0, audit_share: float = 0.0, recheck_evidence: float = 4.0,
                  escalate_below: float = 0.0, unsure_odds: float = UNSURE_ODDS,
-                 vet_evidence: float = 0.5, probe_open_share: float = 0.5, probe_order: str = "random") -> None:
+                 vet_evidence: float = 0.5, probe_open_share: float = 0.5, probe_order: str = "random",
+                 probe_k: int = 3) -> None:
         if probe_order not in PROBE_ORDERS:
             raise ValueError(f"probe_order must be one of {', '.join(PROBE_ORDERS)}")
         if not 0.0 <= explore_share <= 1.0 or not 0.0 <= audit_share <= 1.0 or not 0.0 <= probe_open_share <= 1.0:
             raise ValueError("explore_share, audit_share and probe_open_share must lie in [0, 1]")
-        if not 1 <= max_k <= 16 or not 1 <= uncertain_k <= 16:
-            raise ValueError("max_k and uncertain_k must be between 1 and 16")
+        if not 1 <= max_k <= 16 or not 1 <= uncertain_k <= 16 or not 1 <= probe_k <= 16:
+            raise ValueError("max_k, uncertain_k and probe_k must be between 1 and 16")
         for name, v in (("cost_weight", cost_weight), ("min_evidence", min_evidence), ("z", z),
                         ("newcomer_evidence", newcomer_evidence), ("load_weight", load_weight),
                         ("prior_weight", prior_weight), ("recheck_evidence", recheck_evidence),
@@ -289,6 +297,7 @@ class ReputationPolicy(SelectionPolicy):
         self.unsure_odds = unsure_odds
         self.vet_evidence, self.probe_open_share = vet_evidence, probe_open_share
         self.probe_order = probe_order
+        self.probe_k = int(probe_k)
 
     # ------------------------------------------------------------ pure parts
 
@@ -365,6 +374,8 @@ class ReputationPolicy(SelectionPolicy):
         rng = rng or random.Random(0)
         if not candidates or k <= 0:
             return Selection((), "no candidates")
+        if probe:  # a probe is graded exactly: each expert it asks gets a grade no ring can outvote
+            k = max(k, self.probe_k)
         # experts below the floor stay out even when they are the only free ones
         eligible = self.eligible(candidates, domain, standing)
         shut_out = len(candidates) - len(eligible) if eligible and not probe else 0
@@ -412,7 +423,14 @@ class ReputationPolicy(SelectionPolicy):
             else:
                 target = open_rows[rng.randrange(len(open_rows))]
                 notes.append("probing an unsettled or unvetted expert drawn at random")
-            chosen = [target] + take(est + vetted + unvetted + poor, k - 1, [target], one)
+            # the probe's other slots vet more open verdicts (in the same order), then
+            # re-measure the experts that carry traffic
+            rest = [row for row in open_rows if row is not target]
+            if self.probe_order == "least":
+                rest.sort(key=lambda row: (row[2].evidence, -row[3]))
+            else:
+                rng.shuffle(rest)
+            chosen = [target] + take(rest + est + vetted, k - 1, [target], one)
         elif est:
             chosen = take(est, k, distinct=one)
             # a check of the pick goes to the most proven other expert (the best
