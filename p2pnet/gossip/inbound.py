@@ -17,7 +17,7 @@ log = logging.getLogger("p2pnet.gossip")
 
 class Inbound:
     def _make_validator(self, topic: str):
-        allowed = self.topic_kinds[topic]
+        allowed = self.kinds_of(topic)
         my_id = self.peer_id
 
         def validate(forwarder, msg) -> bool:

@@ -71,6 +71,7 @@ from p2pnet.gossip.announcer import Announcing
 from p2pnet.gossip.direct import DirectQueries, EarlyCancels, Streams
 from p2pnet.gossip.inbound import Inbound
 from p2pnet.gossip.providers import Providers, keys_of
+from p2pnet.gossip.shards import Sharding, ShardInterest
 from p2pnet.gossip.policy import AnnounceSchedule, AnnounceStore, Watermarks
 from p2pnet.logs import LogLimiter
 from p2pnet.gossip.stats import PeerPenalties, Stats
@@ -88,12 +89,19 @@ TOPIC_KINDS = {
 
 URGENT_TOPICS = frozenset({topics.CONSENSUS})
 
+
+def kinds_of(topic: str) -> frozenset:
+    """The message kinds ``topic`` carries (none: not a topic of ours)."""
+    if topics.shard_domain(topic):
+        return frozenset({wire.Announce.KIND})
+    return frozenset(TOPIC_KINDS.get(topic, ()))
+
 Handler = Callable[[wire.Envelope], Awaitable[None]]
 RequestHandler = Callable[[wire.Envelope], Awaitable[wire.Message]]
 
 
-class GossipNetwork(Announcing, Inbound, Streams):
-    topic_kinds = TOPIC_KINDS  # what each topic's validator lets through (inbound.py)
+class GossipNetwork(Announcing, Inbound, Streams, Sharding):
+    kinds_of = staticmethod(kinds_of)  # what each topic's validator lets through (inbound.py)
 
     def __init__(
         self,
@@ -115,6 +123,7 @@ class GossipNetwork(Announcing, Inbound, Streams):
         announce_ttl_s: float = 90.0,
         announce_min_gap_s: float = 3.0,
         announce_poll_s: float = 1.0,
+        shard_idle_s: float = 600.0,
         rpc_timeout_s: float = 30.0,
         max_rpc_streams: int = 64,
         linger_s: float = 5.0,
@@ -152,6 +161,7 @@ class GossipNetwork(Announcing, Inbound, Streams):
         self.announce_poll_s = announce_poll_s
         self.schedule = AnnounceSchedule(announce_interval_s, announce_min_gap_s)
         self.announces = AnnounceStore()
+        self.shards = ShardInterest(shard_idle_s)  # the announce shards taken (shards.py)
         self.rpc_timeout_s = rpc_timeout_s
         self.linger_s = linger_s
         self.flush_wait_s = flush_wait_s
@@ -176,7 +186,8 @@ class GossipNetwork(Announcing, Inbound, Streams):
         self.loglimit = LogLimiter(log, clock=clock)
 
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
-        # Topics to subscribe to; every node takes announcements, and the
+        # Topics to subscribe to; every node takes validators' announcements
+        # (experts' go on per-domain shards, shards.py), and the
         # queries topic, the fallback of the direct query streams: GossipSub
         # relays only inside a topic's mesh, so a fallback query must be able
         # to travel through nodes without experts (connections are bounded;
@@ -408,8 +419,10 @@ class GossipNetwork(Announcing, Inbound, Streams):
 
     async def _subscribe(self, topic: str) -> None:
         """Take ``topic``'s messages from now on, into its bounded inbox."""
-        if topic in self._inboxes or topic not in TOPIC_KINDS:
+        if topic in self._inboxes or not kinds_of(topic):
             return
+        if topic not in TOPIC_KINDS:  # a shard: its validator comes and goes with it
+            self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
         send, recv = trio.open_memory_channel(self.inbox_size)
         self._inboxes[topic] = send
         self._nursery.start_soon(self._dispatch_topic, topic, recv)
@@ -555,6 +568,9 @@ class GossipNetwork(Announcing, Inbound, Streams):
         if msg.from_id == self.peer_id:
             return
         send = self._inboxes.get(topic)
+        if send is None and env is not None:
+            self.stats.drop("unsubscribed")  # a shard left a moment ago
+            return
         if env is None or send is None:
             self.stats.drop("undecoded")  # not seen by our validator: cannot happen, counted if it does
             return
@@ -566,7 +582,7 @@ class GossipNetwork(Announcing, Inbound, Streams):
 
     async def _dispatch_topic(self, topic: str, recv) -> None:
         async for env in recv:
-            if topic == topics.ANNOUNCE:
+            if topics.is_announce(topic):
                 await self._take_announce(env)
             elif topic == topics.QUERIES and self._overtaken(env):
                 continue
