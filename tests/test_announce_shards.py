@@ -146,3 +146,49 @@ async def test_a_coordinator_leaves_a_shard_it_stopped_asking_in(nursery):
     await wait_for(lambda: k.peer_id in takers(a, MATH), 30, "k back in the math shard")
     for n in (a, k):
         n.close()
+
+
+async def test_an_expert_of_two_domains_sends_one_message_on_both_shards(nursery):
+    """a serves math and law: its announcement is one message on both
+    shards. b, on both, takes each once (no replay refused, nothing struck);
+    k, asking in law only, takes it too; q, on neither, does not."""
+    a = make_net(cards=(card("a", ("math", "law")),))
+    await nursery.start(a.run)
+    b = make_net(boot_of(a), cards=(card("b", ("law", "math")),))
+    k = make_net(boot_of(a))
+    q = make_net(boot_of(a))
+    nets = (a, b, k, q)
+    for n in nets[1:]:
+        await nursery.start(n.run)
+    k.ask_domain("law")
+    await wait_for(lambda: all(len(n.peers()) == 3 for n in nets), 60, "every node connected to the three others")
+    await wait_for(lambda: {b.peer_id, k.peer_id} <= takers(a, LAW), 30, "b and k in a's view of the law shard")
+    await wait_for(lambda: a.stats.sent[LAW] >= 2 and k.stats.received[LAW] >= 2, 60, "a's announcements at k")
+    assert a.stats.sent[MATH] >= 1
+    assert b.stats.received[LAW] + b.stats.received[MATH] >= 2
+    for n in nets:  # the copy on the second shard is neither a replay nor a message without a check
+        assert all(n.stats.dropped[r] == 0 for r in (wire.REPLAYED, wire.SCHEMA, "undecoded")), n.stats.dropped
+    assert q.stats.received[LAW] == 0 and q.stats.received[MATH] == 0
+    await wait_for(lambda: q.announces.get(a.peer_id) is not None, 60, "a's card at q, by exchange")
+    for n in nets:
+        n.close()
+
+
+def test_the_simulators_accounting_follows_the_shards():
+    """sim/net.py counts an announcement where the node would deliver it: a
+    validator's at every other peer; an expert's once at each other expert of
+    its domains and each coordinator that asked there in the last 10 min."""
+    from p2pnet.sim.net import AnnounceLayout
+
+    layout = AnnounceLayout(idle_s=600.0)
+    a, b, c, k = b"a" * 34, b"b" * 34, b"c" * 34, b"k" * 34
+    layout.expert(a, ("math", "law"))
+    layout.expert(b, ("math",))
+    layout.expert(c, ("code",))
+    layout.ask(k, "law", 0.0)
+    two = wire.Announce(addrs=(), cards=(card("a", ("math", "law")),))
+    assert layout.deliveries(a, two, 10.0, peers=100) == 2  # b (math) and k (law), each once
+    assert layout.deliveries(a, two, 600.0, peers=100) == 1  # k stopped asking 10 min ago
+    assert layout.deliveries(c, wire.Announce(addrs=(), cards=(card("c", ("code",)),)), 0.0, peers=100) == 0
+    assert layout.deliveries(c, wire.Announce(addrs=(), validator=True), 0.0, peers=100) == 99
+    assert layout.deliveries(k, wire.Announce(addrs=("/ip4/1.2.3.4/tcp/1",)), 0.0, peers=100) == 0

@@ -148,11 +148,9 @@ class Announcing:
                         next_exchange = now  # tell a peer at once
                     wait = self.schedule.wait_s(now, key)
                 elif heard := self._announce_heard(announce_topics(message)):
-                    try:
-                        for topic in heard:  # one envelope per topic: a copy on each would be a replay
-                            data = self.publish_nowait(topic, message)
-                            self.announces.put(wire.open_envelope(data, self.params.max_message_bytes),
-                                               self.clock())
+                    try:  # one message on all its topics: a peer on several takes it once
+                        data = self.publish_nowait(heard if len(heard) > 1 else heard[0], message)
+                        self.announces.put(wire.open_envelope(data, self.params.max_message_bytes), self.clock())
                         self.schedule.sent(now, key)
                     except OutboxFull:
                         pass

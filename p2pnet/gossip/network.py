@@ -228,7 +228,7 @@ class GossipNetwork(Announcing, Inbound, Streams, Sharding):
         self.ready = False
         self._publishing = False
         self._last_own_seq: Optional[int] = None  # our last envelope handed to GossipSub
-        self._last_own_topic: Optional[str] = None  # ... and its topic
+        self._last_own_topic: tuple = ()  # ... and its topics
         self.flush_result: Optional[tuple[int, int]] = None  # (peers that confirmed, peers asked)
         self.on_request(wire.Flush.KIND, self._serve_flush)
         self.on_request(wire.DirectoryRequest.KIND, self._serve_directory)
@@ -271,8 +271,9 @@ class GossipNetwork(Announcing, Inbound, Streams, Sharding):
         """Serve direct requests whose message KIND is ``kind``."""
         self._rpc_handlers[kind] = handler
 
-    def publish_nowait(self, topic: str, message: wire.Message) -> bytes:
-        """Sign and queue ``message``; returns the envelope bytes. An Answer
+    def publish_nowait(self, topic, message: wire.Message) -> bytes:
+        """Sign and queue ``message`` on ``topic`` (a tuple of topics: one
+        message on all of them, each peer gets it once); returns the envelope bytes. An Answer
         for a Query that came here goes straight back to its coordinator
         instead (direct.py ``send_answer_nowait``): the answers topic is only
         for answers to queries this node did not take itself."""
@@ -451,7 +452,8 @@ class GossipNetwork(Announcing, Inbound, Streams, Sharding):
 
     async def _flush_peers(self, seq: int) -> None:
         # only the peers that take our last message's topic can confirm it
-        takers = set(getattr(self.pubsub, "peer_topics", {}).get(self._last_own_topic, ()))
+        peer_topics = getattr(self.pubsub, "peer_topics", {})
+        takers = set().union(*(peer_topics.get(t, ()) for t in self._last_own_topic))
         peers = [p for p in self.peers() if _peer_id(p) in takers]
         confirmed = []
 
@@ -550,11 +552,13 @@ class GossipNetwork(Announcing, Inbound, Streams, Sharding):
     async def _publish_one(self, topic: str, data: bytes, own_seq: Optional[int]) -> None:
         self._publishing = True
         try:
-            await self.pubsub.publish(topic, data)
+            many = topic if isinstance(topic, tuple) else (topic,)
+            await self.pubsub.publish(list(many) if len(many) > 1 else many[0], data)
             if own_seq is not None:
                 self._last_own_seq = own_seq
-                self._last_own_topic = topic
-            self.stats.sent[topic] += 1
+                self._last_own_topic = many
+            for t in many:
+                self.stats.sent[t] += 1
         except Exception as exc:  # never let one publish kill the node
             self.stats.drop("publish_failed")
             self.loglimit.warning("publish_failed", "publish on %s failed: %s", topic, exc)
@@ -564,6 +568,8 @@ class GossipNetwork(Announcing, Inbound, Streams, Sharding):
     def _take_gossip(self, topic: str, msg) -> None:
         """A message GossipSub accepted on ``topic``: into its bounded inbox
         (a full one drops and counts)."""
+        if len(msg.topicIDs) > 1 and topic != next((t for t in msg.topicIDs if t in self._inboxes), topic):
+            return  # one message on several shards we take: taken once, on the first
         env = self._decoded.pop(message_id(msg), None)
         if msg.from_id == self.peer_id:
             return
