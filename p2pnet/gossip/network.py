@@ -3,7 +3,7 @@ envelopes, direct streams (direct.py: request/response, and queries sent
 straight to their respondents), and peer exchange.
 
 A node subscribes only to the topics something on it handles (and to
-announcements and queries): queries go to their respondents directly, the
+validators' announcements, its announce shards and queries): queries go to their respondents directly, the
 queries topic is only their fallback; consensus and ratings reach only the
 nodes that keep the ledger.
 
@@ -41,9 +41,9 @@ at most once per ``announce_min_gap_s``, and otherwise every
 newest unexpired one of each peer is kept as received, signed, and a node
 that joins asks one peer for them all (``DirectoryRequest``) instead of
 waiting out a refresh period; each is checked as if it came by gossip. Only
-experts and validators gossip theirs; a node offering only its addresses
-spreads its announcement by directory exchanges with one peer at a time
-(announcer.py). Hosts of a domain or a model can also be found in the DHT
+validators (on the announce topic) and experts (on their domains' shards,
+shards.py) gossip theirs; a node offering only its addresses spreads its
+announcement by directory exchanges with one peer at a time (announcer.py). Hosts of a domain or a model can also be found in the DHT
 (providers.py, with ``--dht``). A Cancel that overtakes its Query is
 remembered, and the Query dropped (direct.py ``EarlyCancels``).
 """
@@ -62,6 +62,7 @@ import trio
 
 from p2pnet import wire
 from p2pnet.gossip import topics
+from p2pnet.gossip.topics import TOPIC_KINDS, kinds_of
 from p2pnet.gossip.connector import Connector
 from p2pnet.gossip.errors import GossipError, OutboxFull, RpcFailed
 from p2pnet.gossip.guard import BanGate
@@ -78,23 +79,8 @@ from p2pnet.gossip.stats import PeerPenalties, Stats
 
 log = logging.getLogger("p2pnet.gossip")
 
-TOPIC_KINDS = {
-    topics.ANNOUNCE: {wire.Announce.KIND},
-    topics.QUERIES: {wire.Query.KIND, wire.Cancel.KIND},
-    topics.ANSWERS: {wire.Answer.KIND},  # AnswerChunks travel only over direct streams
-    topics.CONSENSUS: {wire.Proposal.KIND, wire.Vote.KIND},
-    topics.TXS: {wire.Rating.KIND, wire.Tx.KIND},  # Tx: an aged rating re-stamped by its node
-    topics.BROADCAST: {wire.Broadcast.KIND},
-}
-
 URGENT_TOPICS = frozenset({topics.CONSENSUS})
 
-
-def kinds_of(topic: str) -> frozenset:
-    """The message kinds ``topic`` carries (none: not a topic of ours)."""
-    if topics.shard_domain(topic):
-        return frozenset({wire.Announce.KIND})
-    return frozenset(TOPIC_KINDS.get(topic, ()))
 
 Handler = Callable[[wire.Envelope], Awaitable[None]]
 RequestHandler = Callable[[wire.Envelope], Awaitable[wire.Message]]
