@@ -70,6 +70,8 @@ def test_a_shard_is_wanted_from_the_first_ask_until_idle_and_always_for_own_doma
     assert s.wanted(900.0) == set()  # 600 s after the last ask: leave
     assert s.ask("math", 901.0)  # a new ask joins again
     assert not s.ask("", 0.0) and not s.ask("x" * 65, 0.0)
+    off = ShardInterest()  # the default: a coordinator does not join what it asks in
+    assert not off.ask("math", 0.0) and off.wanted(1.0, mine=("law",)) == {LAW}
     small = ShardInterest(idle_s=60.0, max_asked=2)
     for i, d in enumerate(("a", "b", "c")):
         small.ask(d, float(i))
@@ -103,7 +105,7 @@ async def test_an_experts_announcement_reaches_its_domain_and_askers_only(nurser
     b = make_net(boot_of(a), cards=(card("b", ("math",)),))
     c = make_net(boot_of(a), cards=(card("c", ("law",)),))
     q = make_net(boot_of(a))
-    k = make_net(boot_of(a))
+    k = make_net(boot_of(a), shard_idle_s=600.0)
     nets = (a, b, c, q, k)
     for n in nets[1:]:
         await nursery.start(n.run)
@@ -155,7 +157,7 @@ async def test_an_expert_of_two_domains_sends_one_message_on_both_shards(nursery
     a = make_net(cards=(card("a", ("math", "law")),))
     await nursery.start(a.run)
     b = make_net(boot_of(a), cards=(card("b", ("law", "math")),))
-    k = make_net(boot_of(a))
+    k = make_net(boot_of(a), shard_idle_s=600.0)
     q = make_net(boot_of(a))
     nets = (a, b, k, q)
     for n in nets[1:]:

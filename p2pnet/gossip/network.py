@@ -109,7 +109,7 @@ class GossipNetwork(Announcing, Inbound, Streams, Sharding):
         announce_ttl_s: float = 90.0,
         announce_min_gap_s: float = 3.0,
         announce_poll_s: float = 1.0,
-        shard_idle_s: float = 600.0,
+        shard_idle_s: float = 0.0,
         rpc_timeout_s: float = 30.0,
         max_rpc_streams: int = 64,
         linger_s: float = 5.0,
@@ -147,7 +147,8 @@ class GossipNetwork(Announcing, Inbound, Streams, Sharding):
         self.announce_poll_s = announce_poll_s
         self.schedule = AnnounceSchedule(announce_interval_s, announce_min_gap_s)
         self.announces = AnnounceStore()
-        self.shards = ShardInterest(shard_idle_s)  # the announce shards taken (shards.py)
+        # the announce shards taken (shards.py); shard_idle_s > 0: also those asked in, that long
+        self.shards = ShardInterest(shard_idle_s)
         self.rpc_timeout_s = rpc_timeout_s
         self.linger_s = linger_s
         self.flush_wait_s = flush_wait_s

@@ -5,8 +5,12 @@ serve (``topics.announce_shard``), not to every node: the nodes that take a
 shard are the experts of that domain and the coordinators asking in it (a
 validator's probes are asked through its coordinator, so it joins the shards
 it probes like any coordinator). A coordinator joins a shard on its first
-ask there and leaves it once it has not asked there for ``idle_s``. A
-validator's announcement (few of them) stays on ``topics.ANNOUNCE``, which
+ask there and leaves it once it has not asked there for ``idle_s``: **off by
+default** (``idle_s`` 0): measured on 40 node processes, coordinators that
+joined the shard they asked in saw most of their direct queries to experts
+they had just dialled time out (docs/benchmarks.md, "Scale"); not understood
+yet. Off, a coordinator's view of its candidates' load comes from the
+directory exchange. A validator's announcement (few of them) stays on ``topics.ANNOUNCE``, which
 every node takes.
 
 A node that takes no shard hears no expert's announcement by gossip: its
@@ -52,9 +56,10 @@ def own_domains(cards: Iterable[wire.ModelCard]) -> set:
 
 class ShardInterest:
     """Which announce shards a node takes: its own cards' domains, and the
-    domains its coordinator asked in during the last ``idle_s`` seconds."""
+    domains its coordinator asked in during the last ``idle_s`` seconds
+    (0: never the asked ones)."""
 
-    def __init__(self, idle_s: float = 600.0, max_asked: int = MAX_ASKED) -> None:
+    def __init__(self, idle_s: float = 0.0, max_asked: int = MAX_ASKED) -> None:
         self.idle_s = idle_s
         self.max_asked = max_asked
         self._asked: dict[str, float] = {}  # domain -> when it was last asked in
@@ -62,7 +67,7 @@ class ShardInterest:
     def ask(self, domain: str, now: float) -> bool:
         """The coordinator asks in ``domain`` at ``now``; True if its shard
         was not wanted a moment before (join now)."""
-        if not domain or len(domain) > 64:
+        if not domain or len(domain) > 64 or self.idle_s <= 0:
             return False
         fresh = self._asked.get(domain, -float("inf")) + self.idle_s <= now
         self._asked.pop(domain, None)
