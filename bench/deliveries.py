@@ -20,7 +20,7 @@ with something to offer gossips its announcement, every 30 s: a validator's
 on the global announce topic (a delivery at every other peer), an expert's
 as one message on the shards of its domains (a delivery at each other
 expert of those domains and at each coordinator that asked in one of them
-in the last 10 min of the run, as the node joins and leaves shards). A peer
+in the last --shard-idle-s of the run, 0 by default as in the node). A peer
 offering only its addresses gossips nothing. Every peer also exchanges
 directories with one random peer every 60 s (announcer.exchange_s: a
 request carrying its own announcement, a reply with the entries the peer
@@ -67,7 +67,7 @@ def scenario_text(peers: int, queries: int) -> str:
     return text
 
 
-def run(peers: int, queries: int) -> dict:
+def run(peers: int, queries: int, shard_idle_s: float = 0.0) -> dict:
     sc = parse_scenario(scenario_text(peers, queries), f"deliveries-{peers}")
     driver = Driver(sc)
     started = time.monotonic()
@@ -81,6 +81,7 @@ def run(peers: int, queries: int) -> dict:
     per_query = sum(v for k, v in kinds.items() if not k.endswith(":announce")) / queries
     validators = sum(1 for p in world.peers if p.validator and not p.experts)
     layout = world.net.layout
+    layout.idle_s = shard_idle_s  # the asks were recorded whatever it is
     for p in world.peers:
         if p.experts:
             layout.expert(p.peer_id, {d for e in p.experts for d in e.expert.card().domains})
@@ -110,15 +111,17 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", default="100,1000,10000")
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--shard-idle-s", type=float, default=0.0,
+                    help="coordinators join the shards they ask in for this long (the node's shard_idle_s; 0: off)")
     args = ap.parse_args(argv)
     rows = []
     for peers in (int(p) for p in args.peers.split(",")):
         print(f"{peers} peers ...", file=sys.stderr, flush=True)
-        row = run(peers, args.queries)
+        row = run(peers, args.queries, args.shard_idle_s)
         print(row, file=sys.stderr, flush=True)
         rows.append(row)
-    print(f"\nsimulator, {args.queries} queries per run, {os.cpu_count()} cores; deliveries by kind in "
-          "docs/benchmarks.md\n")
+    print(f"\nsimulator, {args.queries} queries per run, {os.cpu_count()} cores, coordinators' shard_idle_s "
+          f"{args.shard_idle_s:g}; deliveries by kind in docs/benchmarks.md\n")
     print("| peers | with experts | validators | coordinators that asked | deliveries per query, all nodes | "
           "per node per query | answers sent again (direct, 1 delivery each) | announcements gossiped per node "
           "per 30 s: mean | most at one node | at a node on no shard | directory exchanges per node per 30 s | "

@@ -194,3 +194,7 @@ def test_the_simulators_accounting_follows_the_shards():
     assert layout.deliveries(c, wire.Announce(addrs=(), cards=(card("c", ("code",)),)), 0.0, peers=100) == 0
     assert layout.deliveries(c, wire.Announce(addrs=(), validator=True), 0.0, peers=100) == 99
     assert layout.deliveries(k, wire.Announce(addrs=("/ip4/1.2.3.4/tcp/1",)), 0.0, peers=100) == 0
+    default = AnnounceLayout()  # the node's default: coordinators join no shard
+    default.expert(a, ("math", "law"))
+    default.ask(k, "law", 0.0)
+    assert default.deliveries(a, two, 10.0, peers=100) == 0

@@ -51,12 +51,13 @@ class AnnounceLayout:
     """Who takes an announcement in the node's topic layout
     (p2pnet.gossip.shards): a validator's goes on the global announce topic,
     one delivery at every other peer; an expert's on the shard of each of its
-    domains, one delivery at each other expert of that domain and at each
+    domains, one delivery at each other expert of that domain and, with
+    ``idle_s`` > 0 (the node's ``shard_idle_s``, off by default), at each
     coordinator that asked there in the last ``idle_s``. A peer offering only
     its addresses gossips none. The experts' domains are learnt from the
     announcements routed (or told, ``expert``), the asks from the queries."""
 
-    def __init__(self, idle_s: float = 600.0) -> None:
+    def __init__(self, idle_s: float = 0.0) -> None:
         self.idle_s = idle_s
         self.experts: dict = defaultdict(set)  # domain -> peers whose cards serve it
         self.asks: dict = defaultdict(dict)  # domain -> {coordinator peer: last ask}
