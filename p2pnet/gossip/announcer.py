@@ -7,7 +7,7 @@ state, set up in ``GossipNetwork.__init__``.
 Who gossips: only a node with something to offer. A validator publishes
 its announcement on the announce topic, which every node takes; an expert on
 the announce shard of each of its domains, which only that domain's experts
-and the coordinators asking in it take (shards.py). A node that offers only
+take (and, with ``shard_idle_s``, the coordinators asking in it: shards.py). A node that offers only
 its addresses (most nodes of a large network) does not gossip: gossiped,
 every node would receive every such node's announcement, a cost per node
 that grows with the network (docs/benchmarks.md, "Scale"). It keeps its

@@ -3,8 +3,8 @@ envelopes, direct streams (direct.py: request/response, and queries sent
 straight to their respondents), and peer exchange.
 
 A node subscribes only to the topics something on it handles (and to
-validators' announcements, its announce shards and queries): queries go to their respondents directly, the
-queries topic is only their fallback; consensus and ratings reach only the
+validators' announcements, its announce shards and queries): queries go to
+their respondents directly, the queries topic is only their fallback; consensus and ratings reach only the
 nodes that keep the ledger.
 
 Inbound gossip is checked by a GossipSub topic validator *before* it is
@@ -43,8 +43,9 @@ that joins asks one peer for them all (``DirectoryRequest``) instead of
 waiting out a refresh period; each is checked as if it came by gossip. Only
 validators (on the announce topic) and experts (on their domains' shards,
 shards.py) gossip theirs; a node offering only its addresses spreads its
-announcement by directory exchanges with one peer at a time (announcer.py). Hosts of a domain or a model can also be found in the DHT
-(providers.py, with ``--dht``). A Cancel that overtakes its Query is
+announcement by directory exchanges with one peer at a time (announcer.py).
+Hosts of a domain or a model can also be found in the DHT (providers.py,
+with ``--dht``). A Cancel that overtakes its Query is
 remembered, and the Query dropped (direct.py ``EarlyCancels``).
 """
 

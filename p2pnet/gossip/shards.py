@@ -2,9 +2,9 @@
 
 An expert's announcement goes on the announce shard of each domain its cards
 serve (``topics.announce_shard``), not to every node: the nodes that take a
-shard are the experts of that domain and the coordinators asking in it (a
-validator's probes are asked through its coordinator, so it joins the shards
-it probes like any coordinator). A coordinator joins a shard on its first
+shard are the experts of that domain and, if switched on, the coordinators
+asking in it (a validator's probes are asked through its coordinator, so it
+would join the shards it probes like any coordinator). A coordinator joins a shard on its first
 ask there and leaves it once it has not asked there for ``idle_s``: **off by
 default** (``idle_s`` 0): measured on 40 node processes, coordinators that
 joined the shard they asked in saw most of their direct queries to experts

@@ -2,7 +2,8 @@
 
 Announcements are sharded by domain: an expert's announcement goes on the
 announce shard of each domain its cards serve (``announce_shard``), taken by
-the experts of that domain and the coordinators asking in it (shards.py);
+the experts of that domain (and, if switched on, the coordinators asking in
+it: shards.py);
 validators' announcements (few) go on ``ANNOUNCE``, which every node takes."""
 
 from p2pnet import wire
