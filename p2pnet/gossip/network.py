@@ -312,9 +312,11 @@ class GossipNetwork(Announcing, Inbound, Streams, Sharding):
         return [p.to_bytes() for p in self.host.get_connected_peers()]
 
     def mesh(self) -> dict[str, int]:
+        """Mesh size of each topic but the announce shards (whose mesh may
+        rightly be empty: an expert alone in its domain; see shard_mesh)."""
         if self.gossipsub is None:
             return {}
-        return {t: len(peers) for t, peers in self.gossipsub.mesh.items()}
+        return {t: len(peers) for t, peers in self.gossipsub.mesh.items() if not topics.shard_domain(t)}
 
     @property
     def stopping(self) -> bool:

@@ -108,6 +108,11 @@ class Sharding:
         for topic in sorted(held - wanted):
             self._nursery.start_soon(self._unsubscribe, topic)
 
+    def shard_mesh(self) -> dict:
+        """Mesh size of each announce shard taken (0: no peer of it yet)."""
+        mesh = getattr(self.gossipsub, "mesh", None) or {}
+        return {t: len(mesh.get(t, ())) for t in sorted(self._inboxes) if topics.shard_domain(t)}
+
     async def _unsubscribe(self, topic: str) -> None:
         send = self._inboxes.pop(topic, None)
         if send is None:
