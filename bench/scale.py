@@ -12,7 +12,11 @@ With ``--query-rate R`` the even-numbered nodes host a scripted expert
 (``--expert model=scripted:wrong``: a canned answer after 50 ms, no model)
 and the odd-numbered ones none; after the idle window, R queries a second
 (2 respondents each) go for ``--window-s`` to the odd nodes' APIs in turn, so
-every query crosses the network. The second table: the swarm's CPU per query
+every query crosses the network. ``--domains K`` (default 1: every expert
+serves "general") spreads the experts over K domains d0..d(K-1) (node 2j
+serves d(j mod K)) and names the domain in each query, in turn: with
+announcements sharded by domain, an expert's announcement reaches the
+experts of its domain and the coordinators asking there. The second table: the swarm's CPU per query
 above its idle rate (total and divided by N), each node's CPU per second
 under load, and how many nodes a query reached (queries a node took, by
 gossip or direct stream, over all nodes, per query).
@@ -92,9 +96,10 @@ def get_json(url: str) -> dict:
 QUESTION = "What is the capital of France?"
 
 
-def ask(api: str) -> bool:
+def ask(api: str, domain: str = "") -> bool:
     body = json.dumps({"model": "p2pnet", "messages": [{"role": "user", "content": QUESTION}],
-                       "max_tokens": 8, "respondents": 2, "deadline_s": 20}).encode()
+                       "max_tokens": 8, "respondents": 2, "deadline_s": 20,
+                       **({"domain": domain} if domain else {})}).encode()
     req = urllib.request.Request(api + "/v1/chat/completions", data=body,
                                  headers={"Content-Type": "application/json"})
     try:
@@ -128,11 +133,12 @@ def source_env(src) -> dict:
 
 
 class Swarm:
-    def __init__(self, root: Path, env: dict, node_args, experts: bool = False) -> None:
+    def __init__(self, root: Path, env: dict, node_args, experts: bool = False, domains: int = 1) -> None:
         self.root = root
         self.env = env
         self.node_args = list(node_args)
         self.experts = experts  # even-numbered nodes host a scripted expert
+        self.domains = domains
         self.procs: list[subprocess.Popen] = []
         self.dirs: list[Path] = []
 
@@ -152,7 +158,8 @@ class Swarm:
 
     def hosting(self, i: int) -> list:
         if self.experts and i % 2 == 0:
-            return ["--expert", f"model=scripted:wrong,id=x{i},domains=general"]
+            domain = "general" if self.domains <= 1 else f"d{(i // 2) % self.domains}"
+            return ["--expert", f"model=scripted:wrong,id=x{i},domains={domain}"]
         return ["--no-experts"]
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -208,7 +215,9 @@ def query_phase(sw: Swarm, args, pids, idle_rate) -> dict:
     t0, c0 = time.monotonic(), [cpu_s(pid) for pid in pids]
     for i in range(total):
         time.sleep(max(0.0, t0 + i / args.query_rate - time.monotonic()))
-        th = threading.Thread(target=lambda api=coords[i % len(coords)]: results.append(ask(api)), daemon=True)
+        domain = f"d{i % args.domains}" if args.domains > 1 else ""
+        th = threading.Thread(target=lambda api=coords[i % len(coords)], d=domain: results.append(ask(api, d)),
+                              daemon=True)
         th.start()
         threads.append(th)
     for th in threads:
@@ -226,7 +235,7 @@ def query_phase(sw: Swarm, args, pids, idle_rate) -> dict:
 def measure(n: int, args, env, wait_s: float, label: str = "") -> dict:
     load_before, quiet = wait_quiet(args.quiet_below, wait_s)
     with tempfile.TemporaryDirectory(prefix=f"p2pnet-scale-{n}-") as tmp:
-        sw = Swarm(Path(tmp), env, args.node_arg, experts=args.query_rate > 0)
+        sw = Swarm(Path(tmp), env, args.node_arg, experts=args.query_rate > 0, domains=args.domains)
         try:
             print(f"N={n} {label}: load {load_before:.2f}; starting ...", file=sys.stderr, flush=True)
             sw.start(n, args.batch, args.start_timeout_s)
@@ -256,7 +265,7 @@ def measure(n: int, args, env, wait_s: float, label: str = "") -> dict:
 
 def print_tables(title: str, rows: list, args) -> None:
     print(f"\n{title}: node processes on 127.0.0.1, {os.cpu_count()} cores, "
-          f"settle {args.settle_s:.0f} s, window {args.window_s:.0f} s\n")
+          f"settle {args.settle_s:.0f} s, window {args.window_s:.0f} s, experts' domains {args.domains}\n")
     print("| N | idle CPU ms/s per node, mean | max | connections, mean | min–max | RSS MB, mean | load at start |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -290,6 +299,7 @@ def main(argv=None) -> None:
     ap.add_argument("--node-arg", action="append", default=[], help="extra `node start` argument; repeatable")
     ap.add_argument("--label", default="")
     ap.add_argument("--query-rate", type=float, default=0.0, help="queries/s after the idle window; 0: idle only")
+    ap.add_argument("--domains", type=int, default=1, help="the experts' domains (with --query-rate)")
     ap.add_argument("--compare", type=Path, default=None, help="also run each N from this tree first (before)")
     args = ap.parse_args(argv)
     # SIGTERM (as SIGINT) unwinds, so each swarm's finally stops the nodes it started

@@ -212,6 +212,7 @@ class Node:
             # "ready" only with peers: a node cut off from the network says so.
             "state": "ready" if peers else "no peers",
             "topics": self.network.mesh(),
+            "announce_shards": self.network.shard_mesh(),
             "counters": self.network.stats.as_json(),
             "outbox": self.network.outbox_len(),
             "banned": [wire.peer_id_str(p) for p in self.network.penalties.banned(self.clock())],

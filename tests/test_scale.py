@@ -179,7 +179,7 @@ async def test_announcer_repeats_on_change_rate_limited_else_each_refresh(autoju
         return net.signer.seal(message)
 
     net.peers = lambda: [b"peer"]
-    net._announce_heard = lambda: True
+    net._announce_heard = lambda wanted: wanted
     net.publish_nowait = publish
     async with trio.open_nursery() as nursery:
         nursery.start_soon(net._announcer)
@@ -188,8 +188,8 @@ async def test_announcer_repeats_on_change_rate_limited_else_each_refresh(autoju
             extra["cards"] = (card(expert_id, load=load),)
         await trio.sleep_until(60.0)
         nursery.cancel_scope.cancel()
-    assert sent == [(0.0, "e0", 0, 90), (3.0, "e1", 0, 90), (6.0, "e3", 0, 90), (8.0, "e3", 0, 90),
-                    (14.0, "e3", 0, 90), (29.0, "e3", 0, 90), (59.0, "e3", 7, 90)]
+    assert sent == [(0.0, "e0", 0, 360), (3.0, "e1", 0, 360), (6.0, "e3", 0, 360), (8.0, "e3", 0, 360),
+                    (14.0, "e3", 0, 360), (29.0, "e3", 0, 360), (59.0, "e3", 7, 360)]
 
 
 async def test_a_node_offering_only_its_addresses_refreshes_four_times_less_often(autojump_clock):

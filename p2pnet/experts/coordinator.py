@@ -265,6 +265,17 @@ class Coordinator:
             log.info("no expert for %r was known: took %d announcement(s) found on asking", domain, taken)
         return taken
 
+    def _join_shards(self, domain: str, candidates) -> None:
+        """Take the announce shard of the domain asked in (and of "general"
+        when its experts stand in), so the load the candidates announce
+        stays live here (p2pnet.gossip.shards)."""
+        ask = getattr(self.node.network, "ask_domain", None)
+        if ask is None or not domain:
+            return
+        ask(domain)
+        if candidates and not any(domain in r.card.domains for r in candidates):
+            ask("general")
+
     async def chat(self, req: ChatRequest, on_delta=None, *, probe: Optional[signals.Probe] = None) -> ChatResult:
         """Answer ``req``. ``probe`` (the validator's Prober) grades each answer
         against a known answer instead of by agreement; on the wire a probe is
@@ -289,6 +300,7 @@ class Coordinator:
                 route = self._route(req, now)
                 domain = route.domain
                 candidates = self.directory.candidates(now, domain, model)
+        self._join_shards(domain, candidates)
         rnd = QueryRound(RoundSetup(
             domain=domain, prompt=prompt, candidates=candidates,
             deadline_s=req.deadline_s or self.default_deadline_s, policy=self.policy, evaluator=self.evaluator,

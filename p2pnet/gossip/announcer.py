@@ -4,17 +4,20 @@ on (``policy.AnnounceStore``), the join-time directory fetch, and the
 periodic exchange with one peer. A mixin: its methods use the network's
 state, set up in ``GossipNetwork.__init__``.
 
-Who gossips: only a node with something to offer (an expert's cards, or a
-validator) publishes its announcement on the announce topic, which every
-node takes. A node that offers only its addresses (most nodes of a large
-network) does not: gossiped, every node would receive every such node's
-announcement, a cost per node that grows with the network (docs/benchmarks.md,
-"Scale"). It keeps its signed announcement in its own store instead, and
-every ``exchange_s`` asks one random connected peer for its directory,
-sending its own announcement with the request (push-pull anti-entropy: each
-node talks to one peer per period whatever the network's size, and an
-address spreads to all in a few periods). Entries already held are not
-checked again. Peer exchange (connector.py) hears of such nodes this way.
+Who gossips: only a node with something to offer. A validator publishes
+its announcement on the announce topic, which every node takes; an expert on
+the announce shard of each of its domains, which only that domain's experts
+take (and, with ``shard_idle_s``, the coordinators asking in it: shards.py). A node that offers only
+its addresses (most nodes of a large network) does not gossip: gossiped,
+every node would receive every such node's announcement, a cost per node
+that grows with the network (docs/benchmarks.md, "Scale"). It keeps its
+signed announcement in its own store instead, and every ``exchange_s`` asks
+one random connected peer for its directory, sending its own announcement
+with the request (push-pull anti-entropy: each node talks to one peer per
+period whatever the network's size, and an address spreads to all in a few
+periods). The exchange carries every card too, so a node on no shard still
+knows every expert. Entries already held are not checked again. Peer
+exchange (connector.py) hears of such nodes this way.
 """
 
 from __future__ import annotations
@@ -28,11 +31,17 @@ from p2pnet import wire
 from p2pnet.gossip import topics
 from p2pnet.gossip.errors import OutboxFull, RpcFailed
 from p2pnet.gossip.policy import check_directory
+from p2pnet.gossip.shards import announce_topics
 
 log = logging.getLogger("p2pnet.gossip")
 
 QUIET_FACTOR = 4
 """How many times less often a node with nothing to offer but its addresses refreshes its announcement."""
+
+SHARD_GRACE_S = 3.0
+"""After gaining peers, how long an expert waits for GossipSub to hear that
+some peer takes one of its shards before it keeps its announcement for the
+exchange alone (its echoes try the shards again)."""
 
 EXCHANGE_FACTOR = 2
 """A node exchanges directories with one random peer every ``QUIET_FACTOR *
@@ -58,11 +67,13 @@ class Announcing:
     def _announce_message(self) -> wire.Announce:
         addrs = self.reachable_addrs()
         message = wire.Announce(addrs=addrs, **self.announce_extra(), ttl_s=int(self.announce_ttl_s))
-        if not message.cards and not message.validator:
+        if not message.validator:
             # A node that offers nothing but its addresses (no expert, not a
             # validator: most nodes of a large network) refreshes
             # QUIET_FACTOR times less often, and its announcement lives as
-            # much longer: every node receives every announcement.
+            # much longer. An expert's refreshes reach only its shards; most
+            # nodes hold its card from exchanges, which take minutes to
+            # spread it: it lives as long.
             message = dataclasses.replace(
                 message, ttl_s=min(int(self.announce_ttl_s * QUIET_FACTOR), wire.MAX_ANNOUNCE_TTL_S))
         return message
@@ -83,10 +94,11 @@ class Announcing:
         verified = service.verified_addrs() if service is not None else ()  # confirmed by dial-backs
         return nat.announceable([*self.listen_addrs, *verified], circuits, announce_private=private)[:16]
 
-    def _announce_heard(self) -> bool:
-        """Some peer has told GossipSub it takes announcements: one published
-        before that reaches nobody."""
-        return bool(getattr(self.pubsub, "peer_topics", {}).get(topics.ANNOUNCE))
+    def _announce_heard(self, wanted: tuple) -> tuple:
+        """Of the ``wanted`` topics, those some peer has told GossipSub it
+        takes: an announcement published before that reaches nobody."""
+        peer_topics = getattr(self.pubsub, "peer_topics", {})
+        return tuple(t for t in wanted if peer_topics.get(t))
 
     @property
     def exchange_s(self) -> float:
@@ -108,10 +120,13 @@ class Announcing:
         every ``exchange_s``, exchange directories with one random peer."""
         had_peers = False
         next_exchange = None
+        peers_since = 0.0
         while True:
             now = trio.current_time()
+            self._sync_shards()
             has_peers = bool(self.peers())
             if has_peers and not had_peers:
+                peers_since = now
                 self.schedule.force()
                 if self._directory == "done":
                     self._directory = "wanted"
@@ -132,16 +147,26 @@ class Announcing:
                     if changed and self._directory == "done":
                         next_exchange = now  # tell a peer at once
                     wait = self.schedule.wait_s(now, key)
-                elif self._announce_heard():
-                    try:
-                        data = self.publish_nowait(topics.ANNOUNCE, message)
-                        self.schedule.sent(now, key)
+                elif heard := self._announce_heard(announce_topics(message)):
+                    try:  # one message on all its topics: a peer on several takes it once
+                        data = self.publish_nowait(heard if len(heard) > 1 else heard[0], message)
                         self.announces.put(wire.open_envelope(data, self.params.max_message_bytes), self.clock())
+                        self.schedule.sent(now, key)
                     except OutboxFull:
                         pass
                     wait = self.schedule.wait_s(now, key)
-                else:
+                elif now - peers_since < SHARD_GRACE_S:
                     wait = 0.1  # joined a moment ago: GossipSub has not heard the peers' topics yet
+                else:
+                    # no peer takes any of its topics (an expert alone in its
+                    # domains among its peers): kept for the exchange, told
+                    # to a peer at once; the echoes try the topics again
+                    changed = key != self.schedule.last_key
+                    self._keep_own(message)
+                    self.schedule.sent(now, key)
+                    if changed and self._directory == "done":
+                        next_exchange = now
+                    wait = self.schedule.wait_s(now, key)
             if has_peers and self._nursery is not None:
                 if self._directory == "wanted":
                     self._directory = "fetching"

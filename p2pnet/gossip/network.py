@@ -3,8 +3,8 @@ envelopes, direct streams (direct.py: request/response, and queries sent
 straight to their respondents), and peer exchange.
 
 A node subscribes only to the topics something on it handles (and to
-announcements and queries): queries go to their respondents directly, the
-queries topic is only their fallback; consensus and ratings reach only the
+validators' announcements, its announce shards and queries): queries go to
+their respondents directly, the queries topic is only their fallback; consensus and ratings reach only the
 nodes that keep the ledger.
 
 Inbound gossip is checked by a GossipSub topic validator *before* it is
@@ -41,10 +41,11 @@ at most once per ``announce_min_gap_s``, and otherwise every
 newest unexpired one of each peer is kept as received, signed, and a node
 that joins asks one peer for them all (``DirectoryRequest``) instead of
 waiting out a refresh period; each is checked as if it came by gossip. Only
-experts and validators gossip theirs; a node offering only its addresses
-spreads its announcement by directory exchanges with one peer at a time
-(announcer.py). Hosts of a domain or a model can also be found in the DHT
-(providers.py, with ``--dht``). A Cancel that overtakes its Query is
+validators (on the announce topic) and experts (on their domains' shards,
+shards.py) gossip theirs; a node offering only its addresses spreads its
+announcement by directory exchanges with one peer at a time (announcer.py).
+Hosts of a domain or a model can also be found in the DHT (providers.py,
+with ``--dht``). A Cancel that overtakes its Query is
 remembered, and the Query dropped (direct.py ``EarlyCancels``).
 """
 
@@ -62,6 +63,7 @@ import trio
 
 from p2pnet import wire
 from p2pnet.gossip import topics
+from p2pnet.gossip.topics import TOPIC_KINDS, kinds_of
 from p2pnet.gossip.connector import Connector
 from p2pnet.gossip.errors import GossipError, OutboxFull, RpcFailed
 from p2pnet.gossip.guard import BanGate
@@ -71,29 +73,22 @@ from p2pnet.gossip.announcer import Announcing
 from p2pnet.gossip.direct import DirectQueries, EarlyCancels, Streams
 from p2pnet.gossip.inbound import Inbound
 from p2pnet.gossip.providers import Providers, keys_of
+from p2pnet.gossip.shards import Sharding, ShardInterest
 from p2pnet.gossip.policy import AnnounceSchedule, AnnounceStore, Watermarks
 from p2pnet.logs import LogLimiter
 from p2pnet.gossip.stats import PeerPenalties, Stats
 
 log = logging.getLogger("p2pnet.gossip")
 
-TOPIC_KINDS = {
-    topics.ANNOUNCE: {wire.Announce.KIND},
-    topics.QUERIES: {wire.Query.KIND, wire.Cancel.KIND},
-    topics.ANSWERS: {wire.Answer.KIND},  # AnswerChunks travel only over direct streams
-    topics.CONSENSUS: {wire.Proposal.KIND, wire.Vote.KIND},
-    topics.TXS: {wire.Rating.KIND, wire.Tx.KIND},  # Tx: an aged rating re-stamped by its node
-    topics.BROADCAST: {wire.Broadcast.KIND},
-}
-
 URGENT_TOPICS = frozenset({topics.CONSENSUS})
+
 
 Handler = Callable[[wire.Envelope], Awaitable[None]]
 RequestHandler = Callable[[wire.Envelope], Awaitable[wire.Message]]
 
 
-class GossipNetwork(Announcing, Inbound, Streams):
-    topic_kinds = TOPIC_KINDS  # what each topic's validator lets through (inbound.py)
+class GossipNetwork(Announcing, Inbound, Streams, Sharding):
+    kinds_of = staticmethod(kinds_of)  # what each topic's validator lets through (inbound.py)
 
     def __init__(
         self,
@@ -115,6 +110,7 @@ class GossipNetwork(Announcing, Inbound, Streams):
         announce_ttl_s: float = 90.0,
         announce_min_gap_s: float = 3.0,
         announce_poll_s: float = 1.0,
+        shard_idle_s: float = 0.0,
         rpc_timeout_s: float = 30.0,
         max_rpc_streams: int = 64,
         linger_s: float = 5.0,
@@ -152,6 +148,8 @@ class GossipNetwork(Announcing, Inbound, Streams):
         self.announce_poll_s = announce_poll_s
         self.schedule = AnnounceSchedule(announce_interval_s, announce_min_gap_s)
         self.announces = AnnounceStore()
+        # the announce shards taken (shards.py); shard_idle_s > 0: also those asked in, that long
+        self.shards = ShardInterest(shard_idle_s)
         self.rpc_timeout_s = rpc_timeout_s
         self.linger_s = linger_s
         self.flush_wait_s = flush_wait_s
@@ -176,7 +174,8 @@ class GossipNetwork(Announcing, Inbound, Streams):
         self.loglimit = LogLimiter(log, clock=clock)
 
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
-        # Topics to subscribe to; every node takes announcements, and the
+        # Topics to subscribe to; every node takes validators' announcements
+        # (experts' go on per-domain shards, shards.py), and the
         # queries topic, the fallback of the direct query streams: GossipSub
         # relays only inside a topic's mesh, so a fallback query must be able
         # to travel through nodes without experts (connections are bounded;
@@ -217,7 +216,7 @@ class GossipNetwork(Announcing, Inbound, Streams):
         self.ready = False
         self._publishing = False
         self._last_own_seq: Optional[int] = None  # our last envelope handed to GossipSub
-        self._last_own_topic: Optional[str] = None  # ... and its topic
+        self._last_own_topic: tuple = ()  # ... and its topics
         self.flush_result: Optional[tuple[int, int]] = None  # (peers that confirmed, peers asked)
         self.on_request(wire.Flush.KIND, self._serve_flush)
         self.on_request(wire.DirectoryRequest.KIND, self._serve_directory)
@@ -260,8 +259,9 @@ class GossipNetwork(Announcing, Inbound, Streams):
         """Serve direct requests whose message KIND is ``kind``."""
         self._rpc_handlers[kind] = handler
 
-    def publish_nowait(self, topic: str, message: wire.Message) -> bytes:
-        """Sign and queue ``message``; returns the envelope bytes. An Answer
+    def publish_nowait(self, topic, message: wire.Message) -> bytes:
+        """Sign and queue ``message`` on ``topic`` (a tuple of topics: one
+        message on all of them, each peer gets it once); returns the envelope bytes. An Answer
         for a Query that came here goes straight back to its coordinator
         instead (direct.py ``send_answer_nowait``): the answers topic is only
         for answers to queries this node did not take itself."""
@@ -312,9 +312,11 @@ class GossipNetwork(Announcing, Inbound, Streams):
         return [p.to_bytes() for p in self.host.get_connected_peers()]
 
     def mesh(self) -> dict[str, int]:
+        """Mesh size of each topic but the announce shards (whose mesh may
+        rightly be empty: an expert alone in its domain; see shard_mesh)."""
         if self.gossipsub is None:
             return {}
-        return {t: len(peers) for t, peers in self.gossipsub.mesh.items()}
+        return {t: len(peers) for t, peers in self.gossipsub.mesh.items() if not topics.shard_domain(t)}
 
     @property
     def stopping(self) -> bool:
@@ -408,8 +410,10 @@ class GossipNetwork(Announcing, Inbound, Streams):
 
     async def _subscribe(self, topic: str) -> None:
         """Take ``topic``'s messages from now on, into its bounded inbox."""
-        if topic in self._inboxes or topic not in TOPIC_KINDS:
+        if topic in self._inboxes or not kinds_of(topic):
             return
+        if topic not in TOPIC_KINDS:  # a shard: its validator comes and goes with it
+            self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
         send, recv = trio.open_memory_channel(self.inbox_size)
         self._inboxes[topic] = send
         self._nursery.start_soon(self._dispatch_topic, topic, recv)
@@ -438,7 +442,8 @@ class GossipNetwork(Announcing, Inbound, Streams):
 
     async def _flush_peers(self, seq: int) -> None:
         # only the peers that take our last message's topic can confirm it
-        takers = set(getattr(self.pubsub, "peer_topics", {}).get(self._last_own_topic, ()))
+        peer_topics = getattr(self.pubsub, "peer_topics", {})
+        takers = set().union(*(peer_topics.get(t, ()) for t in self._last_own_topic))
         peers = [p for p in self.peers() if _peer_id(p) in takers]
         confirmed = []
 
@@ -537,11 +542,13 @@ class GossipNetwork(Announcing, Inbound, Streams):
     async def _publish_one(self, topic: str, data: bytes, own_seq: Optional[int]) -> None:
         self._publishing = True
         try:
-            await self.pubsub.publish(topic, data)
+            many = topic if isinstance(topic, tuple) else (topic,)
+            await self.pubsub.publish(list(many) if len(many) > 1 else many[0], data)
             if own_seq is not None:
                 self._last_own_seq = own_seq
-                self._last_own_topic = topic
-            self.stats.sent[topic] += 1
+                self._last_own_topic = many
+            for t in many:
+                self.stats.sent[t] += 1
         except Exception as exc:  # never let one publish kill the node
             self.stats.drop("publish_failed")
             self.loglimit.warning("publish_failed", "publish on %s failed: %s", topic, exc)
@@ -551,10 +558,15 @@ class GossipNetwork(Announcing, Inbound, Streams):
     def _take_gossip(self, topic: str, msg) -> None:
         """A message GossipSub accepted on ``topic``: into its bounded inbox
         (a full one drops and counts)."""
+        if len(msg.topicIDs) > 1 and topic != next((t for t in msg.topicIDs if t in self._inboxes), topic):
+            return  # one message on several shards we take: taken once, on the first
         env = self._decoded.pop(message_id(msg), None)
         if msg.from_id == self.peer_id:
             return
         send = self._inboxes.get(topic)
+        if send is None and env is not None:
+            self.stats.drop("unsubscribed")  # a shard left a moment ago
+            return
         if env is None or send is None:
             self.stats.drop("undecoded")  # not seen by our validator: cannot happen, counted if it does
             return
@@ -566,7 +578,7 @@ class GossipNetwork(Announcing, Inbound, Streams):
 
     async def _dispatch_topic(self, topic: str, recv) -> None:
         async for env in recv:
-            if topic == topics.ANNOUNCE:
+            if topics.is_announce(topic):
                 await self._take_announce(env)
             elif topic == topics.QUERIES and self._overtaken(env):
                 continue

@@ -7,7 +7,9 @@ A :class:`SimTransport` offers what the coordinator and responder use of
 checked (``wire.open_envelope``, once per message rather than once per
 receiver). Instead of flooding GossipSub, a Query is routed to the peers it is
 sealed to, a Cancel to the same peers, a gossiped Answer to the query's
-coordinator, and an Announce to the peer keeping the shared directory.
+coordinator, and an Announce to the peer keeping the shared directory
+(what it would cost in the node's topic layout is counted apart:
+:class:`AnnounceLayout`).
 Deliveries take ``latency * (1 +- jitter)`` and are lost with probability
 ``loss``; a lost direct request fails after a round trip (a reset stream).
 """
@@ -15,7 +17,7 @@ Deliveries take ``latency * (1 +- jitter)`` and are lost with probability
 from __future__ import annotations
 
 import random
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Optional
 
@@ -24,6 +26,7 @@ import trio
 from p2pnet import wire
 from p2pnet.gossip import topics
 from p2pnet.gossip.errors import RpcFailed
+from p2pnet.gossip.shards import announce_topics
 
 Handler = Callable[[wire.Envelope], Awaitable[object]]
 MAX_ROUTES = 100_000
@@ -37,12 +40,54 @@ class NetStats:
     requests: int = 0
     requests_failed: int = 0
     # accounting only (bench/deliveries.py): deliveries by message kind, gossip
-    # and direct requests apart, and what an announcement costs in the node's
-    # topic layout (every peer takes the announce topic: one delivery each; only a peer with
-    # experts or a validator gossips one, as the simulator's announcing peers are)
+    # and direct requests apart, and what the announcements routed would have
+    # cost in the node's topic layout (AnnounceLayout)
     delivered_by_kind: Counter = field(default_factory=Counter)
     requests_by_kind: Counter = field(default_factory=Counter)
     announce_layout: int = 0
+
+
+class AnnounceLayout:
+    """Who takes an announcement in the node's topic layout
+    (p2pnet.gossip.shards): a validator's goes on the global announce topic,
+    one delivery at every other peer; an expert's on the shard of each of its
+    domains, one delivery at each other expert of that domain and, with
+    ``idle_s`` > 0 (the node's ``shard_idle_s``, off by default), at each
+    coordinator that asked there in the last ``idle_s``. A peer offering only
+    its addresses gossips none. The experts' domains are learnt from the
+    announcements routed (or told, ``expert``), the asks from the queries."""
+
+    def __init__(self, idle_s: float = 0.0) -> None:
+        self.idle_s = idle_s
+        self.experts: dict = defaultdict(set)  # domain -> peers whose cards serve it
+        self.asks: dict = defaultdict(dict)  # domain -> {coordinator peer: last ask}
+
+    def expert(self, peer: bytes, domains) -> None:
+        for d in domains:
+            self.experts[d].add(peer)
+
+    def ask(self, peer: bytes, domain: str, now: float) -> None:
+        if domain:
+            self.asks[domain][peer] = now
+
+    def takers(self, domain: str, now: float) -> set:
+        asking = {p for p, at in self.asks.get(domain, {}).items() if at + self.idle_s > now}
+        return self.experts.get(domain, set()) | asking
+
+    def receivers(self, sender: bytes, message: wire.Announce, now: float, everyone=()) -> set:
+        """The peers that take ``sender``'s announcement ``message``: one
+        message on all its topics, once at each peer that takes any of them
+        (``everyone``: the peers, all of whom take the global topic)."""
+        wanted = announce_topics(message)
+        takers = set(everyone) if topics.ANNOUNCE in wanted else set()
+        takers = takers.union(*(self.takers(topics.shard_domain(t), now) for t in wanted if t != topics.ANNOUNCE))
+        return takers - {sender}
+
+    def deliveries(self, sender: bytes, message: wire.Announce, now: float, peers: int) -> int:
+        """How many deliveries ``message`` costs among ``peers`` peers."""
+        if topics.ANNOUNCE in announce_topics(message):
+            return peers - 1
+        return len(self.receivers(sender, message, now))
 
 
 class SimNetwork:
@@ -55,6 +100,7 @@ class SimNetwork:
         self.transports: dict[bytes, SimTransport] = {}
         self.announce_sink: Optional[bytes] = None
         self.stats = NetStats()
+        self.layout = AnnounceLayout()
         self._routes: "OrderedDict[bytes, tuple[bytes, frozenset]]" = OrderedDict()
 
     def attach(self, peer_id: bytes, signer: wire.Signer) -> "SimTransport":
@@ -78,11 +124,14 @@ class SimNetwork:
 
     def route(self, sender: bytes, topic: str, env: wire.Envelope) -> None:
         msg = env.message
-        if topic == topics.ANNOUNCE:
+        if topics.is_announce(topic):
             targets = frozenset((self.announce_sink,)) if self.announce_sink else frozenset()
-            self.stats.announce_layout += len(self.transports) - 1
+            self.layout.expert(sender, {d for c in msg.cards for d in c.domains})
+            self.stats.announce_layout += self.layout.deliveries(sender, msg, trio.current_time(),
+                                                                 len(self.transports))
         elif isinstance(msg, wire.Query):
             targets = frozenset(p.recipient for p in msg.prompts)
+            self.layout.ask(sender, msg.domain, trio.current_time())
             self._routes[msg.query_id] = (sender, targets)
             while len(self._routes) > MAX_ROUTES:
                 self._routes.popitem(last=False)
