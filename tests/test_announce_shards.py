@@ -98,8 +98,10 @@ async def test_the_coordinator_joins_the_shard_it_asks_in_and_generals_when_they
 async def test_an_experts_announcement_reaches_its_domain_and_askers_only(nursery):
     """a and b serve math, c law, q nothing, k is a coordinator that asked in
     math; all connected to each other. Math announcements reach b and k by
-    gossip, never q or c (their pubsub counters for the shards stay at 0);
-    q and c still hold a's card, from the directory exchange."""
+    gossip, never q or c (their pubsub counters for the shards stay at 0).
+    a's first announcement and its echoes (a change) also go on the global
+    topic, so q and c hold a's card at once; a's unchanged refreshes reach
+    only the shard."""
     a = make_net(cards=(card("a", ("math",)),))
     await nursery.start(a.run)
     b = make_net(boot_of(a), cards=(card("b", ("math",)),))
@@ -119,12 +121,20 @@ async def test_an_experts_announcement_reaches_its_domain_and_askers_only(nurser
     assert sorted(t for t in q.subscribed() if topics.is_announce(t)) == [topics.ANNOUNCE]
     assert sorted(t for t in c.subscribed() if topics.is_announce(t)) == [topics.ANNOUNCE, LAW]
     assert q.peer_id not in takers(a, MATH) and c.peer_id not in takers(a, MATH)
-    for n in (q, c):  # nothing of math by gossip, nor on the global topic (no validator here)
-        assert n.stats.received[MATH] == 0 and n.stats.received[topics.ANNOUNCE] == 0
+    for n in (q, c):  # nothing on the math shard
+        assert n.stats.received[MATH] == 0
         assert n.stats.dropped["undecoded"] == 0
     assert q.stats.received[LAW] == 0 and a.stats.received[LAW] == 0 and k.stats.received[LAW] == 0
     assert q.announces.get(a.peer_id).message.cards[0].expert_id == "a"
-    assert a.stats.sent[MATH] >= 1 and a.stats.sent[topics.ANNOUNCE] == 0
+    # the change (a's first announcement and its echoes) went on the global topic too, and no more
+    await wait_for(lambda: not any(n.schedule.echoing for n in (a, b, c)), 60, "the experts' echoes over")
+    assert a.stats.sent[topics.ANNOUNCE] == 1 + len(a.schedule.echoes_s)
+    heard = {n.peer_id: n.stats.received[topics.ANNOUNCE] for n in (q, c)}
+    assert heard[q.peer_id] >= 1  # q takes no shard: it heard the experts' changes on the global topic
+    sent = a.stats.sent[MATH]
+    await wait_for(lambda: a.stats.sent[MATH] >= sent + 2, 60, "two unchanged refreshes of a")
+    assert a.stats.sent[topics.ANNOUNCE] == 1 + len(a.schedule.echoes_s)  # refreshes: the shard only
+    assert {n.peer_id: n.stats.received[topics.ANNOUNCE] for n in (q, c)} == heard
     for n in nets:
         n.close()
 
@@ -167,11 +177,11 @@ async def test_an_expert_of_two_domains_sends_one_message_on_both_shards(nursery
     await wait_for(lambda: {b.peer_id, k.peer_id} <= takers(a, LAW), 30, "b and k in a's view of the law shard")
     await wait_for(lambda: a.stats.sent[LAW] >= 2 and k.stats.received[LAW] >= 2, 60, "a's announcements at k")
     assert a.stats.sent[MATH] >= 1
-    assert b.stats.received[LAW] + b.stats.received[MATH] >= 2
+    assert b.stats.received[LAW] + b.stats.received[MATH] + b.stats.received[topics.ANNOUNCE] >= 2
     for n in nets:  # the copy on the second shard is neither a replay nor a message without a check
         assert all(n.stats.dropped[r] == 0 for r in (wire.REPLAYED, wire.SCHEMA, "undecoded")), n.stats.dropped
     assert q.stats.received[LAW] == 0 and q.stats.received[MATH] == 0
-    await wait_for(lambda: q.announces.get(a.peer_id) is not None, 60, "a's card at q, by exchange")
+    await wait_for(lambda: q.announces.get(a.peer_id) is not None, 60, "a's card at q (its change, globally)")
     for n in nets:
         n.close()
 

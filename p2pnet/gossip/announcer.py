@@ -7,7 +7,9 @@ state, set up in ``GossipNetwork.__init__``.
 Who gossips: only a node with something to offer. A validator publishes
 its announcement on the announce topic, which every node takes; an expert on
 the announce shard of each of its domains, which only that domain's experts
-take (and, with ``shard_idle_s``, the coordinators asking in it: shards.py). A node that offers only
+take (and, with ``shard_idle_s``, the coordinators asking in it: shards.py);
+a new or changed expert's also on the announce topic, once with its echoes
+(``_gossip_topics``), so every node hears of it at once. A node that offers only
 its addresses (most nodes of a large network) does not gossip: gossiped,
 every node would receive every such node's announcement, a cost per node
 that grows with the network (docs/benchmarks.md, "Scale"). It keeps its
@@ -94,6 +96,17 @@ class Announcing:
         verified = service.verified_addrs() if service is not None else ()  # confirmed by dial-backs
         return nat.announceable([*self.listen_addrs, *verified], circuits, announce_private=private)[:16]
 
+    def _gossip_topics(self, message: wire.Announce, key) -> tuple:
+        """Where an announcement is gossiped: its shards (announce_topics);
+        a new or changed expert's (its addresses or cards, not its load) and
+        that change's echoes also on the global topic, so every node hears
+        of it at once rather than after exchanges; unchanged refreshes reach
+        only the shards."""
+        out = announce_topics(message)
+        if message.cards and topics.ANNOUNCE not in out and (key != self.schedule.last_key or self.schedule.echoing):
+            out = (topics.ANNOUNCE, *out)
+        return out
+
     def _announce_heard(self, wanted: tuple) -> tuple:
         """Of the ``wanted`` topics, those some peer has told GossipSub it
         takes: an announcement published before that reaches nobody."""
@@ -147,7 +160,7 @@ class Announcing:
                     if changed and self._directory == "done":
                         next_exchange = now  # tell a peer at once
                     wait = self.schedule.wait_s(now, key)
-                elif heard := self._announce_heard(announce_topics(message)):
+                elif heard := self._announce_heard(self._gossip_topics(message, key)):
                     try:  # one message on all its topics: a peer on several takes it once
                         data = self.publish_nowait(heard if len(heard) > 1 else heard[0], message)
                         self.announces.put(wire.open_envelope(data, self.params.max_message_bytes), self.clock())

@@ -95,6 +95,11 @@ class AnnounceSchedule:
     def force(self) -> None:
         self.last_key = self._FORCED
 
+    @property
+    def echoing(self) -> bool:
+        """Echoes of the last new key are still due."""
+        return self._echo < len(self.echoes_s)
+
     def wait_s(self, now: float, key: Hashable) -> float:
         """Seconds until an announcement of ``key`` is due (0: now)."""
         if self.last_at is None:
