@@ -13,10 +13,12 @@ yet. Off, a coordinator's view of its candidates' load comes from the
 directory exchange. A validator's announcement (few of them) stays on ``topics.ANNOUNCE``, which
 every node takes.
 
-A node that takes no shard hears no expert's announcement by gossip: its
-directory comes from the join-time fetch and the periodic exchange with one
-peer (announcer.py), which carry every card, so inferring a question's domain
-from every expert's term summary keeps working everywhere.
+A node that takes no shard hears no expert's refresh by gossip, only a new
+or changed expert's announcement (and its echoes), which also goes on the
+global topic (announcer.py ``_gossip_topics``); the rest of its directory
+comes from the join-time fetch and the periodic exchange with one peer,
+which carry every card, so inferring a question's domain from every
+expert's term summary keeps working everywhere.
 
 :class:`ShardInterest` is the pure part (which shards, from the asks and the
 node's own cards, time passed in); :class:`Sharding` is the network's mixin
