@@ -150,35 +150,31 @@ class Announcing:
             # node made a query's cost grow with the network): both travel
             # with the refresh.
             key = (message.addrs, tuple(dataclasses.replace(c, load=0) for c in message.cards), message.validator)
-            self.schedule.refresh_s = self.announce_interval_s * (1 if gossips(message) else QUIET_FACTOR)
+            gossiped = gossips(message)
+            self.schedule.refresh_s = self.announce_interval_s * (1 if gossiped else QUIET_FACTOR)
             wait = self.schedule.wait_s(now, key)
             if wait <= 0 and has_peers:
-                if not gossips(message):
-                    changed = key != self.schedule.last_key
-                    self._keep_own(message)
-                    self.schedule.sent(now, key, echo=False)
-                    if changed and self._directory == "done":
-                        next_exchange = now  # tell a peer at once
-                    wait = self.schedule.wait_s(now, key)
-                elif heard := self._announce_heard(self._gossip_topics(message, key)):
+                heard = self._announce_heard(self._gossip_topics(message, key)) if gossiped else ()
+                if heard:
                     try:  # one message on all its topics: a peer on several takes it once
                         data = self.publish_nowait(heard if len(heard) > 1 else heard[0], message)
                         self.announces.put(wire.open_envelope(data, self.params.max_message_bytes), self.clock())
                         self.schedule.sent(now, key)
                     except OutboxFull:
                         pass
-                    wait = self.schedule.wait_s(now, key)
-                elif now - peers_since < SHARD_GRACE_S:
+                elif gossiped and now - peers_since < SHARD_GRACE_S:
                     wait = 0.1  # joined a moment ago: GossipSub has not heard the peers' topics yet
                 else:
-                    # no peer takes any of its topics (an expert alone in its
-                    # domains among its peers): kept for the exchange, told
-                    # to a peer at once; the echoes try the topics again
+                    # kept for the exchange and, if new, told to a peer at once: a
+                    # quiet node's always (no echoes); an expert's when no peer
+                    # takes any of its topics (alone in its domains among its
+                    # peers), whose echoes try the topics again
                     changed = key != self.schedule.last_key
                     self._keep_own(message)
-                    self.schedule.sent(now, key)
+                    self.schedule.sent(now, key, echo=gossiped)
                     if changed and self._directory == "done":
                         next_exchange = now
+                if wait <= 0:  # announced or kept (the grace above set its own wait)
                     wait = self.schedule.wait_s(now, key)
             if has_peers and self._nursery is not None:
                 if self._directory == "wanted":
