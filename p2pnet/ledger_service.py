@@ -99,8 +99,8 @@ class LedgerService:
 
     # ---- coordinator hooks
 
-    def standing(self, peer: bytes, domain: str) -> tuple[float, float]:
-        """(posterior mean, evidence) of ``peer`` in ``domain`` in the committed
+    def standing(self, peer: bytes, domain: str) -> tuple[float, float, float]:
+        """(posterior mean, evidence, probe evidence) of ``peer`` in ``domain`` in the committed
         state: ``reputation.standing_view``, what the simulator reads too."""
         return reputation.standing_view(self.service.state, peer, domain)
 

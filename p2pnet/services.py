@@ -121,8 +121,8 @@ async def build_services(node, nursery, preset_experts=None) -> list:
     return services
 
 
-def _neutral(peer: bytes, domain: str) -> tuple[float, float]:
-    return (0.5, 0.0)
+def _neutral(peer: bytes, domain: str) -> tuple[float, float, float]:
+    return (0.5, 0.0, 0.0)
 
 
 class _Closer:

@@ -286,15 +286,16 @@ def _probed(state, grades, rater=None, k0=1000):
 
 def test_graded_probes_bound_the_mean_that_praise_and_votes_lift():
     praised = _praised()
-    mean, evidence = standing_view(praised, EXPERT.peer_id, "code")
-    assert mean > 0.9 and evidence == 12.0
+    mean, evidence, probed_evidence = standing_view(praised, EXPERT.peer_id, "code")
+    assert mean > 0.9 and evidence == 12.0 and probed_evidence == 0.0  # praise is no probe grade
     # half of its probe answers are wrong: 4 units of probe evidence at 0.5
     probed = _probed(praised, [1.0, 0.0, 1.0, 0.0])
     rec = probed.records[EXPERT.peer_id]["code"]
     assert rec[6:] == (2 * FP, 2 * FP)
     bound = probe_bound(rec, probed.rules.params)
     assert bound == 500_000 + 188_982  # Beta(3, 3): mean 0.5, sd sqrt(9 / 252)
-    mean, evidence = standing_view(probed, EXPERT.peer_id, "code")
+    mean, evidence, probed_evidence = standing_view(probed, EXPERT.peer_id, "code")
+    assert probed_evidence == 4.0  # what routing reads of the probe pool: 4 grades of 1 unit
     # the probes replaced two validators' earlier praise within their say (pair_cap): the
     # evidence is as much as before, and only the mean is bounded
     assert mean == bound / FP and evidence == pytest.approx(12.0, abs=1e-5)
@@ -313,7 +314,7 @@ def test_probes_only_bound_from_above_and_only_with_enough_of_them():
     # good probes never lift a mean that other ratings hold down (a degrading expert still falls)
     panned = run([[rate(v, EXPERT, 0.0, k=i * 10 + j) for j, v in enumerate(VALIDATORS)] for i in range(3)])
     lifted = _probed(panned, [1.0, 1.0, 1.0])
-    mean, _ = standing_view(lifted, EXPERT.peer_id, "code")
+    mean, _, _ = standing_view(lifted, EXPERT.peer_id, "code")
     # the plain posterior: the grades count as ratings within each validator's say (its older
     # ratings fade in proportion: 8/3 praise of 12 units), nothing more; the bound is far above
     assert mean == pytest.approx((1 + 8 / 3) / (2 + 12), abs=1e-5)

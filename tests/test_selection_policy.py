@@ -375,3 +375,72 @@ def test_a_dominated_expert_comes_last():
     # probes are not steered by it
     rng = random.Random(2)
     assert any(refs[2] in policy.select(refs, 3, "math", standing, rng, probe=True).chosen for _ in range(20))
+
+
+def test_probes_prove_an_expert_before_user_queries_rely_on_it():
+    """Standing built from praise and won votes is not proof: while some expert
+    holds ``proven_evidence`` (2) units of probe grades, one with less is a
+    newcomer whatever its other evidence. User queries neither rely on it nor
+    explore it (probes measure it: its verdict is open), until probes have
+    graded it. A network whose validators do not probe (no candidate has probe
+    grades), or a standing that does not report them, is not held back."""
+    refs = [ref(i) for i in range(4)]
+    praised = table(refs, [(0.9, 30, 12), (0.85, 20, 8), (0.85, 6, 1.0), (0.8, 3, 0.0)])
+    policy = ReputationPolicy(explore_share=1.0, probe_open_share=1.0, probe_k=1)
+    for k in (1, 2):
+        assert share(policy, refs, praised, set(refs[2:]), k=k) == 0.0
+    probes = {policy.select(refs, 1, "math", praised, random.Random(s), probe=True).chosen[0] for s in range(60)}
+    assert probes == set(refs[2:])  # both are open verdicts, drawn at random
+    proven = table(refs, [(0.9, 30, 12), (0.85, 20, 8), (0.85, 6, 2.0), (0.8, 3, 0.0)])
+    assert share(policy, refs, proven, {refs[2]}, k=2) > 0.2
+    assert share(policy, refs, proven, {refs[3]}, k=2) == 0.0
+    # no probe grades anywhere, or none reported: evidence alone establishes, newcomers are explored
+    unprobed = table(refs, [(0.9, 30, 0.0), (0.85, 20, 0.0), (0.85, 6, 0.0), (0.8, 1, 0.0)])
+    legacy = table(refs, [(0.9, 30), (0.85, 20), (0.85, 6), (0.8, 1)])
+    for standing in (unprobed, legacy):
+        assert share(policy, refs, standing, {refs[2]}, k=2) > 0.2
+        assert share(policy, refs, standing, {refs[3]}, k=1) == 1.0  # explored, as an extra respondent
+    off = ReputationPolicy(explore_share=1.0, proven_evidence=0.0)
+    assert share(off, refs, praised, {refs[2]}, k=2) > 0.2
+    with pytest.raises(ValueError):
+        ReputationPolicy(proven_evidence=-1.0)
+
+
+def test_while_validators_probe_user_queries_explore_only_to_save():
+    """While probes measure quality (some candidate is proven by them), a user
+    query explores a vetted newcomer only if it may save what the user values:
+    ``cost_weight`` times its price below the pick's is at least
+    ``explore_saving`` (0.05). A newcomer as dear as the pick is left to probes."""
+    dear = [ref(0, price=10.0), ref(1, price=10.0)]
+    same, cheap = ref(2, price=10.0), ref(3, price=2.0)
+    refs = dear + [same, cheap]
+    standing = table(refs, [(0.9, 30, 12), (0.88, 30, 12), (0.7, 1.0, 1.0), (0.7, 1.0, 1.0)])
+    policy = ReputationPolicy(explore_share=1.0, cost_weight=0.01)  # cheap saves 0.01 x 8 = 0.08
+    assert share(policy, refs, standing, {same}, k=1) == 0.0
+    assert share(policy, refs, standing, {cheap}, k=1) == 1.0
+    stingy = ReputationPolicy(explore_share=1.0, cost_weight=0.005)  # 0.04 < 0.05: not worth it
+    assert share(stingy, refs, standing, {same, cheap}, k=1) == 0.0
+    sel = policy.select(refs, 1, "math", standing, random.Random(1))
+    assert sel.chosen[1] == cheap and "exploring a newcomer" in sel.reason
+    with pytest.raises(ValueError):
+        ReputationPolicy(explore_saving=-0.1)
+
+
+def test_vetted_newcomers_fill_in_before_dominated_experts():
+    """When k needs more than the established experts that are not dominated, a
+    vetted newcomer (unknown, nothing bad seen) is asked before a dominated one
+    (known to be worse than the best), and the dominated one before unvetted
+    identities. No expert is taken twice."""
+    refs = [ref(i) for i in range(5)]
+    standing = table(refs, [(0.9, 40, 12), (0.85, 40, 12), (0.6, 10, 10), (0.7, 1.0, 1.0), (0.5, 0.0, 0.0)])
+    policy = ReputationPolicy(explore_share=0.0)
+    for seed in range(30):
+        sel = policy.select(refs, 3, "math", standing, random.Random(seed))
+        assert set(sel.chosen) == {refs[0], refs[1], refs[3]} and "newcomers fill in" in sel.reason
+        sel = policy.select(refs, 4, "math", standing, random.Random(seed))
+        assert set(sel.chosen) == set(refs[:4])
+        sel = policy.select(refs, 5, "math", standing, random.Random(seed))
+        assert sorted(sel.chosen, key=refs.index) == refs
+    alone = table(refs, [(0.9, 40, 12), (0.85, 40, 12), (0.6, 10, 10), (0.2, 10, 10), (0.25, 10, 10)])
+    sel = policy.select(refs, 3, "math", alone, random.Random(1))
+    assert set(sel.chosen) == set(refs[:3]) and "dominated experts fill in" in sel.reason

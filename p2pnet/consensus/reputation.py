@@ -471,20 +471,23 @@ def standing_of(state: ReputationState, respondent: bytes, domain: str) -> Optio
     return None if rec is None else _standing_of(state, respondent, domain, rec)
 
 
-def standing_view(state: ReputationState, respondent: bytes, domain: str) -> Tuple[float, float]:
-    """What routing reads of the chain: (posterior mean in [0, 1], evidence),
-    evidence being the decayed, rater-weighted ratings behind the mean in
-    rating units (a full-weight rating adds 1.0; the newcomer pool counts up
-    to its cap). Unrated: (the prior mean, 0.0). The node's coordinator and
+def standing_view(state: ReputationState, respondent: bytes, domain: str) -> Tuple[float, float, float]:
+    """What routing reads of the chain: (posterior mean in [0, 1], evidence,
+    probe evidence). Evidence is the decayed, rater-weighted ratings behind
+    the mean in rating units (a full-weight rating adds 1.0; the newcomer pool
+    counts up to its cap); probe evidence is how much of it is the
+    validators' latest probe grades (the record's probe pool, decayed): the
+    part graded against a known answer, which praise and won votes cannot
+    supply. Unrated: (the prior mean, 0.0, 0.0). The node's coordinator and
     the simulator both read standings through this one function, so the
     selection policy's evidence thresholds mean the same in both."""
     p = state.rules.params
     rec = state.records.get(respondent, {}).get(domain)
     if rec is None:
-        return p.prior_alpha / (p.prior_alpha + p.prior_beta), 0.0
+        return p.prior_alpha / (p.prior_alpha + p.prior_beta), 0.0, 0.0
     rec = _decay_record(rec, state.epoch, p.decay_per_epoch_ppm)
     ea, eb = _effective(rec, p)
-    return _mean(ea, eb, rec, p) / FP, (ea + eb) / FP
+    return _mean(ea, eb, rec, p) / FP, (ea + eb) / FP, (rec[6] + rec[7]) / FP
 
 
 def score(state: ReputationState, respondent: bytes, domain: str) -> float:

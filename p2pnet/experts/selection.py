@@ -16,12 +16,14 @@ UNSURE_ODDS = 2.3
 to have a confidence below 0.6: 0.377 against 0.162 (bench/cascade.py,
 docs/benchmarks.md)."""
 
-# (respondent peer, domain) -> (posterior mean quality in [0,1], evidence count)
-Standing = Callable[[bytes, str], tuple[float, float]]
+# (respondent peer, domain) -> (posterior mean quality in [0,1], evidence, probe evidence):
+# ``reputation.standing_view``. A standing without the third item (a test's, say)
+# does not tell probe grades apart: evidence alone establishes an expert.
+Standing = Callable[[bytes, str], tuple]
 
 
-def no_standing(peer: bytes, domain: str) -> tuple[float, float]:
-    return (0.5, 0.0)
+def no_standing(peer: bytes, domain: str) -> tuple[float, float, float]:
+    return (0.5, 0.0, 0.0)
 
 
 def take(rows: Sequence[tuple], n: int, have: Sequence[tuple] = (), distinct: bool = False) -> list:
@@ -36,7 +38,7 @@ def take(rows: Sequence[tuple], n: int, have: Sequence[tuple] = (), distinct: bo
     for row in rows:
         if len(out) >= n:
             break
-        if row in have:
+        if row in have or row in out:
             continue
         model = row[1].card.voice
         if distinct and model:
@@ -142,7 +144,7 @@ class UcbCostPolicy(SelectionPolicy):
         self.load_weight = load_weight
 
     def score(self, ref, domain, standing, total_evidence, rng) -> float:
-        mean, n = standing(ref.peer, domain)
+        mean, n = standing(ref.peer, domain)[:2]
         bonus = self.exploration * math.sqrt(math.log1p(total_evidence) / (1.0 + n))
         load = ref.card.load / max(1, ref.card.max_concurrency)
         return mean + bonus - self.cost_weight * ref.card.price_per_1k - self.load_weight * load + rng.random() * 1e-3
@@ -159,12 +161,16 @@ class RandomPolicy(SelectionPolicy):
 
 class Posterior:
     """What the ledger says of one (expert, domain): a Beta posterior
-    approximated from its mean and evidence (in rating-weight units)."""
+    approximated from its mean and evidence (in rating-weight units).
+    ``probed``: how much of the evidence is validators' probe grades (None:
+    the standing does not say)."""
 
-    __slots__ = ("mean", "evidence", "alpha", "beta", "sd")
+    __slots__ = ("mean", "evidence", "probed", "alpha", "beta", "sd")
 
-    def __init__(self, mean: float, evidence: float, prior_weight: float = 2.0) -> None:
+    def __init__(self, mean: float, evidence: float, prior_weight: float = 2.0,
+                 probed: Optional[float] = None) -> None:
         self.mean, self.evidence = mean, evidence
+        self.probed = probed
         total = evidence + prior_weight
         self.alpha = max(1e-6, mean * total)
         self.beta = max(1e-6, (1.0 - mean) * total)
@@ -178,7 +184,8 @@ class Posterior:
         return self.mean + z * self.sd
 
     def __repr__(self) -> str:
-        return f"Posterior(mean={self.mean:.3f}, evidence={self.evidence:.2f}, sd={self.sd:.3f})"
+        return (f"Posterior(mean={self.mean:.3f}, evidence={self.evidence:.2f}, probed={self.probed}, "
+                f"sd={self.sd:.3f})")
 
 
 def wrong_when_unsure(quality: float, odds: float) -> float:
@@ -223,9 +230,19 @@ class ReputationPolicy(SelectionPolicy):
       a new identity, a sybil's included) is left to probes first.
       Newcomers are ranked by sampled quality without the price, so an
       expensive expert is tried before its price is weighed against it.
+    - Proven by probes: while some candidate holds ``proven_evidence`` units
+      of validators' probe grades (the third item of the standing), an expert
+      with fewer is a newcomer whatever its other evidence: praise from a
+      ring and the votes it wins buy evidence, graded probes cannot be
+      bought. Its verdict is open, so probes measure it. And while probes
+      measure quality, a user query explores a newcomer only for what it may
+      save: ``cost_weight`` times its price below the pick's must reach
+      ``explore_saving``. A network whose validators do not probe (or a
+      standing without probe evidence) keeps the rules above.
     - Dominated: an established expert whose optimistic value (``mean + z *
       sd``) is below the best established expert's expected value comes last
-      in user queries: asked only when k needs more experts than the others.
+      in user queries: asked only when k needs more experts than the others
+      and the vetted newcomers (unknown, but nothing bad seen).
       Sampling alone would still pick it for second opinions and tie-breaks.
     - Adaptive second opinion (``select(..., adapt=True)``, when the request
       left k open): a single pick whose own pessimistic quality ``mean - z *
@@ -238,9 +255,10 @@ class ReputationPolicy(SelectionPolicy):
       if one is worth its price (:meth:`second_opinion`).
     - Probes (``select(..., probe=True)``) measure where the verdict is open:
       in ``probe_open_share`` of them (all while no expert is established)
-      the first slot goes to an unsettled or unvetted expert: an unvetted
-      newcomer, a newcomer whose first ratings were poor (mean below the
-      floor) or a banned one with less than ``recheck_evidence``. With
+      the first slot goes to an unsettled, unvetted or unproven expert: an
+      unvetted newcomer, a vetted one not yet proven by probes, a newcomer
+      whose first ratings were poor (mean below the floor) or a banned one
+      with less than ``recheck_evidence``. With
       ``probe_order`` "random" (the default) it is drawn uniformly from the
       seeded rng: a wave of new identities (a sybil wave) then cannot push a
       newcomer with a sliver of evidence to the back of the line. "least"
@@ -274,7 +292,7 @@ class ReputationPolicy(SelectionPolicy):
                  prior_weight: float = 2.0, audit_share: float = 0.0, recheck_evidence: float = 4.0,
                  escalate_below: float = 0.0, unsure_odds: float = UNSURE_ODDS,
                  vet_evidence: float = 0.5, probe_open_share: float = 0.5, probe_order: str = "random",
-                 probe_k: int = 3) -> None:
+                 probe_k: int = 3, proven_evidence: float = 2.0, explore_saving: float = 0.05) -> None:
         if probe_order not in PROBE_ORDERS:
             raise ValueError(f"probe_order must be one of {', '.join(PROBE_ORDERS)}")
         if not 0.0 <= explore_share <= 1.0 or not 0.0 <= audit_share <= 1.0 or not 0.0 <= probe_open_share <= 1.0:
@@ -284,7 +302,8 @@ class ReputationPolicy(SelectionPolicy):
         for name, v in (("cost_weight", cost_weight), ("min_evidence", min_evidence), ("z", z),
                         ("newcomer_evidence", newcomer_evidence), ("load_weight", load_weight),
                         ("prior_weight", prior_weight), ("recheck_evidence", recheck_evidence),
-                        ("unsure_odds", unsure_odds), ("vet_evidence", vet_evidence)):
+                        ("unsure_odds", unsure_odds), ("vet_evidence", vet_evidence),
+                        ("proven_evidence", proven_evidence), ("explore_saving", explore_saving)):
             if not v >= 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0.0 <= floor <= 1.0 or not 0.0 <= confident <= 1.0 or not 0.0 <= escalate_below <= 1.0:
@@ -298,12 +317,15 @@ class ReputationPolicy(SelectionPolicy):
         self.vet_evidence, self.probe_open_share = vet_evidence, probe_open_share
         self.probe_order = probe_order
         self.probe_k = int(probe_k)
+        self.proven_evidence, self.explore_saving = proven_evidence, explore_saving
 
     # ------------------------------------------------------------ pure parts
 
     def posterior(self, ref: ExpertRef, domain: str, standing: Standing) -> Posterior:
-        mean, evidence = standing(ref.peer, domain)
-        return Posterior(min(1.0, max(0.0, float(mean))), max(0.0, float(evidence)), self.prior_weight)
+        found = standing(ref.peer, domain)
+        mean, evidence = found[0], max(0.0, float(found[1]))
+        probed = min(evidence, max(0.0, float(found[2]))) if len(found) > 2 else None
+        return Posterior(min(1.0, max(0.0, float(mean))), evidence, self.prior_weight, probed)
 
     def banned(self, post: Posterior) -> bool:
         return post.evidence >= self.min_evidence and post.mean < self.floor
@@ -311,8 +333,17 @@ class ReputationPolicy(SelectionPolicy):
     def eligible(self, candidates, domain, standing=no_standing) -> list:
         return [r for r in candidates if not self.banned(self.posterior(r, domain, standing))]
 
-    def newcomer(self, post: Posterior) -> bool:
-        return post.evidence < self.newcomer_evidence
+    def proven_bar(self, posts) -> float:
+        """The probe evidence an expert needs to count as established among
+        these posteriors: ``proven_evidence`` once one of them has that much,
+        else 0: a network whose validators do not probe (or a standing that
+        does not tell probe grades apart) is not held back."""
+        bar = self.proven_evidence
+        return bar if bar and any(p.probed is not None and p.probed >= bar for p in posts) else 0.0
+
+    def newcomer(self, post: Posterior, bar: float = 0.0) -> bool:
+        """Too little evidence, or (``bar``) too little of it graded by probes."""
+        return post.evidence < self.newcomer_evidence or (post.probed or 0.0) < bar
 
     def value(self, ref: ExpertRef, quality: float) -> float:
         """quality - cost_weight * price - load_weight * load share."""
@@ -356,7 +387,8 @@ class ReputationPolicy(SelectionPolicy):
             return 1
         posts = [(self.posterior(r, domain, standing), r) for r in candidates]
         usable = [(p, r) for p, r in posts if not self.banned(p)] or posts
-        established = [(p, r) for p, r in usable if not self.newcomer(p)]
+        bar = self.proven_bar([p for p, _ in usable])
+        established = [(p, r) for p, r in usable if not self.newcomer(p, bar)]
         if not established:
             k = self.max_k
         else:
@@ -391,17 +423,20 @@ class ReputationPolicy(SelectionPolicy):
         rows.sort(key=lambda row: (-row[0], row[1].peer, row[1].card.expert_id))
         banned = [row for row in rows if self.banned(row[2])]
         ok = [row for row in rows if not self.banned(row[2])]
-        est = [row for row in ok if not self.newcomer(row[2])]
+        bar = self.proven_bar([row[2] for row in ok])
+        est = [row for row in ok if not self.newcomer(row[2], bar)]
+        dominated: list = []
         if est and not probe:
             # dominated: even its optimistic value is below the best one's expected value.
             # Sampling would still pick it now and then (a second opinion, a tie-break),
             # and a ring that praises itself stays just above the floor that way. It comes
-            # last: asked only when k needs more experts than the others
+            # after the others and after vetted newcomers: asked only when k needs more experts
             best = max(self.value(row[1], row[2].mean) for row in est)
-            est = sorted(est, key=lambda row: self.value(row[1], row[2].upper(self.z)) < best)
+            dominated = [row for row in est if self.value(row[1], row[2].upper(self.z)) < best]
+            est = [row for row in est if row not in dominated]
         # newcomers are explored for what they may be worth, price aside: an
         # expensive expert must be tried before the price can be weighed against it
-        new = sorted((row for row in ok if self.newcomer(row[2])), key=lambda row: -row[3])
+        new = sorted((row for row in ok if self.newcomer(row[2], bar)), key=lambda row: -row[3])
         fresh = [row for row in new if row[2].mean >= self.floor]  # no bad evidence yet
         poor = [row for row in new if row[2].mean < self.floor]
         # vetted: some evidence, none of it bad. Unvetted newcomers (a new identity,
@@ -409,20 +444,22 @@ class ReputationPolicy(SelectionPolicy):
         vetted = [row for row in fresh if row[2].evidence >= self.vet_evidence]
         unvetted = [row for row in fresh if row[2].evidence < self.vet_evidence]
         unsettled = poor + [row for row in banned if row[2].evidence < self.recheck_evidence]
+        # vetted, but not yet proven by probes (bar > 0): their verdict is open too
+        unproven = [row for row in vetted if (row[2].probed or 0.0) < bar]
         notes = []
         unsure = False
         one = distinct_models
-        if probe and (unsettled or unvetted) and (not est or rng.random() < self.probe_open_share):
+        if probe and (unsettled or unvetted or unproven) and (not est or rng.random() < self.probe_open_share):
             # the first slot measures where the verdict is open (drawn at random, or least
             # known first); the rest (and the other probes) re-measure the experts that
             # carry traffic, so that one that degrades is seen
-            open_rows = unsettled + unvetted
+            open_rows = unsettled + unvetted + unproven
             if self.probe_order == "least":
                 target = min(open_rows, key=lambda row: (row[2].evidence, -row[3]))
-                notes.append("probing the least-known unsettled or unvetted expert")
+                notes.append("probing the least-known unsettled, unvetted or unproven expert")
             else:
                 target = open_rows[rng.randrange(len(open_rows))]
-                notes.append("probing an unsettled or unvetted expert drawn at random")
+                notes.append("probing an unsettled, unvetted or unproven expert drawn at random")
             # the probe's other slots vet more open verdicts (in the same order), then
             # re-measure the experts that carry traffic
             rest = [row for row in open_rows if row is not target]
@@ -436,16 +473,24 @@ class ReputationPolicy(SelectionPolicy):
             # a check of the pick goes to the most proven other expert (the best
             # pessimistic value), not to a sampled one: a check that may itself be wrong
             # settles little, and a self-praising ring member is rarely the most proven
-            proven = sorted(est[1:], key=lambda row: -self.value(row[1], row[2].lower(self.z)))
+            proven = sorted(est[1:] + dominated, key=lambda row: -self.value(row[1], row[2].lower(self.z)))
             pair = take(est[:1] + proven, 2, distinct=one)
-            if len(chosen) < k and (fresh or poor):  # not enough established experts: newcomers fill in
-                filled = take(vetted + unvetted + poor, k - len(chosen), chosen, one)
+            explorable = vetted
+            if bar:  # validators probe: they measure quality, a user query explores only to save
+                price = chosen[0][1].card.price_per_1k
+                explorable = [row for row in vetted
+                              if self.cost_weight * (price - row[1].card.price_per_1k) >= self.explore_saving]
+            if len(chosen) < k and (fresh or poor or dominated):
+                # not enough established experts: vetted newcomers fill in before the
+                # dominated ones, unvetted and poor ones last
+                filled = take(vetted + dominated + unvetted + poor, k - len(chosen), chosen, one)
                 if filled:
                     chosen += filled
-                    notes.append("newcomers fill in")
-            elif vetted and rng.random() < self.explore_share:
+                    notes.append("newcomers fill in" if any(row not in dominated for row in filled)
+                                 else "dominated experts fill in")
+            elif explorable and rng.random() < self.explore_share:
                 base = chosen[:k - 1] if k > 1 else chosen
-                newcomer = take(vetted, 1, base, one)
+                newcomer = take(explorable, 1, base, one)
                 if newcomer:
                     chosen = base + newcomer
                     notes.append("exploring a newcomer")

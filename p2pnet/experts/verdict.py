@@ -46,7 +46,7 @@ def judge_tally(refs: Sequence, answers: dict, order: Sequence[int], cands: Sequ
     for ref in refs:
         answer = answers[ref.key]
         pick = signals.parse_pick(answer.text, len(order)) if answer.status == "ok" else None
-        weight = signals.judge_weight(*standing(ref.peer, domain))
+        weight = signals.judge_weight(*standing(ref.peer, domain)[:2])
         picks.append((None if pick is None else order[pick], weight))
         picked = None if pick is None else cands[order[pick]]
         report.append(JudgeReport(ref.peer_str, ref.card.expert_id, answer.status, weight,

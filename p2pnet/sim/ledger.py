@@ -38,7 +38,7 @@ class Sequencer:
         self.params = genesis.params
         self._pending: list[RatingTx] = []
         self._standing: dict[tuple[bytes, str], tuple[float, float]] = {}
-        self.prior = (self.params.prior_alpha / (self.params.prior_alpha + self.params.prior_beta), 0.0)
+        self.prior = (self.params.prior_alpha / (self.params.prior_alpha + self.params.prior_beta), 0.0, 0.0)
         self.submitted = 0
         self.rejected = 0
         self.committed = 0
@@ -88,8 +88,8 @@ class Sequencer:
     def _refresh(self) -> None:
         self._standing = {}  # a new committed state: standings are read afresh
 
-    def standing(self, peer: bytes, domain: str) -> tuple[float, float]:
-        """(posterior mean, evidence) of ``peer`` in ``domain`` in the latest
+    def standing(self, peer: bytes, domain: str) -> tuple[float, float, float]:
+        """(posterior mean, evidence, probe evidence) of ``peer`` in ``domain`` in the latest
         committed state: ``reputation.standing_view``, the function a node's
         coordinator reads too (cached until the next block)."""
         key = (peer, domain)

@@ -156,10 +156,10 @@ class World:
 
     # ------------------------------------------------------------ starting
 
-    def true_standing(self, peer: bytes, domain: str) -> tuple[float, float]:
+    def true_standing(self, peer: bytes, domain: str) -> tuple[float, float, float]:
         """An expert's true accuracy now, as if the ledger knew it exactly."""
         e = self.by_domain.get((peer, domain))
-        return (e.accuracy, TRUTH_EVIDENCE) if e is not None else self.sequencer.prior
+        return (e.accuracy, TRUTH_EVIDENCE, TRUTH_EVIDENCE) if e is not None else self.sequencer.prior
 
     async def start(self) -> None:
         standing = self.true_standing if self.sc.ledger.standings == "truth" else self.sequencer.standing
