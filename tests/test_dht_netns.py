@@ -40,7 +40,7 @@ def test_a_natted_laptop_finds_another_by_id_through_the_dht_and_dials_it_via_a_
     cfg.write_text("dht = true\n")
     d = tmp_path / "tn"
     out = netns.up(5, d, nat=2, symmetric=1, validators=0, experts=[], node_args=["--config", str(cfg)],
-                   timeout_s=150)
+                   timeout_s=240)
     prefix = netns.load_state(d)["prefix"]
     try:
         ns = {h["name"]: h["netns"] for h in out["hosts"]}

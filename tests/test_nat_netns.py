@@ -60,7 +60,7 @@ def net(tmp_path_factory):
     cfg.write_text(f"relay_reservation_ttl_s = {RESERVATION_TTL_S}\n")
     d = base / "tn"
     out = netns.up(6, d, nat=3, symmetric=1, validators=0, experts=[], node_args=["--config", str(cfg)],
-                   host_experts={"laptop1": [LAPTOP1_EXPERT], "laptop0": [LAPTOP0_EXPERT]}, timeout_s=150)
+                   host_experts={"laptop1": [LAPTOP1_EXPERT], "laptop0": [LAPTOP0_EXPERT]}, timeout_s=240)
     try:
         net = {"dir": d, "ns": {h["name"]: h["netns"] for h in out["hosts"]},
                "ids": {h["name"]: h["peer_id"] for h in out["hosts"]},
