@@ -46,10 +46,17 @@ def chromium(width: int = 1400, height: int = 1000):
 
 
 def wait_until(cond, timeout_s: float, what: str, poll_s: float = 0.2):
-    """Poll ``cond()`` until it returns something true (returned); fail after ``timeout_s``."""
+    """Poll ``cond()`` until it returns something true (returned); fail after
+    ``timeout_s``. A poll that read an element the page replaced meanwhile
+    (the dashboard re-renders its tables on every refresh) counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout_s
     while True:
-        value = cond()
+        try:
+            value = cond()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

@@ -37,7 +37,7 @@ class Sequencer:
         self.state = genesis_state(genesis)
         self.params = genesis.params
         self._pending: list[RatingTx] = []
-        self._standing: dict[tuple[bytes, str], tuple[float, float]] = {}
+        self._standing: dict[tuple[bytes, str], tuple[float, float, float]] = {}
         self.prior = (self.params.prior_alpha / (self.params.prior_alpha + self.params.prior_beta), 0.0, 0.0)
         self.submitted = 0
         self.rejected = 0
