@@ -2,9 +2,13 @@
 several seeds (two processes), prints Markdown tables, writes the plots.
 
     python bench/routing.py [--seeds 1 2 3] [--img docs/img] [--only tuned|untuned] [--scenario NAME]
+    python bench/routing.py --bar --seeds 1 2 ... 20
 
 ``--only untuned`` runs only the scenarios the policy was not tuned on
-(UNTUNED below: each with the metric its target is about).
+(UNTUNED below: each with the metric its target is about). Every run ends
+with the bar per seed (BAR): how many seeds of each committed scenario meet
+its target, and the values of those that do not. ``--bar`` runs only what
+that table needs: each committed scenario once per seed, policy as committed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ UNTUNED = {
     "price-cascade": "cost <= 0.5 of best at >= 0.95 of its accuracy",
     "lossy": ">= 0.95 of the oracle",
     "knowledge-swarm": ">= 0.95 of the per-domain oracle (real accuracies)",
+}
+
+BAR = {
+    # scenario: what each seed must give (issue 23: every committed scenario in every seed)
+    "llmnet-adversarial": ">= 0.95 of the oracle",
+    "mixed-threats": ">= 0.95 of the oracle",
+    "metallm-cost": "cost <= 0.5 of best at >= 0.95 of its accuracy",
+    **UNTUNED,
 }
 
 
@@ -67,7 +79,11 @@ def main() -> None:
                     help="only the committed scenarios the policy was tuned on, or only the others")
     ap.add_argument("--scenario", action="append", default=None, metavar="NAME",
                     help="only these of the untuned scenarios (repeatable; implies --only untuned)")
+    ap.add_argument("--bar", action="store_true",
+                    help="only each committed scenario as committed, and the bar per seed")
     args = ap.parse_args()
+    if args.bar and (args.only or args.scenario):
+        ap.error("--bar runs every committed scenario: leave out --only and --scenario")
     if args.scenario:
         unknown = sorted(set(args.scenario) - set(UNTUNED))
         if unknown:
@@ -77,6 +93,11 @@ def main() -> None:
 
     committed = load_scenario(SCENARIOS / "metallm-cost.toml").policy.params.get("cost_weight")
     jobs = []
+    if args.bar:
+        jobs = [(name, seed, None, {}) for seed in args.seeds for name in BAR]
+        with ProcessPoolExecutor(2) as ex:
+            print_bar(list(ex.map(_run, jobs)))
+        return
     for seed in args.seeds if args.only != "untuned" else ():
         jobs.append(("llmnet-adversarial", seed, None, {}))
         jobs.append(("llmnet-adversarial", seed, "random", {}))
@@ -97,6 +118,7 @@ def main() -> None:
     if tuned:
         _print_tuned(tuned)
     _print_untuned([job_r for job_r in results if job_r[0][0] in UNTUNED])
+    print_bar(results)
     if args.img is not None:
         from p2pnet.sim.plot import plot_summary
 
@@ -184,6 +206,53 @@ def _print_untuned(results) -> None:
                  if adversaries else "| - | - | - ")
               + f"| {statistics.mean(a['mean_respondents'] for a in aw):.2f} "
               f"| {statistics.mean(r['whole_run']['failed'] for r in rows):.1f} |")
+
+
+def meets_bar(name: str, r: dict) -> tuple[bool, str]:
+    """Whether one seed's run of ``name`` meets its target (BAR), and the value
+    that decides it."""
+    aw = r["after_warmup"]
+    acc, cost = aw["accuracy_vs_oracle"] or 0.0, aw["cost_vs_best"]
+    if name == "sybil-drift":
+        after = max_share_after_below(r["series"])
+        return after is not None and after < 0.05, ("never below 5%" if after is None
+                                                     else f"{after:.3f} after the first window below 5%")
+    if BAR[name].startswith("cost"):
+        return cost is not None and cost <= 0.5 and acc >= 0.95, f"cost {cost:.4f} at {acc:.4f}"
+    return acc >= 0.95, f"{acc:.4f}"
+
+
+def print_bar(results) -> None:
+    """Issue 23's bar, seed by seed: each committed scenario, run as committed
+    (chain standings), meets its target in how many seeds; the others with the
+    value that failed. With adversaries, also how many seeds keep every window
+    after the warmup below 5% (the target counts from the first window below
+    5%, warmup included)."""
+    by: dict = {}
+    for (name, seed, policy, params), r in results:
+        if name in BAR and policy is None and not params:
+            by.setdefault(name, []).append((seed, r))
+    if not by:
+        return
+    print()
+    print("The bar per seed (issue 23: every committed scenario in every seed; the policy as committed)")
+    print("| scenario | each seed must give | seeds meeting it | the others (seed: value) "
+          "| seeds with every window after warmup below 5% adversaries |")
+    print("|---|---|---|---|---|")
+    for name in BAR:
+        runs = sorted(by.get(name, ()), key=lambda sr: sr[0])
+        if not runs:
+            continue
+        checked = [(seed, *meets_bar(name, r)) for seed, r in runs]
+        misses = "; ".join(f"{seed}: {why}" for seed, ok, why in checked if not ok) or "-"
+        adversaries = any(w["adversary_share"] for _, r in runs for w in r["series"])
+        if adversaries:
+            after_warmup = sum(1 for _, r in runs if all(
+                w["adversary_share"] < 0.05 for w in r["series"] if w["end"] > r["after_warmup"]["from_query"]))
+            clean = f"{after_warmup} of {len(runs)}"
+        else:
+            clean = "-"
+        print(f"| {name} | {BAR[name]} | {sum(ok for _, ok, _ in checked)} of {len(runs)} | {misses} | {clean} |")
 
 
 def _print_moving_groups(results) -> None:
