@@ -82,8 +82,8 @@ def main() -> None:
     ap.add_argument("--bar", action="store_true",
                     help="only each committed scenario as committed, and the bar per seed")
     args = ap.parse_args()
-    if args.bar and (args.only or args.scenario):
-        ap.error("--bar runs every committed scenario: leave out --only and --scenario")
+    if args.bar and (args.only or args.scenario or args.img):
+        ap.error("--bar runs every committed scenario and draws nothing: leave out --only, --scenario and --img")
     if args.scenario:
         unknown = sorted(set(args.scenario) - set(UNTUNED))
         if unknown:
