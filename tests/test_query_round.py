@@ -454,6 +454,44 @@ def test_nobody_answered_the_silent_are_replaced_whatever_their_standing():
                                          Ask(B(2), (r3,), PROMPT, 60.0, None)]
 
 
+def test_with_nobody_to_replace_it_a_silent_respondent_is_waited_for_to_the_deadline():
+    # the only expert: giving up at its patience (5 s) would end the round with nothing while
+    # 55 s of the deadline are left; its answer at 7 s is delivered
+    r1 = ref(1)
+    book = LatencyBook()
+    rnd = QueryRound(setup([r1], latency=book), 0.0)
+    assert rnd.start(0.0) == [Ask(B(1), (r1,), PROMPT, 60.0, None)]
+    assert rnd.wake_at() == 5.0
+    assert rnd.step(Tick(), 5.0) == [] and rnd.silent() == [r1.key] and rnd.wake_at() == 60.0
+    acts = rnd.step(ok(B(1), r1, "Paris"), 7.0)
+    assert acts[:-1] == [Close(B(1))]  # a single answer: no agreement to rate
+    res = done(acts).outcome.result
+    assert res.text == "Paris" and [x.status for x in res.provenance.respondents] == ["ok"]
+    assert book.stats(r1.key)[0] == pytest.approx(7.0 / 0.475)  # its real time, not a give-up
+
+
+def test_with_the_budget_spent_the_silent_are_waited_for_and_time_out_at_the_deadline():
+    r1, r2 = ref(1), ref(2)
+    rnd = QueryRound(setup([r1, r2], rules=RoundRules(default_respondents=1, max_experts=1)), 0.0)
+    rnd.start(0.0)
+    assert rnd.step(Tick(), 5.0) == []
+    acts = rnd.step(Tick(), 60.0)
+    assert acts[:2] == [Cancel(B(1), (r1.key,), "timeout"), Close(B(1))]
+    assert isinstance(done(acts).outcome.error, DeadlineExceeded)
+
+
+def test_a_banned_expert_is_no_replacement():
+    # e2 is shut out by the reputation policy: e1, silent past its patience, is waited for
+    r1, r2 = ref(1), ref(2)
+    table = {r1.peer: (0.9, 20.0), r2.peer: (0.02, 40.0)}
+    pol = ReputationPolicy()
+    assert pol.eligible([r2], "general", standing_of(table)) == []
+    rnd = QueryRound(setup([r1, r2], policy=pol, respondents=1, standing=standing_of(table)), 0.0)
+    assert rnd.start(0.0)[0].refs == (r1,)
+    assert rnd.step(Tick(), 5.0) == []
+    assert done(rnd.step(ok(B(1), r1, "Paris"), 9.0)).outcome.result.text == "Paris"
+
+
 def test_agreement_counts_by_standing_not_head_count():
     # two weak experts agree on a wrong answer; the one with standing differs: its answer is
     # delivered, and the ratings stay the head count's

@@ -271,6 +271,9 @@ class QueryRound:
         slow one's query is cancelled where it still runs, and a late answer
         is ignored."""
         silent = [k for k in b.keys if k not in self._answers_of(b) and not (k == b.stream_key and b.next_chunk)]
+        if silent and not b.judging and not self._replaceable():
+            b.patience_at = None  # giving up would end the round with nothing: wait to the deadline
+            return []
         wanted = set() if b.judging or b.extended else waiting.still_wanted(
             silent, [k for k, c in self.answers.items() if is_usable(c)], self.s.domain, self.s.standing)
         # one more patience, if another expert would still have as long after it
@@ -284,6 +287,15 @@ class QueryRound:
             return []
         self._mark(b, slow, "slow", now)
         return [Cancel(b.id, slow, "slow")]
+
+    def _replaceable(self) -> bool:
+        """Whether giving up on a silent respondent can gain anything: a usable
+        answer is in hand already, or another expert could still be asked in
+        its place (the round's budget allows, and the policy would send it
+        traffic). With neither, a slow expert is the only answer left."""
+        if any(is_usable(c) for c in self.answers.values()):
+            return True
+        return len(self.asked) < self.rules.max_experts and bool(self._others(False))
 
     def _ask(self, refs, now: float, stream: bool, deadline_s: float) -> list:
         """A new batch asking ``refs`` until the round's deadline."""
