@@ -269,7 +269,8 @@ class QueryRound:
         expert a patience before the deadline (a tie-break or a replacement
         still fits; with 10 s and a patience of 5 s, no wait). A
         slow one's query is cancelled where it still runs, and a late answer
-        is ignored."""
+        is ignored. Nobody is given up on while nobody could take their place
+        (:meth:`_replaceable`): the batch then waits to the deadline."""
         silent = [k for k in b.keys if k not in self._answers_of(b) and not (k == b.stream_key and b.next_chunk)]
         if silent and not b.judging and not self._replaceable():
             b.patience_at = None  # giving up would end the round with nothing: wait to the deadline
@@ -289,10 +290,12 @@ class QueryRound:
         return [Cancel(b.id, slow, "slow")]
 
     def _replaceable(self) -> bool:
-        """Whether giving up on a silent respondent can gain anything: a usable
-        answer is in hand already, or another expert could still be asked in
-        its place (the round's budget allows, and the policy would send it
-        traffic). With neither, a slow expert is the only answer left."""
+        """Whether giving up on a silent respondent may gain anything: a usable
+        answer is in hand already, or the round's budget allows another expert
+        that the policy would send traffic to (whether one is then asked is up
+        to the stage: a retry, an escalation). With neither, the slow expert is
+        the only answer left, and :meth:`_give_up_on_slow` waits for it until
+        the deadline."""
         if any(is_usable(c) for c in self.answers.values()):
             return True
         return len(self.asked) < self.rules.max_experts and bool(self._others(False))
