@@ -44,6 +44,14 @@ def takers(net, topic) -> set:
     return {p.to_bytes() for p in net.pubsub.peer_topics.get(topic, ())}
 
 
+def pubsub_up(net, other) -> bool:
+    """``net``'s pubsub stream to ``other`` is registered. py-libp2p 0.8.1 builds
+    the hello (our topics) before it registers a new peer, and a subscription
+    made between the two reaches neither: a test that joins a shard waits for
+    this first (the node's coordinators do not join shards by default)."""
+    return any(p.to_bytes() == other.peer_id for p in net.pubsub.peers)
+
+
 # ------------------------------------------------------------------ pure
 
 
@@ -111,6 +119,7 @@ async def test_an_experts_announcement_reaches_its_domain_and_askers_only(nurser
     nets = (a, b, c, q, k)
     for n in nets[1:]:
         await nursery.start(n.run)
+    await wait_for(lambda: pubsub_up(k, a), 30, "k's pubsub stream to a")
     k.ask_domain("math")
     await wait_for(lambda: all(len(n.peers()) == 4 for n in nets), 60, "every node connected to the four others")
     await wait_for(lambda: {b.peer_id, k.peer_id} <= takers(a, MATH), 30, "b and k in a's view of the math shard")
@@ -147,7 +156,7 @@ async def test_a_coordinator_leaves_a_shard_it_stopped_asking_in(nursery):
     await nursery.start(a.run)
     k = make_net(boot_of(a), shard_idle_s=2.0, announce_poll_s=0.2)
     await nursery.start(k.run)
-    await wait_for(lambda: a.peer_id in k.peers(), 30, "k connected to a")
+    await wait_for(lambda: a.peer_id in k.peers() and pubsub_up(k, a), 30, "k connected to a, pubsub up")
     assert MATH not in k.subscribed()
     k.ask_domain("math")
     await wait_for(lambda: k.peer_id in takers(a, MATH), 30, "k in the math shard, seen from a")
@@ -172,6 +181,7 @@ async def test_an_expert_of_two_domains_sends_one_message_on_both_shards(nursery
     nets = (a, b, k, q)
     for n in nets[1:]:
         await nursery.start(n.run)
+    await wait_for(lambda: pubsub_up(k, a), 30, "k's pubsub stream to a")
     k.ask_domain("law")
     await wait_for(lambda: all(len(n.peers()) == 3 for n in nets), 60, "every node connected to the three others")
     await wait_for(lambda: {b.peer_id, k.peer_id} <= takers(a, LAW), 30, "b and k in a's view of the law shard")
