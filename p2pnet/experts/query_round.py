@@ -272,11 +272,12 @@ class QueryRound:
         is ignored. Nobody is given up on while nobody could take their place
         (:meth:`_replaceable`): the batch then waits to the deadline."""
         silent = [k for k in b.keys if k not in self._answers_of(b) and not (k == b.stream_key and b.next_chunk)]
-        if silent and not b.judging and not self._replaceable():
+        usable = [k for k, c in self.answers.items() if is_usable(c)]
+        if silent and not b.judging and not self._replaceable(usable):
             b.patience_at = None  # giving up would end the round with nothing: wait to the deadline
             return []
         wanted = set() if b.judging or b.extended else waiting.still_wanted(
-            silent, [k for k, c in self.answers.items() if is_usable(c)], self.s.domain, self.s.standing)
+            silent, usable, self.s.domain, self.s.standing)
         # one more patience, if another expert would still have as long after it
         until = min(at + (at - b.started), b.deadline - (at - b.started))
         if wanted and until > at:
@@ -289,16 +290,14 @@ class QueryRound:
         self._mark(b, slow, "slow", now)
         return [Cancel(b.id, slow, "slow")]
 
-    def _replaceable(self) -> bool:
+    def _replaceable(self, usable: list) -> bool:
         """Whether giving up on a silent respondent may gain anything: a usable
-        answer is in hand already, or the round's budget allows another expert
-        that the policy would send traffic to (whether one is then asked is up
-        to the stage: a retry, an escalation). With neither, the slow expert is
-        the only answer left, and :meth:`_give_up_on_slow` waits for it until
-        the deadline."""
-        if any(is_usable(c) for c in self.answers.values()):
-            return True
-        return len(self.asked) < self.rules.max_experts and bool(self._others(False))
+        answer is in hand already (``usable``: the keys of those), or the
+        round's budget allows another expert that the policy would send
+        traffic to (whether one is then asked is up to the stage: a retry, an
+        escalation). With neither, the slow expert is the only answer left,
+        and :meth:`_give_up_on_slow` waits for it until the deadline."""
+        return bool(usable) or (len(self.asked) < self.rules.max_experts and bool(self._others(False)))
 
     def _ask(self, refs, now: float, stream: bool, deadline_s: float) -> list:
         """A new batch asking ``refs`` until the round's deadline."""
