@@ -76,6 +76,67 @@ async def test_a_peer_is_found_by_id_beyond_its_neighbours(tmp_path: Path):
             nursery.cancel_scope.cancel()
 
 
+async def test_a_lookup_returns_what_the_dht_said_not_what_else_wrote_meanwhile(tmp_path: Path):
+    """Item: CI saw ``peers find --fresh`` report a NATed laptop's direct
+    address as found in the DHT: py-libp2p's find_peer returns the peerstore
+    entry, and DCUtR (or identify) had written there between the forget and
+    the lookup. a - b - c: a forgets c, something else writes a bogus address
+    for c into a's peerstore at once and again during the lookup; the lookup
+    through b still returns only c's real addresses, from b's answer."""
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import PeerInfo
+
+    idents = [load_or_create(tmp_path / name) for name in "abc"]
+    hosts = [make_host(i) for i in idents]
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    bogus = multiaddr.Multiaddr("/ip4/198.18.0.77/tcp/4001")  # a hole punch's predicted address
+    async with hosts[0].run(listen), hosts[1].run(listen), hosts[2].run(listen):
+        routing = [PeerRouting(h, lookup_timeout_s=20) for h in hosts]
+        async with trio.open_nursery() as nursery:
+            for r in routing:
+                await nursery.start(r.run)
+            ids = [i.peer_id for i in idents]
+            for left, right in ((0, 1), (1, 2)):
+                await hosts[left].connect(PeerInfo(hosts[right].get_id(), hosts[right].get_addrs()))
+                assert await routing[left].add_peer(ids[right])
+                assert await routing[right].add_peer(ids[left])
+            c = ID(ids[2])
+            forget = routing[0].forget
+            store = hosts[0].get_peerstore()
+
+            written: list = []
+
+            def forget_then_hear_elsewhere(peer):
+                forget(peer)
+                store.add_addrs(c, [bogus], 600)  # outside the lookup: not what the DHT said
+                written.append(bogus)
+
+            routing[0].forget = forget_then_hear_elsewhere
+            mid_lookup = trio.Event()
+            nursery.start_soon(lambda: _write_during(mid_lookup, store, c, bogus, written))
+            original = routing[0].dht.peer_routing.find_closest_peers_network
+
+            async def lookup(key, *args, **kw):
+                mid_lookup.set()
+                await trio.sleep(0)
+                return await original(key, *args, **kw)
+
+            routing[0].dht.peer_routing.find_closest_peers_network = lookup
+            found = await routing[0].find(ids[2], fresh=True)
+            assert found is not None and found.source == "dht", found
+            real = {str(a).split("/p2p/")[0] for a in hosts[2].get_addrs()}
+            assert found.addrs and set(found.addrs) <= real, (found.addrs, real)
+            assert routing[0].status()["found"] == 1
+            assert written == [bogus, bogus]  # both writes happened (a failed dial may have dropped them since)
+            nursery.cancel_scope.cancel()
+
+
+async def _write_during(event: trio.Event, store, pid, addr, written: list) -> None:
+    await event.wait()
+    store.add_addrs(pid, [addr], 600)
+    written.append(addr)
+
+
 async def test_the_connector_runs_the_dht_and_finds_a_peer_it_is_not_connected_to(nursery):
     """Three nodes in a line (low watermark 1: peer exchange dials no one
     more): a, connected to b only, finds c's addresses through the DHT."""

@@ -13,7 +13,13 @@ Notes on py-libp2p 0.8.1 (read from the installed package):
   met in lookups: connecting to a peer does not add it, so
   :meth:`PeerRouting.add_peer` is called for each connected peer;
 - ``find_peer`` looks in the routing table and the peerstore first, and
-  only then asks the network; :meth:`PeerRouting.find` reports which;
+  only then asks the network, and what it returns is the peerstore's entry
+  after the lookup: whatever else wrote there meanwhile included (DCUtR's
+  predicted addresses of a peer it punches to, identify). So
+  :meth:`PeerRouting.find` runs the network lookup itself and returns only
+  the addresses the lookup heard: the peerstore's ``add_addrs`` is wrapped
+  to note, for the peer looked up, what the lookup's own tasks (a context
+  variable, which Trio copies into child tasks) write there;
 - inbound DHT streams are capped at 12 concurrent handlers inside KadDHT;
 - a FIND_NODE answer carries, for each peer, every address the peerstore
   holds (identify's: a NATed peer's LAN addresses) and never a relayed one
@@ -29,6 +35,7 @@ The driver is the service's ``run``: start it in the node's nursery with
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
@@ -75,6 +82,20 @@ class PeerRouting:
         self.found = 0
         self.walks = 0
         self.withheld = 0  # addresses kept out of answers (private, loopback, unusable)
+        # (peer looked up, addresses heard) inside a lookup's tasks (module doc)
+        self._heard: contextvars.ContextVar = contextvars.ContextVar(f"dht-heard-{id(self)}", default=None)
+        self._hear_from(host.get_peerstore())
+
+    def _hear_from(self, store) -> None:
+        add_addrs = store.add_addrs
+
+        def noting(peer_id, addrs, ttl=0):
+            heard = self._heard.get()
+            if heard is not None and peer_id == heard[0]:
+                heard[1].extend(str(a) for a in addrs)
+            return add_addrs(peer_id, addrs, ttl)
+
+        store.add_addrs = noting
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run the DHT service until cancelled."""
@@ -112,23 +133,29 @@ class PeerRouting:
         from libp2p.peer.id import ID
 
         pid = ID(peer)
+        if pid == self.host.get_id():
+            return Found(peer, tuple(str(a) for a in self.host.get_addrs()[:MAX_ADDRS]), "local")
         if fresh:
             self.forget(peer)
         local = () if fresh else self._local(pid)
         if local:
             return Found(peer, local, "local")
         self.lookups += 1
-        info = None
+        heard: tuple = (pid, [])
+        token = self._heard.set(heard)
         try:
             with trio.move_on_after(self.lookup_timeout_s):
-                info = await self.dht.find_peer(pid)
+                await self.dht.peer_routing.find_closest_peers_network(peer)
         except Exception as exc:
             log.info("dht: lookup of %s failed: %s", wire.peer_id_str(peer)[:20], exc)
             return None
-        if info is None or not info.addrs:
+        finally:
+            self._heard.reset(token)
+        addrs = tuple(dict.fromkeys(_strip_peer(a, pid.to_base58()) for a in heard[1]))
+        if not addrs:
             return None
         self.found += 1
-        return Found(peer, tuple(str(a) for a in info.addrs[:MAX_ADDRS]), "dht")
+        return Found(peer, addrs[:MAX_ADDRS], "dht")
 
     def forget(self, peer: bytes) -> None:
         """Drop ``peer`` from the routing table and its addresses from the peerstore."""
