@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pnet import wire
+from p2pnet.wire.envelope import _signed_part
 
 SIGNER = wire.Signer(b"\x07" * 32)
 CARD = wire.ModelCard("e1", "smollm2-135m", "ab" * 32, "Q4_1", 2048, ("general", "geography"),
@@ -80,7 +81,7 @@ def test_oversized_is_rejected_before_parsing():
 def _resign(kind, body):
     """A validly signed envelope with arbitrary kind/body (a hostile peer can do this)."""
     seq, ts = SIGNER.next_seq(), 1
-    sig = SIGNER.sign_bytes(wire._signed_part(kind, SIGNER.peer_id, seq, ts, body))
+    sig = SIGNER.sign_bytes(_signed_part(kind, SIGNER.peer_id, seq, ts, body))
     return wire.packb([wire.WIRE_VERSION, kind, SIGNER.peer_id, seq, ts, body, sig])
 
 

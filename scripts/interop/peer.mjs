@@ -48,7 +48,7 @@ const t0 = Date.now()
 const emit = (obj) => process.stdout.write(JSON.stringify({ ...obj, t_ms: Date.now() - t0 }) + '\n')
 
 // ------------------------------------------------------------ p2pnet envelope
-// p2pnet/wire.py: msgpack list [version, kind, sender, seq, ts_ms, body, sig],
+// p2pnet/wire/ (envelope.py): msgpack list [version, kind, sender, seq, ts_ms, body, sig],
 // sig = Ed25519 over packb([version, kind, sender, seq, ts_ms, body]), sender
 // = the libp2p peer ID bytes (identity multihash of the Ed25519 key).
 
