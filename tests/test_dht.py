@@ -169,6 +169,43 @@ async def test_the_connector_runs_the_dht_and_finds_a_peer_it_is_not_connected_t
     assert c_tcp & {addr.split("/p2p/")[0] for addr in either}, either
 
 
+async def test_a_failed_dial_asks_the_network_not_the_addresses_that_failed(nursery):
+    """Item: after a dial to a peer's announced address fails, the connector
+    looks the peer up (``_dial_found``), but the lookup answered from the
+    peerstore, which held the address that had just failed (a dial writes
+    it there), so nothing new was found and the DHT was never asked. a - b -
+    c, a knows c only at a dead port: the lookup goes to the network, finds
+    c's real address through b, and a connects to c."""
+    import os
+
+    import multiaddr
+    from libp2p.peer.id import ID
+
+    from p2pnet.gossip.network import GossipNetwork
+    from p2pnet.gossip.policy import Watermarks
+    from p2pnet.identity import Identity
+
+    nets = []
+    for i in range(3):
+        ident = Identity(os.urandom(32))
+        boot = [nets[1].listen_addrs[0]] if i == 2 else [nets[0].listen_addrs[0]] if i == 1 else []
+        net = GossipNetwork(ident, ident.signer(), ["/ip4/127.0.0.1/tcp/0"], boot, watermarks=Watermarks(1, 2))
+        net.connector.dht_wanted = True
+        await nursery.start(net.run)
+        nets.append(net)
+    a, b, c = nets
+    await wait_for(lambda: b.peer_id in set(c.peers()) and a.peer_id in set(b.peers()), 30, "a line a-b-c")
+    await wait_for(lambda: all(n.connector.routing is not None for n in nets), 30, "the DHTs to run")
+    await wait_for(lambda: a.connector.routing.known(b.peer_id) and b.connector.routing.known(c.peer_id), 30,
+                   "the routing tables to hold the connected peers")
+    dead = "/ip4/127.0.0.1/tcp/9"  # discard: nobody listens there
+    a.connector.net.host.get_peerstore().add_addrs(ID(c.peer_id), [multiaddr.Multiaddr(dead)], 120)
+    lookups = a.connector.dht_status()["lookups"]
+    await a.connector._dial_found(c.peer_id, {dead})
+    assert a.connector.dht_status()["lookups"] == lookups + 1  # the network was asked
+    assert c.peer_id in set(a.peers())
+
+
 def test_node_start_dht_runs_it_and_status_shows_it(tmp_path):
     """Two real node processes with --dht: each puts the other into its
     routing table; `p2pnet status` shows the DHT."""

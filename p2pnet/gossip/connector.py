@@ -160,11 +160,12 @@ class Connector:
                 await self._dial_found(peer, set(addrs))
 
     async def _dial_found(self, peer: bytes, tried: set) -> None:
-        """With the DHT on: look ``peer`` up and dial the addresses it finds
-        that were not tried already."""
+        """With the DHT on: look ``peer`` up in the network (what the
+        peerstore holds is what just failed: the dial wrote it there) and dial
+        the addresses it finds that were not tried already."""
         if self.routing is None:
             return
-        found = await self.routing.find(peer)
+        found = await self.routing.find(peer, local=False)
         fresh = [a for a in (found.addrs if found else ()) if a not in tried]
         if fresh and await self.dial_addrs(peer, fresh):
             log.info("peer routing: connected to %s at an address the DHT found", wire.peer_id_str(peer)[:20])

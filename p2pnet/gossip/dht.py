@@ -126,10 +126,12 @@ class PeerRouting:
     def table_size(self) -> int:
         return self.dht.get_routing_table_size()
 
-    async def find(self, peer: bytes, *, fresh: bool = False) -> Optional[Found]:
+    async def find(self, peer: bytes, *, fresh: bool = False, local: bool = True) -> Optional[Found]:
         """The addresses of ``peer``, or None if no lookup finds them within
         ``lookup_timeout_s``. With ``fresh``, what this node knew of the
-        peer's addresses is forgotten first, so they come from the network."""
+        peer's addresses is forgotten first, so they come from the network.
+        ``local=False`` asks the network even when the peerstore knows
+        addresses (they were just tried and failed), without forgetting them."""
         from libp2p.peer.id import ID
 
         pid = ID(peer)
@@ -137,9 +139,9 @@ class PeerRouting:
             return Found(peer, tuple(str(a) for a in self.host.get_addrs()[:MAX_ADDRS]), "local")
         if fresh:
             self.forget(peer)
-        local = () if fresh else self._local(pid)
-        if local:
-            return Found(peer, local, "local")
+        known = () if fresh or not local else self._local(pid)
+        if known:
+            return Found(peer, known, "local")
         self.lookups += 1
         heard: tuple = (pid, [])
         token = self._heard.set(heard)
