@@ -79,8 +79,8 @@ async def test_a_peer_is_found_by_id_beyond_its_neighbours(tmp_path: Path):
 async def test_a_lookup_returns_what_the_dht_said_not_what_else_wrote_meanwhile(tmp_path: Path):
     """Item: CI saw ``peers find --fresh`` report a NATed laptop's direct
     address as found in the DHT: py-libp2p's find_peer returns the peerstore
-    entry, and DCUtR (or identify) had written there between the forget and
-    the lookup. a - b - c: a forgets c, something else writes a bogus address
+    entry, and another protocol (most likely DCUtR) had written there between
+    the forget and the lookup. a - b - c: a forgets c, something else writes a bogus address
     for c into a's peerstore at once and again during the lookup; the lookup
     through b still returns only c's real addresses, from b's answer."""
     from libp2p.peer.id import ID
@@ -137,9 +137,10 @@ async def _write_during(event: trio.Event, store, pid, addr, written: list) -> N
     written.append(addr)
 
 
-async def test_the_connector_runs_the_dht_and_finds_a_peer_it_is_not_connected_to(nursery):
-    """Three nodes in a line (low watermark 1: peer exchange dials no one
-    more): a, connected to b only, finds c's addresses through the DHT."""
+async def line_of_three(nursery) -> list:
+    """Three GossipNetworks with the DHT wanted, in a line a - b - c (low
+    watermark 1: peer exchange dials no one more); returns [a, b, c] once
+    the line stands."""
     import os
 
     from p2pnet.gossip.network import GossipNetwork
@@ -156,8 +157,15 @@ async def test_the_connector_runs_the_dht_and_finds_a_peer_it_is_not_connected_t
         nets.append(net)
     a, b, c = nets
     await wait_for(lambda: b.peer_id in set(c.peers()) and a.peer_id in set(b.peers()), 30, "a line a-b-c")
+    return nets
+
+
+async def test_the_connector_runs_the_dht_and_finds_a_peer_it_is_not_connected_to(nursery):
+    """Three nodes in a line (low watermark 1: peer exchange dials no one
+    more): a, connected to b only, finds c's addresses through the DHT."""
+    a, b, c = await line_of_three(nursery)
     assert c.peer_id not in set(a.peers())
-    await wait_for(lambda: all(n.connector.routing is not None for n in nets), 30, "the DHTs to run")
+    await wait_for(lambda: all(n.connector.routing is not None for n in (a, b, c)), 30, "the DHTs to run")
     await wait_for(lambda: a.connector.routing.known(b.peer_id) and b.connector.routing.known(c.peer_id), 30,
                    "the routing tables to hold the connected peers")
     found = await a.connector.routing.find(c.peer_id)
@@ -176,26 +184,10 @@ async def test_a_failed_dial_asks_the_network_not_the_addresses_that_failed(nurs
     it there), so nothing new was found and the DHT was never asked. a - b -
     c, a knows c only at a dead port: the lookup goes to the network, finds
     c's real address through b, and a connects to c."""
-    import os
-
-    import multiaddr
     from libp2p.peer.id import ID
 
-    from p2pnet.gossip.network import GossipNetwork
-    from p2pnet.gossip.policy import Watermarks
-    from p2pnet.identity import Identity
-
-    nets = []
-    for i in range(3):
-        ident = Identity(os.urandom(32))
-        boot = [nets[1].listen_addrs[0]] if i == 2 else [nets[0].listen_addrs[0]] if i == 1 else []
-        net = GossipNetwork(ident, ident.signer(), ["/ip4/127.0.0.1/tcp/0"], boot, watermarks=Watermarks(1, 2))
-        net.connector.dht_wanted = True
-        await nursery.start(net.run)
-        nets.append(net)
-    a, b, c = nets
-    await wait_for(lambda: b.peer_id in set(c.peers()) and a.peer_id in set(b.peers()), 30, "a line a-b-c")
-    await wait_for(lambda: all(n.connector.routing is not None for n in nets), 30, "the DHTs to run")
+    a, b, c = await line_of_three(nursery)
+    await wait_for(lambda: all(n.connector.routing is not None for n in (a, b, c)), 30, "the DHTs to run")
     await wait_for(lambda: a.connector.routing.known(b.peer_id) and b.connector.routing.known(c.peer_id), 30,
                    "the routing tables to hold the connected peers")
     dead = "/ip4/127.0.0.1/tcp/9"  # discard: nobody listens there
