@@ -91,8 +91,8 @@ class PeerRouting:
 
         def noting(peer_id, addrs, ttl=0):
             heard = self._heard.get()
-            if heard is not None and peer_id == heard[0]:
-                heard[1].extend(str(a) for a in addrs)
+            if heard is not None and peer_id == heard[0] and len(heard[1]) < 4 * MAX_ADDRS:
+                heard[1].extend(str(a) for a in list(addrs)[:MAX_ADDRS])  # bounded: answers are hostile input
             return add_addrs(peer_id, addrs, ttl)
 
         store.add_addrs = noting
