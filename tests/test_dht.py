@@ -2,6 +2,7 @@
 real libp2p hosts in a line a - b - c - d, each knowing only its
 neighbours; a finds d's addresses by d's ID through the DHT and dials it."""
 
+import contextlib
 from pathlib import Path
 
 import multiaddr
@@ -38,97 +39,98 @@ def peerstore_addrs(host, pid) -> list:
         return []
 
 
-async def test_a_peer_is_found_by_id_beyond_its_neighbours(tmp_path: Path):
+@contextlib.asynccontextmanager
+async def hosts_in_a_line(tmp_path: Path, names: str):
+    """Real hosts on 127.0.0.1, one per name, each running the DHT, each
+    connected to its neighbours in the line and holding them in its routing
+    table. Yields (hosts, routing, peer IDs, the nursery the DHTs run in)."""
     from libp2p.peer.peerinfo import PeerInfo
 
-    idents = [load_or_create(tmp_path / name) for name in "abcd"]
+    idents = [load_or_create(tmp_path / name) for name in names]
     hosts = [make_host(i) for i in idents]
     listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-    async with hosts[0].run(listen), hosts[1].run(listen), hosts[2].run(listen), hosts[3].run(listen):
+    async with contextlib.AsyncExitStack() as stack:
+        for h in hosts:
+            await stack.enter_async_context(h.run(listen))
         routing = [PeerRouting(h, lookup_timeout_s=20) for h in hosts]
         async with trio.open_nursery() as nursery:
             for r in routing:
                 await nursery.start(r.run)
             ids = [i.peer_id for i in idents]
-            for left, right in zip(range(3), range(1, 4)):  # a-b, b-c, c-d
+            for left in range(len(hosts) - 1):
+                right = left + 1
                 await hosts[left].connect(PeerInfo(hosts[right].get_id(), hosts[right].get_addrs()))
                 assert await routing[left].add_peer(ids[right])
                 assert await routing[right].add_peer(ids[left])
-            assert not routing[0].known(ids[3])
-            assert not peerstore_addrs(hosts[0], hosts[3].get_id())  # a has never heard of d
-
-            found = await routing[0].find(ids[3])
-            assert found is not None and found.source == "dht" and found.peer == ids[3]
-            d_addrs = {str(a) for a in hosts[3].get_addrs()}
-            assert {a.split("/p2p/")[0] for a in found.addrs} & {a.split("/p2p/")[0] for a in d_addrs}, \
-                (found.addrs, d_addrs)
-            assert routing[0].status()["lookups"] == 1 and routing[0].status()["found"] == 1
-
-            await hosts[0].connect(PeerInfo(hosts[3].get_id(), [multiaddr.Multiaddr(a) for a in found.addrs]))
-            await wait_for(lambda: hosts[3].get_id() in hosts[0].get_network().connections, 10,
-                           "a to connect to d")
-            again = await routing[0].find(ids[3])
-            assert again is not None and again.source == "local"
-
-            stranger = load_or_create(tmp_path / "stranger").peer_id
-            assert await routing[0].find(stranger) is None  # nobody knows it: None, not an error
-            assert wire.peer_id_str(stranger) not in {str(p) for p in hosts[0].get_network().connections}
+            yield hosts, routing, ids, nursery
             nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_is_found_by_id_beyond_its_neighbours(tmp_path: Path):
+    from libp2p.peer.peerinfo import PeerInfo
+
+    async with hosts_in_a_line(tmp_path, "abcd") as (hosts, routing, ids, _):
+        assert not routing[0].known(ids[3])
+        assert not peerstore_addrs(hosts[0], hosts[3].get_id())  # a has never heard of d
+
+        found = await routing[0].find(ids[3])
+        assert found is not None and found.source == "dht" and found.peer == ids[3]
+        d_addrs = {str(a) for a in hosts[3].get_addrs()}
+        assert {a.split("/p2p/")[0] for a in found.addrs} & {a.split("/p2p/")[0] for a in d_addrs}, \
+            (found.addrs, d_addrs)
+        assert routing[0].status()["lookups"] == 1 and routing[0].status()["found"] == 1
+
+        await hosts[0].connect(PeerInfo(hosts[3].get_id(), [multiaddr.Multiaddr(a) for a in found.addrs]))
+        await wait_for(lambda: hosts[3].get_id() in hosts[0].get_network().connections, 10,
+                       "a to connect to d")
+        again = await routing[0].find(ids[3])
+        assert again is not None and again.source == "local"
+
+        stranger = load_or_create(tmp_path / "stranger").peer_id
+        assert await routing[0].find(stranger) is None  # nobody knows it: None, not an error
+        assert wire.peer_id_str(stranger) not in {str(p) for p in hosts[0].get_network().connections}
 
 
 async def test_a_lookup_returns_what_the_dht_said_not_what_else_wrote_meanwhile(tmp_path: Path):
     """Item: CI saw ``peers find --fresh`` report a NATed laptop's direct
     address as found in the DHT: py-libp2p's find_peer returns the peerstore
     entry, and another protocol (most likely DCUtR) had written there between
-    the forget and the lookup. a - b - c: a forgets c, something else writes a bogus address
-    for c into a's peerstore at once and again during the lookup; the lookup
-    through b still returns only c's real addresses, from b's answer."""
+    the forget and the lookup. a - b - c: a forgets c, something else writes a
+    bogus address for c into a's peerstore at once and again during the
+    lookup; the lookup through b still returns only c's real addresses, from
+    b's answer."""
     from libp2p.peer.id import ID
-    from libp2p.peer.peerinfo import PeerInfo
 
-    idents = [load_or_create(tmp_path / name) for name in "abc"]
-    hosts = [make_host(i) for i in idents]
-    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
     bogus = multiaddr.Multiaddr("/ip4/198.18.0.77/tcp/4001")  # a hole punch's predicted address
-    async with hosts[0].run(listen), hosts[1].run(listen), hosts[2].run(listen):
-        routing = [PeerRouting(h, lookup_timeout_s=20) for h in hosts]
-        async with trio.open_nursery() as nursery:
-            for r in routing:
-                await nursery.start(r.run)
-            ids = [i.peer_id for i in idents]
-            for left, right in ((0, 1), (1, 2)):
-                await hosts[left].connect(PeerInfo(hosts[right].get_id(), hosts[right].get_addrs()))
-                assert await routing[left].add_peer(ids[right])
-                assert await routing[right].add_peer(ids[left])
-            c = ID(ids[2])
-            forget = routing[0].forget
-            store = hosts[0].get_peerstore()
+    async with hosts_in_a_line(tmp_path, "abc") as (hosts, routing, ids, nursery):
+        c = ID(ids[2])
+        forget = routing[0].forget
+        store = hosts[0].get_peerstore()
 
-            written: list = []
+        written: list = []
 
-            def forget_then_hear_elsewhere(peer):
-                forget(peer)
-                store.add_addrs(c, [bogus], 600)  # outside the lookup: not what the DHT said
-                written.append(bogus)
+        def forget_then_hear_elsewhere(peer):
+            forget(peer)
+            store.add_addrs(c, [bogus], 600)  # outside the lookup: not what the DHT said
+            written.append(bogus)
 
-            routing[0].forget = forget_then_hear_elsewhere
-            mid_lookup = trio.Event()
-            nursery.start_soon(lambda: _write_during(mid_lookup, store, c, bogus, written))
-            original = routing[0].dht.peer_routing.find_closest_peers_network
+        routing[0].forget = forget_then_hear_elsewhere
+        mid_lookup = trio.Event()
+        nursery.start_soon(lambda: _write_during(mid_lookup, store, c, bogus, written))
+        original = routing[0].dht.peer_routing.find_closest_peers_network
 
-            async def lookup(key, *args, **kw):
-                mid_lookup.set()
-                await trio.sleep(0)
-                return await original(key, *args, **kw)
+        async def lookup(key, *args, **kw):
+            mid_lookup.set()
+            await trio.sleep(0)
+            return await original(key, *args, **kw)
 
-            routing[0].dht.peer_routing.find_closest_peers_network = lookup
-            found = await routing[0].find(ids[2], fresh=True)
-            assert found is not None and found.source == "dht", found
-            real = {str(a).split("/p2p/")[0] for a in hosts[2].get_addrs()}
-            assert found.addrs and set(found.addrs) <= real, (found.addrs, real)
-            assert routing[0].status()["found"] == 1
-            assert written == [bogus, bogus]  # both writes happened (a failed dial may have dropped them since)
-            nursery.cancel_scope.cancel()
+        routing[0].dht.peer_routing.find_closest_peers_network = lookup
+        found = await routing[0].find(ids[2], fresh=True)
+        assert found is not None and found.source == "dht", found
+        real = {str(a).split("/p2p/")[0] for a in hosts[2].get_addrs()}
+        assert found.addrs and set(found.addrs) <= real, (found.addrs, real)
+        assert routing[0].status()["found"] == 1
+        assert written == [bogus, bogus]  # both writes happened (a failed dial may have dropped them since)
 
 
 async def _write_during(event: trio.Event, store, pid, addr, written: list) -> None:
