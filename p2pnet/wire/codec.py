@@ -42,7 +42,6 @@ class WireError(P2PNetError):
         self.detail = detail
 
 
-
 @dataclass(frozen=True)
 class Message:
     """Base of all wire messages. ``KIND`` names the type on the wire."""
@@ -83,7 +82,6 @@ class Message:
 def _check(cond: bool, detail: str) -> None:
     if not cond:
         raise WireError(SCHEMA, detail)
-
 
 
 def packb(obj: object) -> bytes:

@@ -18,6 +18,7 @@ from p2pnet.wire.codec import (BAD_SIGNATURE, MALFORMED, MAX_MESSAGE_BYTES, MAX_
 from p2pnet.wire.keys import peer_id_from_public_key, peer_id_str, public_key_from_peer_id
 from p2pnet.wire.messages import KINDS
 
+
 @dataclass(frozen=True)
 class Envelope:
     """A decoded, signature-checked message and who sent it."""

@@ -8,7 +8,6 @@ from p2pnet.wire.codec import MALFORMED, WireError
 _PEER_ID_PREFIX = bytes.fromhex("002408011220")  # identity multihash of an Ed25519 key
 
 
-
 def peer_id_from_public_key(public_key: bytes) -> bytes:
     """The libp2p peer ID (bytes) of an Ed25519 public key."""
     if len(public_key) != 32:
