@@ -86,6 +86,10 @@ async def test_a_peer_is_found_by_id_beyond_its_neighbours(tmp_path: Path):
         again = await routing[0].find(ids[3])
         assert again is not None and again.source == "local"
 
+        me = await routing[0].find(ids[0])  # a's own addresses, as a lookup of any peer gives them
+        assert me is not None and me.source == "local" and me.addrs
+        assert set(me.addrs) == {str(x).split("/p2p/")[0] for x in hosts[0].get_addrs()}, me.addrs
+
         stranger = load_or_create(tmp_path / "stranger").peer_id
         assert await routing[0].find(stranger) is None  # nobody knows it: None, not an error
         assert wire.peer_id_str(stranger) not in {str(p) for p in hosts[0].get_network().connections}

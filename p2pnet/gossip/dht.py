@@ -135,8 +135,9 @@ class PeerRouting:
         from libp2p.peer.id import ID
 
         pid = ID(peer)
-        if pid == self.host.get_id():
-            return Found(peer, tuple(str(a) for a in self.host.get_addrs()[:MAX_ADDRS]), "local")
+        if pid == self.host.get_id():  # get_addrs() ends each address with /p2p/<own id>
+            own = dict.fromkeys(_strip_peer(str(a), pid.to_base58()) for a in self.host.get_addrs())
+            return Found(peer, tuple(own)[:MAX_ADDRS], "local")
         if fresh:
             self.forget(peer)
         known = () if fresh or not local else self._local(pid)
