@@ -142,8 +142,33 @@ def test_second_opinions_ask_the_runner_up():
                                            for _ in range(50)))
 
 
-def test_adaptive_k_adds_a_second_opinion_only_when_the_pick_is_not_reliable():
-    refs = [ref(i) for i in range(3)]
+def test_adaptive_k_adds_a_second_opinion_when_it_is_worth_its_price():
+    """Without ``escalate_below`` (the answer's confidence unused), a single
+    pick is checked by the most proven other expert when the check is worth
+    its price before any answer is seen (MetaLLM's reward: the gain in the
+    chance of a right answer, ``check_gain`` at the posterior means, minus
+    ``cost_weight`` times the price of the check and a likely tie-break)."""
+    cheap = [ref(i, price=1.0) for i in range(3)]
+    dear = [ref(i, price=10.0) for i in range(3)]
+    sure = [(0.95, 60), (0.94, 60), (0.93, 60)]  # lower bounds far above `confident`
+    policy = ReputationPolicy()  # cost_weight 0.01
+    rng = random.Random(4)
+    # a check of a 0.95 expert adds about 0.04 to the chance of a right answer:
+    # worth 1.0 at 0.01 per unit of price, not 10.0
+    sels = [policy.select(cheap, 1, "math", table(cheap, sure), rng, adapt=True) for _ in range(100)]
+    assert all(len(s.chosen) == 2 and "worth its price" in s.reason for s in sels)
+    assert {len(policy.select(dear, 1, "math", table(dear, sure), rng, adapt=True).chosen) for _ in range(100)} == {1}
+    # the same from check_worth itself, on the rows select builds
+    rows = [(0.0, r, policy.posterior(r, "math", table(cheap + dear, sure * 2)), 0.0) for r in cheap[:1] + dear[1:2]]
+    gain, tie = check_gain(0.05, 0.94)
+    assert policy.check_worth(rows) == pytest.approx(gain - 0.01 * 10.0 * (1 + tie))
+    assert policy.check_worth(rows) < 0 < ReputationPolicy(cost_weight=0.0).check_worth(rows)
+    # a k the request chose itself is kept as it is
+    assert {len(policy.select(cheap, 1, "math", table(cheap, sure), rng).chosen) for _ in range(100)} == {1}
+
+
+def test_adaptive_k_checks_a_pick_that_is_not_reliable_even_when_not_worth_its_price():
+    refs = [ref(i, price=20.0) for i in range(3)]  # a check adds about 0.16: not worth 0.01 x 20
     policy = ReputationPolicy()
     rng = random.Random(4)
     sure = table(refs, [(0.95, 60), (0.94, 60), (0.93, 60)])  # lower bounds far above `confident`
@@ -154,11 +179,15 @@ def test_adaptive_k_adds_a_second_opinion_only_when_the_pick_is_not_reliable():
     # a k the request chose itself is kept as it is
     assert {len(policy.select(refs, 1, "math", unsure, rng).chosen) for _ in range(100)} == {1}
     # escalating on the answer's confidence: the unreliable pick goes alone, marked
-    # unsure (its answer decides); a reliable one is not marked
+    # unsure (its answer decides); a reliable one is not marked, and no check is
+    # asked up front even where one would be worth its price
     escalating = ReputationPolicy(escalate_below=0.5)
     sels = [escalating.select(refs, 1, "math", unsure, rng, adapt=True) for _ in range(100)]
     assert all(len(s.chosen) == 1 and s.unsure and "its answer decides" in s.reason for s in sels)
     assert not any(escalating.select(refs, 1, "math", sure, rng, adapt=True).unsure for _ in range(100))
+    cheap = [ref(i, price=1.0) for i in range(3)]
+    cheap_sure = table(cheap, [(0.95, 60), (0.94, 60), (0.93, 60)])
+    assert {len(escalating.select(cheap, 1, "math", cheap_sure, rng, adapt=True).chosen) for _ in range(100)} == {1}
     with pytest.raises(ValueError, match="escalate_below"):
         ReputationPolicy(escalate_below=1.5)
 

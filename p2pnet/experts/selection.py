@@ -245,9 +245,14 @@ class ReputationPolicy(SelectionPolicy):
       and the vetted newcomers (unknown, but nothing bad seen).
       Sampling alone would still pick it for second opinions and tie-breaks.
     - Adaptive second opinion (``select(..., adapt=True)``, when the request
-      left k open): a single pick whose own pessimistic quality ``mean - z *
-      sd`` is below ``confident`` is checked by the most proven other
-      established expert (the best pessimistic value).
+      left k open). Without ``escalate_below`` (the answer's own confidence
+      is not used) a single pick is checked by the most proven other
+      established expert whenever the check is worth its price before any
+      answer is seen (:meth:`check_worth`: MetaLLM's reward, quality gained
+      minus ``cost_weight`` times the price of the check and a likely
+      tie-break). Otherwise, a single pick whose own pessimistic quality
+      ``mean - z * sd`` is below ``confident`` is checked by the most proven
+      other established expert (the best pessimistic value).
       With ``escalate_below`` > 0 the check waits for the answer instead
       (``Selection.unsure``): the coordinator asks one more expert when the
       answer's own confidence is below ``escalate_below``, or when it reports
@@ -344,6 +349,14 @@ class ReputationPolicy(SelectionPolicy):
     def newcomer(self, post: Posterior, bar: float = 0.0) -> bool:
         """Too little evidence, or (``bar``) too little of it graded by probes."""
         return post.evidence < self.newcomer_evidence or (post.probed or 0.0) < bar
+
+    def check_worth(self, pair) -> float:
+        """What asking ``pair[1]`` (a row: value, ref, posterior, draw) to check
+        ``pair[0]`` is worth before any answer is seen: the gain in the chance
+        of a right answer (:func:`check_gain`, both at their posterior means)
+        minus ``cost_weight`` times what the check and a likely tie-break cost."""
+        gain, tie = check_gain(1.0 - pair[0][2].mean, pair[1][2].mean)
+        return self.value(pair[1][1], gain) - self.cost_weight * pair[1][1].card.price_per_1k * tie
 
     def value(self, ref: ExpertRef, quality: float) -> float:
         """quality - cost_weight * price - load_weight * load share."""
@@ -494,6 +507,9 @@ class ReputationPolicy(SelectionPolicy):
                 if newcomer:
                     chosen = base + newcomer
                     notes.append("exploring a newcomer")
+            elif adapt and k == 1 and len(pair) > 1 and self.escalate_below == 0 and self.check_worth(pair) > 0:
+                chosen = pair  # without the answer's confidence, its expert's standing decides
+                notes.append("second opinion: worth its price")
             elif adapt and k == 1 and len(pair) > 1 and chosen[0][2].lower(self.z) < self.confident:
                 if self.escalate_below > 0:  # its answer's own confidence decides
                     unsure = True
