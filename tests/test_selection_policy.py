@@ -158,11 +158,11 @@ def test_adaptive_k_adds_a_second_opinion_when_it_is_worth_its_price():
     sels = [policy.select(cheap, 1, "math", table(cheap, sure), rng, adapt=True) for _ in range(100)]
     assert all(len(s.chosen) == 2 and "worth its price" in s.reason for s in sels)
     assert {len(policy.select(dear, 1, "math", table(dear, sure), rng, adapt=True).chosen) for _ in range(100)} == {1}
-    # the same from check_worth itself, on the rows select builds
-    rows = [(0.0, r, policy.posterior(r, "math", table(cheap + dear, sure * 2)), 0.0) for r in cheap[:1] + dear[1:2]]
+    # the same from check_worth itself
     gain, tie = check_gain(0.05, 0.94)
-    assert policy.check_worth(rows) == pytest.approx(gain - 0.01 * 10.0 * (1 + tie))
-    assert policy.check_worth(rows) < 0 < ReputationPolicy(cost_weight=0.0).check_worth(rows)
+    worth = policy.check_worth(dear[1], 0.05, 0.94)
+    assert worth == pytest.approx((gain - 0.01 * 10.0 * (1 + tie), gain))
+    assert worth[0] < 0 < ReputationPolicy(cost_weight=0.0).check_worth(dear[1], 0.05, 0.94)[0]
     # a k the request chose itself is kept as it is
     assert {len(policy.select(cheap, 1, "math", table(cheap, sure), rng).chosen) for _ in range(100)} == {1}
 

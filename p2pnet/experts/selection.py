@@ -350,13 +350,14 @@ class ReputationPolicy(SelectionPolicy):
         """Too little evidence, or (``bar``) too little of it graded by probes."""
         return post.evidence < self.newcomer_evidence or (post.probed or 0.0) < bar
 
-    def check_worth(self, pair) -> float:
-        """What asking ``pair[1]`` (a row: value, ref, posterior, draw) to check
-        ``pair[0]`` is worth before any answer is seen: the gain in the chance
-        of a right answer (:func:`check_gain`, both at their posterior means)
-        minus ``cost_weight`` times what the check and a likely tie-break cost."""
-        gain, tie = check_gain(1.0 - pair[0][2].mean, pair[1][2].mean)
-        return self.value(pair[1][1], gain) - self.cost_weight * pair[1][1].card.price_per_1k * tie
+    def check_worth(self, ref: ExpertRef, p_wrong: float, quality: float) -> tuple[float, float]:
+        """MetaLLM's reward for asking ``ref`` (right with probability
+        ``quality``) to check an answer wrong with probability ``p_wrong``:
+        the gain in the chance of a right answer (:func:`check_gain`) minus
+        ``cost_weight`` times what the check and a likely tie-break cost.
+        Returns (that worth, the gain)."""
+        gain, tie = check_gain(p_wrong, quality)
+        return self.value(ref, gain) - self.cost_weight * ref.card.price_per_1k * tie, gain
 
     def value(self, ref: ExpertRef, quality: float) -> float:
         """quality - cost_weight * price - load_weight * load share."""
@@ -382,8 +383,7 @@ class ReputationPolicy(SelectionPolicy):
         best = None
         for ref in pool:
             post = self.posterior(ref, domain, standing)
-            gain, tie = check_gain(p_wrong, rng.betavariate(post.alpha, post.beta))
-            worth = self.value(ref, gain) - self.cost_weight * ref.card.price_per_1k * tie
+            worth, gain = self.check_worth(ref, p_wrong, rng.betavariate(post.alpha, post.beta))
             if best is None or (worth, gain) > best[:2]:
                 best = (worth, gain, ref)
         if best is None:
@@ -507,8 +507,10 @@ class ReputationPolicy(SelectionPolicy):
                 if newcomer:
                     chosen = base + newcomer
                     notes.append("exploring a newcomer")
-            elif adapt and k == 1 and len(pair) > 1 and self.escalate_below == 0 and self.check_worth(pair) > 0:
-                chosen = pair  # without the answer's confidence, its expert's standing decides
+            elif (adapt and k == 1 and len(pair) > 1 and self.escalate_below == 0
+                  and self.check_worth(pair[1][1], 1.0 - pair[0][2].mean, pair[1][2].mean)[0] > 0):
+                # without the answer's confidence, the standings decide, both at their posterior means
+                chosen = pair
                 notes.append("second opinion: worth its price")
             elif adapt and k == 1 and len(pair) > 1 and chosen[0][2].lower(self.z) < self.confident:
                 if self.escalate_below > 0:  # its answer's own confidence decides

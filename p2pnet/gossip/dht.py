@@ -136,8 +136,7 @@ class PeerRouting:
 
         pid = ID(peer)
         if pid == self.host.get_id():  # get_addrs() ends each address with /p2p/<own id>
-            own = dict.fromkeys(_strip_peer(str(a), pid.to_base58()) for a in self.host.get_addrs())
-            return Found(peer, tuple(own)[:MAX_ADDRS], "local")
+            return Found(peer, _strip_peers(self.host.get_addrs(), pid.to_base58())[:MAX_ADDRS], "local")
         if fresh:
             self.forget(peer)
         known = () if fresh or not local else self._local(pid)
@@ -154,7 +153,7 @@ class PeerRouting:
             return None
         finally:
             self._heard.reset(token)
-        addrs = tuple(dict.fromkeys(_strip_peer(a, pid.to_base58()) for a in heard[1]))
+        addrs = _strip_peers(heard[1], pid.to_base58())
         if not addrs:
             return None
         self.found += 1
@@ -245,3 +244,9 @@ def _strip_peer(addr: str, peer: str) -> str:
     """``addr`` without a trailing ``/p2p/<peer>``."""
     tail = f"/p2p/{peer}"
     return addr[: -len(tail)] if addr.endswith(tail) else addr
+
+
+def _strip_peers(addrs, peer: str) -> tuple[str, ...]:
+    """Each of ``addrs`` (strings or multiaddrs) without a trailing
+    ``/p2p/<peer>``, once each, in order."""
+    return tuple(dict.fromkeys(_strip_peer(str(a), peer) for a in addrs))
