@@ -227,9 +227,10 @@ async def test_an_unreachable_respondent_gets_the_query_by_gossip(nursery):
 
 
 async def test_a_respondent_that_does_not_reply_in_time_is_not_flooded_by_gossip(nursery):
-    """The stream opened, the reply did not come (an overloaded node): the
-    query may have arrived, so it is counted as failed and not gossiped to
-    every node (the round replaces a silent respondent after its patience)."""
+    """The stream opened, the reply did not come (an overloaded or stalled
+    node): the query may have arrived, so it is not gossiped to every node; it
+    is tried again directly (a respondent takes a query id once), and counted
+    as failed when its tries are spent."""
     a = make_net()
     await nursery.start(a.run)
     b = make_net(a.listen_addrs[0])
@@ -247,10 +248,54 @@ async def test_a_respondent_that_does_not_reply_in_time_is_not_flooded_by_gossip
     await nursery.start(b.run)
     await wait_for(lambda: b.peer_id in a.peers(), 30, "connected")
     a.direct.timeout_s = 1.0
+    a.direct.QUERY_RETRY_S = (0.1, 0.1)
     a.send_query_nowait(query_to(a, b))
-    await wait_for(lambda: a.stats.direct["query_failed"] == 1, 30, "the direct query to time out")
-    assert len(taken) == 1  # it did arrive
+    await wait_for(lambda: a.stats.direct["query_failed"] == 1, 30, "the direct query to time out on every try")
+    assert len(taken) == 3 and a.stats.direct["query_retried"] == 2  # it did arrive, three times
     assert a.stats.direct["query_gossiped"] == 0 and gossiped == []
+
+
+async def test_a_query_lost_on_its_way_is_tried_again_until_it_is_taken(nursery):
+    """A relay that dies with the query in it, a respondent stalled while its
+    relay died: the first try is never acknowledged, the next one is. A
+    cancelled query, or one whose deadline is too close, is not tried again."""
+    a = make_net()
+    await nursery.start(a.run)
+    b = make_net(a.listen_addrs[0])
+    taken = []
+
+    async def lose_each_first_copy(env):
+        first = env.message.query_id not in [m.query_id for m in taken]
+        taken.append(env.message)
+        if first:
+            await trio.sleep_forever()  # this copy is never acknowledged
+        return wire.Ack()
+
+    async def cancel(env):
+        return wire.Ack()
+
+    b.on_request(wire.Query.KIND, lose_each_first_copy)
+    b.on_request(wire.Cancel.KIND, cancel)
+    await nursery.start(b.run)
+    await wait_for(lambda: b.peer_id in a.peers(), 30, "connected")
+    a.direct.timeout_s = 1.0
+    a.direct.QUERY_RETRY_S = (0.1, 0.1)
+    q = query_to(a, b)
+    a.send_query_nowait(q)
+    await wait_for(lambda: a.stats.direct["query_sent"] == 1, 30, "the second try to be taken")
+    assert [m.query_id for m in taken] == [q.query_id, q.query_id]
+    assert a.stats.direct["query_retried"] == 1 and a.stats.direct["query_failed"] == 0
+
+    cancelled = query_to(a, b)  # its round ended while the first copy was on its way
+    a.send_query_nowait(cancelled)
+    a.send_cancel_nowait(cancelled.query_id)
+    await wait_for(lambda: a.stats.direct["query_failed"] == 1, 30, "the cancelled query to be given up")
+    late = wire.Query(query_id=os.urandom(16), domain="general", deadline_ms=int((time.time() + 0.5) * 1000),
+                      prompts=query_to(a, b).prompts)
+    a.send_query_nowait(late)
+    await wait_for(lambda: a.stats.direct["query_failed"] == 2, 30, "the query past its deadline to be given up")
+    assert a.stats.direct["query_retried"] == 1 and a.stats.direct["query_sent"] == 1
+    assert [m.query_id for m in taken[2:]] == [cancelled.query_id, late.query_id]
 
 
 async def _raw(net: GossipNetwork, peer: bytes, frame: bytes) -> bytes:

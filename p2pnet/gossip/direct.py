@@ -28,7 +28,10 @@ by gossip on the queries topic (every node relays that topic, so the
 fallback reaches a respondent through nodes without experts; a query then
 costs every node again, as before, but only for the respondents that could
 not be reached directly). A timeout or a busy reply is not gossiped (see
-``_deliver``). A Cancel goes the same way.
+``_deliver``); a query whose stream broke or whose taking was never
+acknowledged is tried again directly (0.5 s, 1 s, 2 s later, while its
+deadline is ahead and it was not cancelled), since nothing else would tell
+the round that its respondent never got it. A Cancel goes the same way.
 
 Why direct streams rather than per-domain query topics: the coordinator has
 already chosen its k respondents and sealed the prompt to each, so a query
@@ -64,8 +67,13 @@ log = logging.getLogger("p2pnet.gossip")
 
 QUERY_KINDS = frozenset({wire.Query.KIND, wire.Cancel.KIND})
 FALLBACK_CODES = frozenset({"unreachable", "unsupported"})
-ANSWER_RETRY_CODES = frozenset({"unreachable", "stream"})  # an answer's try that is worth another
 """Direct failures after which a query goes by gossip: no stream could be opened."""
+ANSWER_RETRY_CODES = frozenset({"unreachable", "stream"})  # an answer's try that is worth another
+QUERY_RETRY_CODES = frozenset({"timeout", "stream", "closed"})
+"""A query's direct try that is worth another: the stream opened but broke, or
+the respondent never said it took the query (a relay that died with the query
+in it, a respondent stalled for a while). A respondent takes a query once
+(the responder keeps the ids it took), so a second copy is harmless."""
 
 
 def protocol_takes(protocol: str, kind: str) -> bool:
@@ -263,7 +271,8 @@ class DirectQueries:
     deliver. Counters are in ``net.stats.direct``."""
 
     ANSWER_RETRY_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # the pauses before an answer's later tries
-    MAX_RETRYING = 64  # answers waiting for a later try at once; past it one is lost and counted
+    QUERY_RETRY_S = (0.5, 1.0, 2.0)  # the pauses before a query's later tries (QUERY_RETRY_CODES)
+    MAX_RETRYING = 64  # messages waiting for a later try at once; past it one is given up and counted
 
     def __init__(self, net, *, queue_size: int = 512, workers: int = 16, timeout_s: float = 5.0,
                  dial_timeout_s: float = 5.0, remember: int = 4096) -> None:
@@ -278,6 +287,7 @@ class DirectQueries:
         self._send, self._recv = trio.open_memory_channel(queue_size)
         self._sent_to: "OrderedDict[bytes, tuple]" = OrderedDict()  # query id -> respondents
         self._askers: "OrderedDict[bytes, bytes]" = OrderedDict()  # query id taken here -> its coordinator
+        self._cancelled: "OrderedDict[bytes, None]" = OrderedDict()  # query ids cancelled here: not tried again
 
     @property
     def counts(self) -> Counter:
@@ -302,6 +312,9 @@ class DirectQueries:
     def send_cancel_nowait(self, query_id: bytes) -> None:
         """Cancel ``query_id`` at each respondent it was sent to (none if unknown here)."""
         peers = self._sent_to.get(query_id, ())
+        self._cancelled[query_id] = None
+        while len(self._cancelled) > self.remember:
+            self._cancelled.popitem(last=False)
         if self._room() < len(peers):
             self.net.stats.drop("direct_queue_full")
             raise OutboxFull(f"direct query queue full ({self.queue_size})")
@@ -337,36 +350,48 @@ class DirectQueries:
 
     async def _worker(self) -> None:
         async for what, peer, message in self._recv:
-            if what == "answer":
-                await self._deliver_answer(peer, message, 0)
-            else:
-                await self._deliver(what, peer, message)
+            await self._try(what, peer, message, 0)
 
-    async def _deliver_answer(self, peer: bytes, answer: wire.Answer, tries: int) -> None:
-        """One try; a failed one is tried again later (off the workers) while tries remain."""
-        if await self._deliver("answer", peer, answer):
+    async def _try(self, what: str, peer: bytes, message: wire.Message, tries: int) -> None:
+        """One try; a failed answer or query is tried again later (off the
+        workers) while tries remain and, for a query, while it is still wanted."""
+        if await self._deliver(what, peer, message):
             return
-        if (tries >= len(self.ANSWER_RETRY_S) or self.net.stopping or self._nursery is None
-                or self._retrying >= self.MAX_RETRYING):
-            self.counts["answer_lost"] += 1
+        pauses = self.ANSWER_RETRY_S if what == "answer" else self.QUERY_RETRY_S
+        if (tries >= len(pauses) or self.net.stopping or self._nursery is None
+                or self._retrying >= self.MAX_RETRYING or not self._wanted(message, pauses[tries])):
+            self.counts["answer_lost" if what == "answer" else f"{what}_failed"] += 1
             return
-        self.counts["answer_retried"] += 1
+        self.counts[f"{what}_retried"] += 1
         self._retrying += 1
-        self._nursery.start_soon(self._retry_answer, peer, answer, tries)
+        self._nursery.start_soon(self._retry, what, peer, message, tries, pauses[tries])
 
-    async def _retry_answer(self, peer: bytes, answer: wire.Answer, tries: int) -> None:
+    def _wanted(self, message: wire.Message, pause: float) -> bool:
+        """A query is worth another try after ``pause`` if it was not cancelled
+        and its deadline is later than that; an answer always is."""
+        if not isinstance(message, wire.Query):
+            return True
+        return (message.query_id not in self._cancelled
+                and self.net.clock() + pause < message.deadline_ms / 1000)
+
+    async def _retry(self, what: str, peer: bytes, message: wire.Message, tries: int, pause: float) -> None:
         try:
-            await trio.sleep(self.ANSWER_RETRY_S[tries])
+            await trio.sleep(pause)
         finally:
             self._retrying -= 1
-        await self._deliver_answer(peer, answer, tries + 1)
+        if isinstance(message, wire.Query) and message.query_id in self._cancelled:
+            self.counts["query_failed"] += 1  # cancelled while it waited: its round is over
+            return
+        await self._try(what, peer, message, tries + 1)
 
     async def _deliver(self, what: str, peer: bytes, message: wire.Message) -> bool:
         """Over a direct stream; by gossip only if no stream could be opened
         (unreachable, or the peer does not take queries on one). A timeout or
         a busy peer is not gossiped: the query may have arrived, and flooding
         every node with it would feed an overload (the round replaces a
-        silent respondent after its patience)."""
+        silent respondent after its patience). False: worth another try (an
+        answer whose stream could not be opened or broke; a query whose
+        stream broke or was never acknowledged)."""
         name = wire.peer_id_str(peer)[:20]
         protocol = topics.RPC_PROTOCOL if what == "answer" else topics.QUERY_PROTOCOL
         if await self._reach(peer):
@@ -383,6 +408,8 @@ class DirectQueries:
                     if code not in ANSWER_RETRY_CODES:
                         self.counts["answer_failed"] += 1
                         return True
+                    return False
+                if what == "query" and code in QUERY_RETRY_CODES:
                     return False
                 if code not in FALLBACK_CODES:
                     self.counts[f"{what}_failed"] += 1
