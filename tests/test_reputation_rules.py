@@ -140,7 +140,7 @@ def test_a_rater_that_earns_standing_leaves_the_newcomer_pool():
     p = GENESIS.params
     s = run([[rate(OTHER, EXPERT, 0.0, k=0)]])
     assert s.records[EXPERT.peer_id]["code"][:4] == (0, 0, 0, p.newcomer_weight)
-    s = run([[rate(v, OTHER, 1.0, k=i) for v in VALIDATORS] for i in range(1, 31)], s)
+    s = run([[rate(v, OTHER, 1.0, k=i, signal="probe") for v in VALIDATORS] for i in range(1, 31)], s)
     w, trusted = rater_weight(s, OTHER.peer_id)
     assert trusted
     s = run([[rate(OTHER, EXPERT, 1.0, k=31)]], s)
@@ -227,12 +227,19 @@ def test_rater_cap_per_block_and_nonce_order_enforced():
 
 
 def test_earned_standing_lets_an_expert_rate_with_weight():
-    # validators rate OTHER well for a while: OTHER becomes a trusted rater
-    s = run([[rate(v, OTHER, 1.0, k=i) for v in VALIDATORS] for i in range(30)])
+    p = GENESIS.params
+    # validators' probes grade OTHER's answers right for a while: OTHER becomes a trusted rater
+    s = run([[rate(v, OTHER, 1.0, k=i, signal="probe") for v in VALIDATORS] for i in range(30)])
     w, trusted = rater_weight(s, OTHER.peer_id)
-    assert trusted and GENESIS.params.newcomer_weight <= w <= GENESIS.params.max_rater_weight
+    # the probe pool holds 12 units at (1 + 12) / (2 + 12): (2 * mean - 1) * 12 / (12 + 10)
+    assert trusted and w == (2 * (13 * FP // 14) - FP) * 12 // 22 <= p.max_rater_weight
     fresh = make_signer(b"F" * 32)
-    assert rater_weight(s, fresh.peer_id) == (GENESIS.params.newcomer_weight, False)
+    assert rater_weight(s, fresh.peer_id) == (p.newcomer_weight, False)
+    # as much trusted praise by other signals earns nothing: the validators' votes and
+    # agreement can be won by a ring, and a trusted rater's praise could lend a ring standing
+    praised = run([[rate(v, OTHER, 1.0, k=i) for v in VALIDATORS] for i in range(30)])
+    assert standing_view(praised, OTHER.peer_id, "code")[0] > 0.9
+    assert rater_weight(praised, OTHER.peer_id) == (p.newcomer_weight, False)
 
 
 def test_decay_is_integer_and_monotonic():
@@ -300,8 +307,9 @@ def test_graded_probes_bound_the_mean_that_praise_and_votes_lift():
     # evidence is as much as before, and only the mean is bounded
     assert mean == bound / FP and evidence == pytest.approx(12.0, abs=1e-5)
     assert score(probed, EXPERT.peer_id, "code") == bound / FP
-    # as a rater it weighs what its bounded mean earns, not what the praise did
-    assert rater_weight(probed, EXPERT.peer_id)[0] < rater_weight(praised, EXPERT.peer_id)[0]
+    # as a rater, neither the praise nor probes at 0.5 earn it a weight: it is a newcomer
+    newcomer = (probed.rules.params.newcomer_weight, False)
+    assert rater_weight(praised, EXPERT.peer_id) == rater_weight(probed, EXPERT.peer_id) == newcomer
 
 
 def test_probes_only_bound_from_above_and_only_with_enough_of_them():

@@ -192,6 +192,29 @@ def test_adaptive_k_checks_a_pick_that_is_not_reliable_even_when_not_worth_its_p
         ReputationPolicy(escalate_below=1.5)
 
 
+def test_a_single_pick_no_confidence_will_judge_goes_to_the_most_proven_expert():
+    """Without ``escalate_below``, a single pick (checked or not) is the expert
+    with the best pessimistic value, not a sampled one: an expert that passed
+    five of five probes by luck (a ring member right half the time, sybil-drift
+    seed 10) samples above a proven 0.85 expert most of the time, and would
+    carry user traffic until the probes caught up. With ``escalate_below`` the
+    pick stays sampled: exploring there is what finds the cheaper expert."""
+    proven, lucky, third = ref(0, price=2.5), ref(1, price=1.0), ref(2, price=2.0)
+    refs = [proven, lucky, third]
+    # (mean, evidence, probe evidence): the lucky one's mean is the higher, on thin evidence
+    standing = table(refs, [(0.85, 46.0, 12.0), (0.87, 7.5, 5.0), (0.75, 11.0, 6.0)])
+    rng = random.Random(7)
+    policy = ReputationPolicy()
+    firsts = [policy.select(refs, 1, "math", standing, rng, adapt=True).chosen[0] for _ in range(200)]
+    assert set(firsts) == {proven}
+    # sampled as before: when k was asked for, and when the answer's confidence decides
+    asked = [policy.select(refs, 1, "math", standing, rng).chosen[0] for _ in range(200)]
+    escalating = [ReputationPolicy(escalate_below=0.6).select(refs, 1, "math", standing, rng, adapt=True).chosen[0]
+                  for _ in range(200)]
+    for firsts in (asked, escalating):
+        assert 0.3 < firsts.count(lucky) / 200 < 0.9
+
+
 def test_newcomers_are_explored_price_blind():
     """An expensive newcomer is tried as often as a cheap one: its price can only
     be weighed against its quality once that quality is known."""

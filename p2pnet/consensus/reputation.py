@@ -21,8 +21,10 @@ from p2pnet.consensus.genesis import Genesis, Params
 PROBE = "probe"
 """The signal whose grades fill a record's probe pool (wire.RATING_SIGNALS)."""
 FP = 1_000_000
-STATE_VERSION = 3
-"""3: a record also holds the validators' latest probe grades (:data:`Record`),
+STATE_VERSION = 4
+"""4: a rater's weight is earned from its probe grades only (:func:`_standing`;
+the same bytes as 3, but a state stored by 3 is not what 4 replays to);
+3: a record also holds the validators' latest probe grades (:data:`Record`),
 which bound its mean from above; 2: a rater's say on a record is its latest
 ratings (:data:`PairSay`); 1 was a cumulative budget that only decay freed."""
 PROBE_POOL_CAP = 12 * FP
@@ -299,15 +301,20 @@ def _effective(rec: Record, p: Params) -> Tuple[int, int]:
 
 
 def _standing(state: ReputationState, peer: bytes) -> int:
-    """A non-validator rater's weight, earned only from trusted evidence about
-    its own answers: max over domains of (2*mean - 1) * E/(E + K), capped."""
+    """A non-validator rater's weight, earned only from the validators' probe
+    grades of its own answers (each record's probe pool): max over domains of
+    (2*mean - 1) * E/(E + K), capped, with the probes' posterior mean and
+    evidence. Not from all its trusted evidence: that holds the ratings of
+    other trusted raters, so one ring member that passed its first probes by
+    luck could lend its ring standing, and the ring's ratings (its members
+    1.0, everyone else 0.0) would then drag honest experts down with weight."""
     p = state.rules.params
     best = 0
     for rec in state.records.get(peer, {}).values():
         rec = _decay_record(rec, state.epoch, p.decay_per_epoch_ppm)
-        ta, tb = rec[:2]
-        evidence = ta + tb
-        mean = _mean(ta, tb, rec, p)
+        pa, pb = rec[6], rec[7]
+        evidence = pa + pb
+        mean = (p.prior_alpha + pa) * FP // (p.prior_alpha + p.prior_beta + evidence)
         s = max(0, 2 * mean - FP) * evidence // (evidence + p.standing_half_evidence)
         best = max(best, s)
     return min(best, p.max_rater_weight)

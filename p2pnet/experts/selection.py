@@ -246,11 +246,13 @@ class ReputationPolicy(SelectionPolicy):
       Sampling alone would still pick it for second opinions and tie-breaks.
     - Adaptive second opinion (``select(..., adapt=True)``, when the request
       left k open). Without ``escalate_below`` (the answer's own confidence
-      is not used) a single pick is checked by the most proven other
-      established expert whenever the check is worth its price before any
-      answer is seen (:meth:`check_worth`: MetaLLM's reward, quality gained
-      minus ``cost_weight`` times the price of the check and a likely
-      tie-break). Otherwise, a single pick whose own pessimistic quality
+      is not used) a single pick is the most proven established expert (the
+      best pessimistic value ``mean - z * sd``, price and load taken off; not
+      a sampled one: user queries do not explore there, probes do), and it is
+      checked by the most proven other one whenever the check is worth its
+      price before any answer is seen (:meth:`check_worth`: MetaLLM's reward,
+      quality gained minus ``cost_weight`` times the price of the check and a
+      likely tie-break). Otherwise, a single pick whose own pessimistic quality
       ``mean - z * sd`` is below ``confident`` is checked by the most proven
       other established expert (the best pessimistic value).
       With ``escalate_below`` > 0 the check waits for the answer instead
@@ -482,6 +484,13 @@ class ReputationPolicy(SelectionPolicy):
                 rng.shuffle(rest)
             chosen = [target] + take(rest + est + vetted, k - 1, [target], one)
         elif est:
+            if adapt and k == 1 and self.escalate_below == 0:
+                # a single pick that no answer's confidence will judge goes to the most
+                # proven expert, not to a sampled one: sampling spends user queries on
+                # exploring, and an expert that passed its first few probes by luck
+                # (a ring member right half the time) samples above a proven one
+                # most of the time. Probes measure the uncertain ones
+                est = sorted(est, key=lambda row: -self.value(row[1], row[2].lower(self.z)))
             chosen = take(est, k, distinct=one)
             # a check of the pick goes to the most proven other expert (the best
             # pessimistic value), not to a sampled one: a check that may itself be wrong
