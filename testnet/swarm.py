@@ -154,7 +154,10 @@ def prepare_genesis(swarm_dir: Path, dirs: Sequence[Path], keys: Sequence[bytes]
         while aside.exists():
             aside, n = d / f"{name}~{n}", n + 1
         ledger.rename(aside)
-        progress(f"moved the ledger of another chain aside: {aside}")
+        if chain is not None:
+            progress(f"moved the ledger of another chain aside: {aside}")
+        else:  # another release's format (docs/reputation.md), or damaged: the chain starts afresh
+            progress(f"moved aside a ledger this release cannot read (another release's format, or damaged): {aside}")
     if keep:
         progress(f"keeping {path} (chain {genesis.chain_id}, {len(keys)} validators): the ledgers carry on")
     else:

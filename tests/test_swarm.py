@@ -134,3 +134,14 @@ def test_swarm_genesis_is_kept_for_the_same_validators_and_old_ledgers_are_set_a
     swarm.prepare_genesis(tmp_path, dirs, keys, said.append)
     assert load_genesis(path) == second and (dirs[1] / f"ledger.{first.chain_id}").exists()
     assert sum("moved the ledger of another chain aside" in line for line in said) == 2
+    # a ledger this release cannot read (a reputation state of another release's format, as
+    # after the format-4 rater rule) beside the kept genesis: moved aside too, and said so
+    import lmdb
+    Ledger.open(dirs[2] / "ledger", genesis=second).close()
+    env = lmdb.open(str(dirs[2] / "ledger"), max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.put(b"app_state", b"\x95\x03", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    swarm.prepare_genesis(tmp_path, dirs, keys, said.append)
+    assert (dirs[2] / "ledger.unreadable").exists() and not (dirs[2] / "ledger").exists()
+    assert "a ledger this release cannot read" in said[-2] and "ledger.unreadable" in said[-2]
