@@ -278,7 +278,7 @@ async def test_a_query_lost_on_its_way_is_tried_again_until_it_is_taken(nursery)
     b.on_request(wire.Cancel.KIND, cancel)
     await nursery.start(b.run)
     await wait_for(lambda: b.peer_id in a.peers(), 30, "connected")
-    a.direct.timeout_s = 1.0
+    a.direct.timeout_s = 2.0  # an acknowledged copy is back well within it
     a.direct.QUERY_RETRY_S = (0.1, 0.1)
     q = query_to(a, b)
     a.send_query_nowait(q)
@@ -288,9 +288,11 @@ async def test_a_query_lost_on_its_way_is_tried_again_until_it_is_taken(nursery)
 
     cancelled = query_to(a, b)  # its round ended while the first copy was on its way
     a.send_query_nowait(cancelled)
+    # (cancelled once the copy is there: a Cancel that overtook it would have it dropped on arrival)
+    await wait_for(lambda: cancelled.query_id in [m.query_id for m in taken], 30, "the first copy at B")
     a.send_cancel_nowait(cancelled.query_id)
     await wait_for(lambda: a.stats.direct["query_failed"] == 1, 30, "the cancelled query to be given up")
-    late = wire.Query(query_id=os.urandom(16), domain="general", deadline_ms=int((time.time() + 0.5) * 1000),
+    late = wire.Query(query_id=os.urandom(16), domain="general", deadline_ms=int((time.time() + 1.0) * 1000),
                       prompts=query_to(a, b).prompts)
     a.send_query_nowait(late)
     await wait_for(lambda: a.stats.direct["query_failed"] == 2, 30, "the query past its deadline to be given up")
