@@ -244,9 +244,14 @@ def probe_bound(rec: Record, p: Params) -> Optional[int]:
         return None
     a, b = p.prior_alpha + pa, p.prior_beta + pb
     n = a + b
-    mean = a * FP // n
+    mean = _probe_mean(rec, p)
     sd = math.isqrt(a * b * FP * FP * FP // (n * n * (n + FP)))
     return min(FP, mean + sd * PROBE_Z_PPM // FP)
+
+
+def _probe_mean(rec: Record, p: Params) -> int:
+    """The posterior mean (FP) of a record's probe pool alone, with the prior."""
+    return (p.prior_alpha + rec[6]) * FP // (p.prior_alpha + p.prior_beta + rec[6] + rec[7])
 
 
 def _mean(alpha: int, beta: int, rec: Record, p: Params) -> int:
@@ -312,9 +317,8 @@ def _standing(state: ReputationState, peer: bytes) -> int:
     best = 0
     for rec in state.records.get(peer, {}).values():
         rec = _decay_record(rec, state.epoch, p.decay_per_epoch_ppm)
-        pa, pb = rec[6], rec[7]
-        evidence = pa + pb
-        mean = (p.prior_alpha + pa) * FP // (p.prior_alpha + p.prior_beta + evidence)
+        evidence = rec[6] + rec[7]
+        mean = _probe_mean(rec, p)
         s = max(0, 2 * mean - FP) * evidence // (evidence + p.standing_half_evidence)
         best = max(best, s)
     return min(best, p.max_rater_weight)

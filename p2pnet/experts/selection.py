@@ -484,18 +484,21 @@ class ReputationPolicy(SelectionPolicy):
                 rng.shuffle(rest)
             chosen = [target] + take(rest + est + vetted, k - 1, [target], one)
         elif est:
+            def pessimistic(row) -> float:  # most proven first: the best value at mean - z * sd
+                return -self.value(row[1], row[2].lower(self.z))
+
             if adapt and k == 1 and self.escalate_below == 0:
                 # a single pick that no answer's confidence will judge goes to the most
                 # proven expert, not to a sampled one: sampling spends user queries on
                 # exploring, and an expert that passed its first few probes by luck
                 # (a ring member right half the time) samples above a proven one
                 # most of the time. Probes measure the uncertain ones
-                est = sorted(est, key=lambda row: -self.value(row[1], row[2].lower(self.z)))
+                est = sorted(est, key=pessimistic)
             chosen = take(est, k, distinct=one)
             # a check of the pick goes to the most proven other expert (the best
             # pessimistic value), not to a sampled one: a check that may itself be wrong
             # settles little, and a self-praising ring member is rarely the most proven
-            proven = sorted(est[1:] + dominated, key=lambda row: -self.value(row[1], row[2].lower(self.z)))
+            proven = sorted(est[1:] + dominated, key=pessimistic)
             pair = take(est[:1] + proven, 2, distinct=one)
             explorable = vetted
             if bar:  # validators probe: they measure quality, a user query explores only to save

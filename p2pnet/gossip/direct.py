@@ -76,6 +76,13 @@ in it, a respondent stalled for a while). A respondent takes a query once
 (the responder keeps the ids it took), so a second copy is harmless."""
 
 
+def _remember(book: OrderedDict, key, value, limit: int) -> None:
+    """``book[key] = value``, the oldest entries dropped past ``limit``."""
+    book[key] = value
+    while len(book) > limit:
+        book.popitem(last=False)
+
+
 def protocol_takes(protocol: str, kind: str) -> bool:
     """Whether a request of ``kind`` belongs on ``protocol``."""
     if protocol == topics.QUERY_PROTOCOL:
@@ -303,18 +310,14 @@ class DirectQueries:
         if self._room() < len(parts):
             self.net.stats.drop("direct_queue_full")
             raise OutboxFull(f"direct query queue full ({self.queue_size})")
-        self._sent_to[query.query_id] = tuple(peer for peer, _ in parts)
-        while len(self._sent_to) > self.remember:
-            self._sent_to.popitem(last=False)
+        _remember(self._sent_to, query.query_id, tuple(peer for peer, _ in parts), self.remember)
         for peer, part in parts:
             self._send.send_nowait(("query", peer, part))
 
     def send_cancel_nowait(self, query_id: bytes) -> None:
         """Cancel ``query_id`` at each respondent it was sent to (none if unknown here)."""
         peers = self._sent_to.get(query_id, ())
-        self._cancelled[query_id] = None
-        while len(self._cancelled) > self.remember:
-            self._cancelled.popitem(last=False)
+        _remember(self._cancelled, query_id, None, self.remember)
         if self._room() < len(peers):
             self.net.stats.drop("direct_queue_full")
             raise OutboxFull(f"direct query queue full ({self.queue_size})")
@@ -322,9 +325,7 @@ class DirectQueries:
             self._send.send_nowait(("cancel", peer, wire.Cancel(query_id)))
 
     def note_asker(self, query_id: bytes, coordinator: bytes) -> None:
-        self._askers[query_id] = coordinator
-        while len(self._askers) > self.remember:
-            self._askers.popitem(last=False)
+        _remember(self._askers, query_id, coordinator, self.remember)
 
     def send_answer_nowait(self, answer: wire.Answer) -> bool:
         """An Answer whose direct request failed (the responder's fallback):
@@ -379,8 +380,8 @@ class DirectQueries:
             await trio.sleep(pause)
         finally:
             self._retrying -= 1
-        if isinstance(message, wire.Query) and message.query_id in self._cancelled:
-            self.counts["query_failed"] += 1  # cancelled while it waited: its round is over
+        if not self._wanted(message, 0.0):
+            self.counts["query_failed"] += 1  # cancelled (or past its deadline) while it waited
             return
         await self._try(what, peer, message, tries + 1)
 
