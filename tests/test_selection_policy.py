@@ -193,8 +193,8 @@ def test_adaptive_k_checks_a_pick_that_is_not_reliable_even_when_not_worth_its_p
 
 
 def test_a_single_pick_no_confidence_will_judge_goes_to_the_most_proven_expert():
-    """Without ``escalate_below``, a single pick (checked or not) is the expert
-    with the best pessimistic value, not a sampled one: an expert that passed
+    """Without ``escalate_below``, a single pick (checked or not), and the first
+    of several, is the expert with the best pessimistic value, not a sampled one: an expert that passed
     five of five probes by luck (a ring member right half the time, sybil-drift
     seed 10) samples above a proven 0.85 expert most of the time, and would
     carry user traffic until the probes caught up. With ``escalate_below`` the
@@ -213,6 +213,14 @@ def test_a_single_pick_no_confidence_will_judge_goes_to_the_most_proven_expert()
                   for _ in range(200)]
     for firsts in (asked, escalating):
         assert 0.3 < firsts.count(lucky) / 200 < 0.9
+    # of two (an uncertain query), the first is the most proven, the second stays
+    # sampled: the lucky one is still asked now and then, never as the first
+    four = refs + [ref(3, price=2.0)]
+    standing = table(four, [(0.85, 46.0, 12.0), (0.87, 7.5, 5.0), (0.75, 11.0, 6.0), (0.82, 20.0, 8.0)])
+    picks = [policy.select(four, 2, "math", standing, rng, adapt=True).chosen for _ in range(200)]
+    assert all(len(p) == 2 and p[0] == proven for p in picks)
+    seconds = [p[1] for p in picks]
+    assert 0.3 < seconds.count(lucky) / 200 < 0.95 and 0.05 < seconds.count(four[3]) / 200 < 0.7
 
 
 def test_newcomers_are_explored_price_blind():

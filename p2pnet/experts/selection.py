@@ -246,9 +246,10 @@ class ReputationPolicy(SelectionPolicy):
       Sampling alone would still pick it for second opinions and tie-breaks.
     - Adaptive second opinion (``select(..., adapt=True)``, when the request
       left k open). Without ``escalate_below`` (the answer's own confidence
-      is not used) a single pick is the most proven established expert (the
+      is not used) the first pick is the most proven established expert (the
       best pessimistic value ``mean - z * sd``, price and load taken off; not
-      a sampled one: user queries do not explore there, probes do), and it is
+      a sampled one: user queries do not explore there, probes do; when k is
+      more than 1 the others stay sampled). A single pick is
       checked by the most proven other one whenever the check is worth its
       price before any answer is seen (:meth:`check_worth`: MetaLLM's reward,
       quality gained minus ``cost_weight`` times the price of the check and a
@@ -487,13 +488,19 @@ class ReputationPolicy(SelectionPolicy):
             def pessimistic(row) -> float:  # most proven first: the best value at mean - z * sd
                 return -self.value(row[1], row[2].lower(self.z))
 
-            if adapt and k == 1 and self.escalate_below == 0:
-                # a single pick that no answer's confidence will judge goes to the most
+            if adapt and self.escalate_below == 0:
+                # the first pick, which no answer's confidence will judge, goes to the most
                 # proven expert, not to a sampled one: sampling spends user queries on
                 # exploring, and an expert that passed its first few probes by luck
                 # (a ring member right half the time) samples above a proven one
-                # most of the time. Probes measure the uncertain ones
-                est = sorted(est, key=pessimistic)
+                # most of the time. Probes measure the uncertain ones. Alone (k 1) the
+                # pick is the most proven; of several, the others stay sampled, so that
+                # the votes of an uncertain query still spread over the established
+                if k == 1:
+                    est = sorted(est, key=pessimistic)
+                else:
+                    top = min(est, key=pessimistic)
+                    est = [top] + [row for row in est if row is not top]
             chosen = take(est, k, distinct=one)
             # a check of the pick goes to the most proven other expert (the best
             # pessimistic value), not to a sampled one: a check that may itself be wrong
