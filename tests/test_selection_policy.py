@@ -194,10 +194,10 @@ def test_adaptive_k_checks_a_pick_that_is_not_reliable_even_when_not_worth_its_p
 
 def test_a_single_pick_no_confidence_will_judge_goes_to_the_most_proven_expert():
     """Without ``escalate_below``, a single pick (checked or not), and the first
-    of several, is the expert with the best pessimistic value, not a sampled one: an expert that passed
-    five of five probes by luck (a ring member right half the time, sybil-drift
-    seed 10) samples above a proven 0.85 expert most of the time, and would
-    carry user traffic until the probes caught up. With ``escalate_below`` the
+    of several, is the expert with the best pessimistic value, not a sampled
+    one: an expert that passed five of five probes by luck (a ring member right
+    half the time, sybil-drift seed 10) samples above a proven 0.85 expert most
+    of the time, and would carry user traffic until the probes caught up. With ``escalate_below`` the
     pick stays sampled: exploring there is what finds the cheaper expert."""
     proven, lucky, third = ref(0, price=2.5), ref(1, price=1.0), ref(2, price=2.0)
     refs = [proven, lucky, third]

@@ -494,8 +494,8 @@ class ReputationPolicy(SelectionPolicy):
                 # exploring, and an expert that passed its first few probes by luck
                 # (a ring member right half the time) samples above a proven one
                 # most of the time. Probes measure the uncertain ones. Alone (k 1) the
-                # pick is the most proven; of several, the others stay sampled, so that
-                # the votes of an uncertain query still spread over the established
+                # pick is the most proven; of several, the others stay sampled, so the
+                # votes of an uncertain query still spread over the established experts
                 if k == 1:
                     est = sorted(est, key=pessimistic)
                 else:
