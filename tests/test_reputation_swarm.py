@@ -83,7 +83,7 @@ def test_probes_sink_a_bad_experts_reputation_and_traffic(tmp_path, model_cache,
         assert ev[bad] and set(ev[bad]) == {0.0}  # every probe it answered was graded wrong
         standings = reputation(api)
         assert all(r["score"] < 0.5 for r in standings if r["peer_id"] == bad), standings  # below the prior
-        # user queries now go to the good experts only. Known flake (1 run in 9 seen):
+        # user queries now go to the good experts only. A flake (1 run in 9 seen), likely:
         # SmolLM2-135M misses many of these probes too, so real experts sink as well;
         # once all have, every candidate is below the floor, the ledger cannot tell them
         # from the bad one, and the policy picks among them all. The selection reasons in
