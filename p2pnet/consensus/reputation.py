@@ -244,20 +244,20 @@ def probe_bound(rec: Record, p: Params) -> Optional[int]:
         return None
     a, b = p.prior_alpha + pa, p.prior_beta + pb
     n = a + b
-    mean = _probe_mean(rec, p)
+    mean = a * FP // n
     sd = math.isqrt(a * b * FP * FP * FP // (n * n * (n + FP)))
     return min(FP, mean + sd * PROBE_Z_PPM // FP)
 
 
-def _probe_mean(rec: Record, p: Params) -> int:
-    """The posterior mean (FP) of a record's probe pool alone, with the prior."""
-    return (p.prior_alpha + rec[6]) * FP // (p.prior_alpha + p.prior_beta + rec[6] + rec[7])
+def _beta_mean(alpha: int, beta: int, p: Params) -> int:
+    """Posterior mean (FP) of evidence (alpha, beta) with the prior."""
+    return (p.prior_alpha + alpha) * FP // (p.prior_alpha + p.prior_beta + alpha + beta)
 
 
 def _mean(alpha: int, beta: int, rec: Record, p: Params) -> int:
     """Posterior mean (FP) of evidence (alpha, beta) with the prior, at most the
     record's :func:`probe_bound`."""
-    mean = (p.prior_alpha + alpha) * FP // (p.prior_alpha + p.prior_beta + alpha + beta)
+    mean = _beta_mean(alpha, beta, p)
     bound = probe_bound(rec, p)
     return mean if bound is None else min(mean, bound)
 
@@ -318,7 +318,7 @@ def _standing(state: ReputationState, peer: bytes) -> int:
     for rec in state.records.get(peer, {}).values():
         rec = _decay_record(rec, state.epoch, p.decay_per_epoch_ppm)
         evidence = rec[6] + rec[7]
-        mean = _probe_mean(rec, p)
+        mean = _beta_mean(rec[6], rec[7], p)  # the probe pool's alone
         s = max(0, 2 * mean - FP) * evidence // (evidence + p.standing_half_evidence)
         best = max(best, s)
     return min(best, p.max_rater_weight)
