@@ -89,9 +89,6 @@ def main() -> None:
         if unknown:
             ap.error(f"not an untuned scenario: {', '.join(unknown)} (one of {', '.join(UNTUNED)})")
         args.only = "untuned"
-    from p2pnet.sim import load_scenario
-
-    committed = load_scenario(SCENARIOS / "metallm-cost.toml").policy.params.get("cost_weight")
     jobs = []
     if args.bar:
         jobs = [(name, seed, None, {}) for seed in args.seeds for name in BAR]
@@ -102,13 +99,12 @@ def main() -> None:
         jobs.append(("llmnet-adversarial", seed, None, {}))
         jobs.append(("llmnet-adversarial", seed, "random", {}))
         jobs.append(("mixed-threats", seed, None, {}))
-        jobs.append(("metallm-cost", seed, None, {}))  # as committed; the sweep varies its cost_weight
+        jobs.append(("metallm-cost", seed, None, {}))  # as committed (a budget of 4 per query)
         jobs.append(("metallm-cost", seed, "truth", {}))
         for name in ("llmnet-adversarial", "mixed-threats", "metallm-cost"):
             jobs.append((name, seed, "copies", {}))
-        for cw in (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03):
-            if cw != committed:  # that point of the sweep is the committed run, not run twice
-                jobs.append(("metallm-cost", seed, "reputation", {"cost_weight": cw}))
+        for cw in (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03):  # a fixed λ, no budget to move it
+            jobs.append(("metallm-cost", seed, "reputation", {"cost_weight": cw, "budget": 0.0}))
     for seed in args.seeds if args.only != "tuned" else ():
         for name in args.scenario or UNTUNED:
             jobs.append((name, seed, None, {}))

@@ -63,6 +63,9 @@ def node() -> None:
 @click.option("--cost-weight", "cost_weight", type=click.FloatRange(0.0, 1.0), default=None,
               help="How much an expert's price counts against its quality when choosing respondents "
                    "(default 0.01; 0: price-blind).")
+@click.option("--budget", type=click.FloatRange(0.0), default=None,
+              help="Spend this much per query on average (the prices of the experts it asks, summed; "
+                   "probes included); the node moves --cost-weight to keep it (default 0: off).")
 @click.option("--relay", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Serve as a circuit relay: auto (default: while publicly reachable), on, off. Limits: "
                    "relay_max_* in the config file.")
@@ -165,6 +168,12 @@ def status(data_dir, api, as_json) -> None:
                    f"  gen={card.get('gen_tps', 0):.0f} tok/s  load={card.get('load')}/{card.get('max_concurrency')}")
     if "height" in info:
         click.echo(f"ledger    height {info['height']}{'  (validator)' if info.get('validator') else ''}")
+    budget = info.get("budget")
+    if isinstance(budget, dict):  # --budget: the price of accuracy the node has moved to
+        spent = budget.get("spent_per_query")
+        click.echo(f"budget    {budget.get('budget'):g} per query   cost weight now {budget.get('cost_weight'):.4f}   "
+                   + (f"spent {spent:.2f} per query over {budget.get('queries')} queries and "
+                      f"{budget.get('probes')} probes" if spent is not None else "nothing spent yet"))
     nat = info.get("nat")
     if isinstance(nat, dict):
         reach = nat.get("reachability") or {}

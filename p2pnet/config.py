@@ -84,6 +84,10 @@ class NodeConfig:
     # how much a price (per 1k tokens) counts against an expert's sampled quality when choosing
     # respondents: 0 ignores price; 0.02 met the cost targets of docs/results.md's price scenarios
     cost_weight: float = 0.01
+    # spend this much per query on average (the prices per 1k tokens of the experts a query asks, summed;
+    # probes included): cost_weight becomes a starting point the node moves to keep it
+    # (p2pnet.experts.budget); 0 = off
+    budget: float = 0.0
     log_level: str = "info"
     max_message_bytes: int = 1 << 20
     # NAT traversal (p2pnet.gossip.relay, docs/testnet.md "NAT traversal"): serve as a relay
@@ -143,6 +147,10 @@ class NodeConfig:
             raise ConfigError(f"escalate_below: {self.escalate_below} is not between 0 and 1")
         if not 0.0 <= self.cost_weight <= 1.0:
             raise ConfigError(f"cost_weight: {self.cost_weight} is not between 0 and 1")
+        if not (0.0 <= self.budget < float("inf")):
+            raise ConfigError(f"budget: {self.budget} is not a price of 0 or more")
+        if self.budget and not self.cost_weight:
+            raise ConfigError("budget: a budget moves cost_weight, which is 0 (price-blind); set cost_weight above 0")
         from p2pnet.wire import MAX_ANNOUNCE_TTL_S
 
         if not 1 <= self.announce_ttl_s <= MAX_ANNOUNCE_TTL_S:

@@ -97,7 +97,8 @@ async def build_services(node, nursery, preset_experts=None) -> list:
     settings = signal_settings(node.config)
     coordinator = Coordinator(
         node, local_experts=experts, ratings=ratings,
-        policy=ReputationPolicy(escalate_below=node.config.escalate_below, cost_weight=node.config.cost_weight),
+        policy=ReputationPolicy(escalate_below=node.config.escalate_below, cost_weight=node.config.cost_weight,
+                                budget=node.config.budget),
         standing=ledger.standing if ledger is not None else _neutral,
         submit_rating=ledger.submit_rating if ledger is not None else None,
         weights=settings.weights, default_judges=settings.judges,

@@ -88,6 +88,26 @@ def test_answers_with_low_confidence_get_a_second_expert(small_run):
     assert lat["all"]["queries"] == lat["escalated"]["queries"] + lat["not_escalated"]["queries"]
 
 
+def test_a_budget_moves_the_price_of_accuracy_until_spending_meets_it():
+    """The policy's Pacer (p2pnet.experts.budget) in a whole run: every query
+    and probe is paid for once, λ rises above the operator's 0.02 while the
+    queries spend above the budget, and a smaller budget spends less."""
+    def late_spend(policy):  # the mean spend per user query over the second half, probes included
+        d = Driver(parse_scenario(SMALL + policy))
+        trio.run(d.run, clock=trio.testing.MockClock(autojump_threshold=0))
+        recs = d.records[150:]
+        return sum(r.cost for r in recs) / sum(not r.probe for r in recs), getattr(d.world.policy, "pacer", None)
+
+    none, no_pacer = late_spend("")
+    four, pacer = late_spend("[policy]\nname = 'reputation'\ncost_weight = 0.02\nbudget = 4.0\n")
+    three, _ = late_spend("[policy]\nname = 'reputation'\ncost_weight = 0.02\nbudget = 3.0\n")
+    state = pacer.state()
+    assert no_pacer is None
+    assert none > 5.0  # the fixed λ asks two or three of the price-2 experts
+    assert three < four < none and abs(four - 4.0) < 0.5
+    assert state["queries"] + state["probes"] == 300 and state["cost_weight"] > 0.02
+
+
 def test_adversary_share_counts_user_queries_and_probes_apart():
     def rec(i, probe, groups, adversary):
         return QueryRecord(i, "math", probe, True, 1.0, 0.5, respondents=len(groups), adversary=adversary,

@@ -523,7 +523,9 @@ class Coordinator:
                 "share": {peer: round(n / total, 4) for peer, n in slots.most_common()} if total else {}}
 
     def status(self) -> dict:
-        return {"queries": self.queries, "queries_failed": self.failed, "queries_in_flight": len(self._runs),
+        pacer = getattr(self.policy, "pacer", None)  # a budget: the price of accuracy it has moved to
+        budget = {"budget": pacer.state()} if pacer is not None else {}
+        return {**budget, "queries": self.queries, "queries_failed": self.failed, "queries_in_flight": len(self._runs),
                 "respondents_forgotten": self.forgotten, "respondents_slow": self.slow,
                 "respondents_gone": self.gone, "experts_discovered": self.discovered,
                 "experts_discovered_dht": self.discovered_dht,

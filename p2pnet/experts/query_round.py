@@ -514,6 +514,9 @@ class QueryRound:
         verdict = Verdict(self, judging)
         outcome = verdict.outcome()
         self.finished, self.batch, self.outcome = True, None, outcome
+        # what the query spent, judges included, for a policy that keeps a budget
+        s.policy.paid(sum(ref.card.price_per_1k for ref in (*self.asked.values(), *st.judges.values())),
+                      probe=s.probe is not None)
         out: list = [Rate(r) for r in verdict.ratings]
         out += [Stream(piece) for piece in verdict.rest_to_stream()]
         out.append(Done(outcome))

@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from p2pnet.experts.budget import Pacer
 from p2pnet.experts.directory import ExpertRef
 
 UNSURE_ODDS = 2.3
@@ -102,6 +103,11 @@ class SelectionPolicy(ABC):
         asking. This default asks whom :meth:`select` would pick."""
         chosen = self.select(rest, 1, domain, standing, rng).chosen
         return (chosen[0], "") if chosen else (None, "no other expert")
+
+    def paid(self, spent: float, probe: bool = False) -> None:
+        """A query (``probe``: a validator's probe) ended having asked experts
+        whose prices add up to ``spent``. A policy that keeps a budget learns
+        from it; this default keeps none."""
 
     def select(self, candidates: Sequence[ExpertRef], k: int, domain: str,
                standing: Standing = no_standing, rng: Optional[random.Random] = None,
@@ -300,7 +306,8 @@ class ReputationPolicy(SelectionPolicy):
                  prior_weight: float = 2.0, audit_share: float = 0.0, recheck_evidence: float = 4.0,
                  escalate_below: float = 0.0, unsure_odds: float = UNSURE_ODDS,
                  vet_evidence: float = 0.5, probe_open_share: float = 0.5, probe_order: str = "random",
-                 probe_k: int = 3, proven_evidence: float = 2.0, explore_saving: float = 0.05) -> None:
+                 probe_k: int = 3, proven_evidence: float = 2.0, explore_saving: float = 0.05,
+                 budget: float = 0.0) -> None:
         if probe_order not in PROBE_ORDERS:
             raise ValueError(f"probe_order must be one of {', '.join(PROBE_ORDERS)}")
         if not 0.0 <= explore_share <= 1.0 or not 0.0 <= audit_share <= 1.0 or not 0.0 <= probe_open_share <= 1.0:
@@ -326,6 +333,7 @@ class ReputationPolicy(SelectionPolicy):
         self.probe_order = probe_order
         self.probe_k = int(probe_k)
         self.proven_evidence, self.explore_saving = proven_evidence, explore_saving
+        self.pacer = Pacer(budget, cost_weight) if budget else None
 
     # ------------------------------------------------------------ pure parts
 
@@ -395,6 +403,12 @@ class ReputationPolicy(SelectionPolicy):
         why = (f"the first answer is wrong with p={p_wrong:.2f}; the best check adds {gain:+.3f} "
                f"to the chance of a right answer, {worth:+.3f} after {self.cost_weight:g} x its price")
         return (ref, why) if worth > 0 else (None, f"not worth its price: {why}")
+
+    def paid(self, spent, probe=False) -> None:
+        """With a ``budget``: the :class:`Pacer` moves ``cost_weight`` so that
+        queries spend ``budget`` each on average, probes included."""
+        if self.pacer is not None:
+            self.cost_weight = self.pacer.paid(spent, probe)
 
     def respondents(self, candidates, domain, standing=no_standing, requested_k=None) -> Optional[int]:
         if requested_k:
