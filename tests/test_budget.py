@@ -1,7 +1,8 @@
 """A budget (p2pnet.experts.budget): the Pacer moves the price of accuracy
 so that queries spend the budget on average, probes included; the
 reputation policy and the query round feed it; the node's config checks it.
-Pure code: seeded RNGs, no clock."""
+Pure code with seeded RNGs and no clock, but for the last test: a real node
+process shows its budget in `p2pnet status`."""
 
 import itertools
 import math
