@@ -82,7 +82,7 @@ class NodeConfig:
     # second expert; 0.6 escalates 28% of the default model's answers, 74% of them wrong (bench/cascade.py)
     escalate_below: float = 0.6
     # how much a price (per 1k tokens) counts against an expert's sampled quality when choosing
-    # respondents: 0 ignores price; 0.02 met the cost targets of docs/results.md's price scenarios
+    # respondents: 0 ignores price; docs/results.md's cost scenarios start at 0.02 and keep a budget (below)
     cost_weight: float = 0.01
     # spend this much per query on average (the prices per 1k tokens of the experts a query asks, summed;
     # probes included): cost_weight becomes a starting point the node moves to keep it
