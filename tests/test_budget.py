@@ -4,29 +4,19 @@ reputation policy and the query round feed it; the node's config checks it.
 Pure code with seeded RNGs and no clock, but for the last test: a real node
 process shows its budget in `p2pnet status`."""
 
-import itertools
 import math
 import random
 
 import pytest
 
-from p2pnet import config, wire
+from p2pnet import config
 from p2pnet.config import ConfigError
 from p2pnet.experts.budget import Pacer
-from p2pnet.experts.directory import ExpertRef
-from p2pnet.experts.evaluation import AgreementEvaluator
-from p2pnet.experts.query_round import Done, QueryRound, Reply, RoundSetup
-from p2pnet.experts.selection import ReputationPolicy, SelectionPolicy
+from p2pnet.experts.query_round import Done, QueryRound
+from p2pnet.experts.selection import ReputationPolicy
 from p2pnet.experts.signals import Probe
 
-PROMPT = wire.PromptBody(messages=(wire.ChatMessage("user", "What is the capital of France?"),), max_tokens=8)
-
-
-def ref(i: int, price: float) -> ExpertRef:
-    card = wire.ModelCard(expert_id=f"e{i}", model="m", sha256=f"{i:064x}", quantization="q4", n_ctx=2048,
-                          domains=("general",), prompt_tps=100.0, gen_tps=100.0, price_per_1k=price, load=0,
-                          max_concurrency=8)
-    return ExpertRef(wire.peer_id_from_public_key(bytes([i]) * 32), card, 0.0)
+from .test_query_round import Fixed, ok, ref, setup
 
 
 # ------------------------------------------------------------ the pacer alone
@@ -124,16 +114,12 @@ def test_without_a_budget_the_price_of_accuracy_stays_the_operators():
         ReputationPolicy(cost_weight=0.0, budget=4.0)
 
 
-class Recording(SelectionPolicy):
-    """Asks the first candidates in order and records what it is told was paid."""
-
-    name = "recording"
+class Recording(Fixed):
+    """Asks the candidates in order (e1, e2, ...) and records what it is told was paid."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.bills = []
-
-    def score(self, ref, domain, standing, total_evidence, rng) -> float:
-        return -int(ref.card.expert_id[1:])
 
     def paid(self, spent, probe=False) -> None:
         self.bills.append((spent, probe))
@@ -141,33 +127,27 @@ class Recording(SelectionPolicy):
 
 @pytest.mark.parametrize("probe", [None, Probe("What is the capital of France?", "Paris", "general")])
 def test_a_round_tells_its_policy_what_it_spent_once(probe):
-    a, b, c = ref(1, 1.0), ref(2, 3.0), ref(3, 10.0)
-    policy, ids = Recording(), itertools.count(1)
-    rnd = QueryRound(RoundSetup(domain="general", prompt=PROMPT, candidates=[a, b, c], deadline_s=60.0,
-                                policy=policy, evaluator=AgreementEvaluator(), standing=lambda p, d: (0.5, 0.0),
-                                rng=random.Random(0), new_id=lambda: next(ids).to_bytes(16, "big"),
-                                respondents=2, probe=probe), 0.0)
+    a, b, c = ref(1, price=1.0), ref(2, price=3.0), ref(3, price=10.0)
+    policy = Recording()
+    rnd = QueryRound(setup([a, b, c], policy=policy, respondents=2, probe=probe), 0.0)
     (ask,) = rnd.start(0.0)
     assert ask.refs == (a, b)
-    rnd.step(Reply(ask.batch_id, a.key, "ok", "Paris", 1, "stop", None, b"", 1, 1), 1.0)
-    acts = rnd.step(Reply(ask.batch_id, b.key, "ok", "Paris", 1, "stop", None, b"", 1, 1), 2.0)
+    rnd.step(ok(ask.batch_id, a, "Paris"), 1.0)
+    acts = rnd.step(ok(ask.batch_id, b, "Paris"), 2.0)
     assert isinstance(acts[-1], Done)
-    rnd.step(Reply(ask.batch_id, c.key, "ok", "Paris", 1, "stop", None, b"", 1, 1), 3.0)  # late: no second bill
+    rnd.step(ok(ask.batch_id, c, "Paris"), 3.0)  # late: no second bill
     assert policy.bills == [(4.0, probe is not None)]
 
 
 def test_a_judge_is_paid_for_too():
-    a, b, j = ref(1, 1.0), ref(2, 3.0), ref(9, 5.0)
-    policy, ids = Recording(), itertools.count(1)
-    rnd = QueryRound(RoundSetup(domain="general", prompt=PROMPT, candidates=[a, b], deadline_s=60.0,
-                                policy=policy, evaluator=AgreementEvaluator(), standing=lambda p, d: (0.5, 0.0),
-                                rng=random.Random(0), new_id=lambda: next(ids).to_bytes(16, "big"),
-                                respondents=2, judges=1, judge_pool=[a, b, j]), 0.0)
+    a, b, j = ref(1, price=1.0), ref(2, price=3.0), ref(9, price=5.0)
+    policy = Recording()
+    rnd = QueryRound(setup([a, b], policy=policy, respondents=2, judges=1, judge_pool=[a, b, j]), 0.0)
     (ask,) = rnd.start(0.0)
-    rnd.step(Reply(ask.batch_id, a.key, "ok", "Paris", 1, "stop", None, b"", 1, 1), 1.0)
-    (_, judge) = rnd.step(Reply(ask.batch_id, b.key, "ok", "Lyon", 1, "stop", None, b"", 1, 1), 2.0)
+    rnd.step(ok(ask.batch_id, a, "Paris"), 1.0)
+    (_, judge) = rnd.step(ok(ask.batch_id, b, "Lyon"), 2.0)
     assert judge.refs == (j,) and policy.bills == []
-    acts = rnd.step(Reply(judge.batch_id, j.key, "ok", "A", 1, "stop", None, b"", 1, 1), 3.0)
+    acts = rnd.step(ok(judge.batch_id, j, "A"), 3.0)
     assert isinstance(acts[-1], Done) and policy.bills == [(9.0, False)]
 
 
