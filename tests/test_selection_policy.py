@@ -315,6 +315,38 @@ def test_probes_ask_probe_k_experts_open_verdicts_first():
         ReputationPolicy(probe_k=0)
 
 
+def test_re_measuring_probes_grade_the_least_proven_first():
+    """Without ``escalate_below``, a probe that re-measures the experts carrying
+    traffic goes to those with the least probe evidence first: an expert proven
+    by two lucky probes (a ring member right half the time, sybil-drift seed
+    10) is graded again before it carries much, and the most proven expert,
+    which needs it least, waits its turn. Among equally probed experts the order
+    is sampled, so each is re-measured. With ``escalate_below`` probes keep the
+    order user queries pick in (sampled value, price included): the least probed
+    there are the dear experts users seldom ask, and probing them spends the budget."""
+    proven, lucky, mid, other = ref(0, price=2.5), ref(1, price=1.0), ref(2), ref(3)
+    refs = [proven, lucky, mid, other]
+    standing = table(refs, [(0.85, 46.0, 12.0), (0.75, 2.0, 2.0), (0.8, 20.0, 8.0), (0.82, 30.0, 10.0)])
+    remeasure = ReputationPolicy(probe_open_share=0.0)
+    for seed in range(40):
+        sel = remeasure.select(refs, 1, "math", standing, random.Random(seed), probe=True, adapt=True)
+        assert sel.chosen == (lucky, mid, other)
+    # user queries still put the most proven first
+    user = [remeasure.select(refs, 3, "math", standing, random.Random(s), adapt=True).chosen for s in range(40)]
+    assert all(c[0] == proven for c in user)
+    # equally probed: sampled, so each of them is sometimes left out
+    even = table(refs, [(0.85, 30.0, 6.0)] * 4)
+    left_out = {next(r for r in refs if r not in remeasure.select(refs, 1, "math", even, random.Random(s),
+                                                                 probe=True, adapt=True).chosen)
+                for s in range(80)}
+    assert left_out == set(refs)
+    # escalating on confidence: probes follow the sampled value, so the most proven is often among them
+    escalating = ReputationPolicy(probe_open_share=0.0, escalate_below=0.6)
+    probed = [escalating.select(refs, 1, "math", standing, random.Random(s), probe=True, adapt=True).chosen
+              for s in range(60)]
+    assert sum(proven in c for c in probed) > 20
+
+
 def test_one_expert_per_model_at_temperature_zero():
     """With ``distinct_models`` (a temperature-0 query) copies of a chosen
     model are left out: they would repeat its answer. Fewer experts are asked

@@ -282,7 +282,9 @@ class ReputationPolicy(SelectionPolicy):
       a newcomer unlucky once would stay neither banned nor trusted, and an
       early ban would be final. Probes are graded exactly: a bad expert sinks
       further, an unlucky good one recovers. The other probes re-measure the
-      experts that carry traffic, so that one that degrades is seen.
+      experts that carry traffic, so that one that degrades is seen; without
+      ``escalate_below``, those with the least probe evidence first (one
+      proven by two lucky probes is graded again before it carries much).
       Every probe asks at least ``probe_k`` experts (3; more when k is larger):
       each gets a grade against the known answer, which a colluding ring cannot
       outvote, so an expert whose standing grew from praise and won votes is
@@ -502,7 +504,16 @@ class ReputationPolicy(SelectionPolicy):
             def pessimistic(row) -> float:  # most proven first: the best value at mean - z * sd
                 return -self.value(row[1], row[2].lower(self.z))
 
-            if adapt and self.escalate_below == 0:
+            if probe and self.escalate_below == 0:
+                # a probe that re-measures the experts that carry traffic goes to those whose
+                # verdict rests on the fewest probe grades first (then by sampled quality: a probe
+                # measures, its price does not matter): an expert proven by two lucky probes (a
+                # ring member right half the time) takes sampled slots of user queries until it is
+                # graded again, while the most proven one needs grading least. With escalate_below
+                # the order stays sampled by value, as user queries pick: least probed first
+                # would send probes to the dear experts they seldom ask, spending the budget
+                est = sorted(est, key=lambda row: (row[2].probed or 0.0, -row[3]))
+            elif adapt and self.escalate_below == 0:
                 # the first pick, which no answer's confidence will judge, goes to the most
                 # proven expert, not to a sampled one: sampling spends user queries on
                 # exploring, and an expert that passed its first few probes by luck
