@@ -83,14 +83,17 @@ def test_probes_sink_a_bad_experts_reputation_and_traffic(tmp_path, model_cache,
         assert ev[bad] and set(ev[bad]) == {0.0}  # every probe it answered was graded wrong
         standings = reputation(api)
         assert all(r["score"] < 0.5 for r in standings if r["peer_id"] == bad), standings  # below the prior
-        # user queries now go to the good experts only. A flake (1 run in 9 seen), likely:
-        # SmolLM2-135M misses many of these probes too, so real experts sink as well;
-        # once all have, every candidate is below the floor, the ledger cannot tell them
-        # from the bad one, and the policy picks among them all. The selection reasons in
-        # the assertion message say so ("every candidate is below the floor")
+        # user queries now go to the good experts only. The probes go on meanwhile, and
+        # SmolLM2-135M misses many of them too, so real experts can sink as well; once all
+        # have, every candidate is below the floor, the ledger cannot tell them from the bad
+        # one, and the policy picks among them all (a flake, 1 run in 9, while this was
+        # checked once before the three queries). So each query is asked only once the
+        # ledger again shows a real expert above the floor; the selection reasons in the
+        # assertion message say whether that still changed in between
         chosen, reasons = [], []
         for q in ("What is the capital of France?", "What is the capital of Italy?",
                   "What is the capital of Spain?"):
+            swarm._wait(bad_sunk, 400, "a real expert above the floor, the bad one below it")
             body = {"model": "p2pnet", "messages": [{"role": "user", "content": q}], "max_tokens": 24,
                     "deadline_s": 200, "domain": "geography"}
             out = ask_retrying(api, body, nodes[:3])
